@@ -1,0 +1,144 @@
+"""`dual-engine COMMAND ...`: the one command line of the engine.
+
+Every command also takes `--job FILE.json`: a JSON object whose keys are the command's
+option names (dest names, e.g. "voxel_size"); values given on the command line win.
+Handlers import their modules lazily so that `phantom` or `evaluate` never pay for torch.
+"""
+import argparse
+import json
+import sys
+
+from dual_engine import __version__
+from dual_engine.io import InputError
+
+
+def _phantom(args):
+    from dual_engine.synth.phantom import make_phantom
+    summary = make_phantom(
+        args.outdir, shape=tuple(args.shape), voxel_size=args.voxel_size, seed=args.seed,
+        tilt_range=tuple(args.tilt_range), tilt_step=args.tilt_step,
+        defocus_um=args.defocus, dose=args.dose, voltage_kv=args.voltage, cs_mm=args.cs,
+        amplitude_contrast=args.amplitude_contrast, classes=args.classes,
+        n_particles=args.particles, write_noise_free=args.noise_free)
+    print(json.dumps(summary, indent=1))
+
+
+def _evaluate_volumes(args):
+    from dual_engine.metrics import evaluate_volumes
+    rows = evaluate_volumes(args.reference, args.volumes, ssim_window=args.ssim_window)
+    print(json.dumps(rows, indent=1))
+
+
+def _evaluate_picks(args):
+    from dual_engine.metrics import evaluate_picks
+    result = evaluate_picks(args.picks, args.truth, voxel_size=args.voxel_size,
+                            distance=args.distance, occupancy=args.occupancy,
+                            exclude=args.exclude)
+    print(json.dumps(result, indent=1))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="dual-engine", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version="dual-engine %s" % __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = commands.add_parser("phantom", help="simulate a SHREC-2021-like tomogram with its ground truth")
+    p.add_argument("outdir", help="folder for reconstruction.mrc, grandmodel.mrc, masks and particle list")
+    p.add_argument("--shape", type=int, nargs=3, default=[64, 256, 256], metavar=("Z", "Y", "X"))
+    p.add_argument("--voxel-size", type=float, default=10.0, help="Angstrom per voxel (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tilt-range", type=float, nargs=2, default=[-60.0, 60.0], metavar=("MIN", "MAX"))
+    p.add_argument("--tilt-step", type=float, default=3.0, help="degrees between tilts (default 3)")
+    p.add_argument("--defocus", type=float, default=3.0, help="defocus in micrometres, underfocus positive (default 3)")
+    p.add_argument("--dose", type=float, default=100.0, help="total dose over the tilt series, e/A^2 (default 100)")
+    p.add_argument("--voltage", type=float, default=300.0, help="kV (default 300)")
+    p.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm (default 2.7)")
+    p.add_argument("--amplitude-contrast", type=float, default=0.07)
+    p.add_argument("--classes", nargs="+", default=None, help="macromolecule classes to pack (default: all)")
+    p.add_argument("--particles", type=int, default=None, help="number of macromolecules to try to place")
+    p.add_argument("--noise-free", action="store_true",
+                   help="also write reconstruction_noisefree.mrc: same optics and wedge, no noise")
+    p.set_defaults(handler=_phantom)
+
+    p = commands.add_parser("evaluate", help="score denoised volumes or picks against ground truth")
+    what = p.add_subparsers(dest="what", metavar="WHAT")
+    v = what.add_parser("volumes", help="PSNR, SSIM and Pearson of volumes against a reference")
+    v.add_argument("reference", help="ground truth MRC (e.g. grandmodel.mrc)")
+    v.add_argument("volumes", nargs="+", help="MRC volumes on the reference's grid")
+    v.add_argument("--ssim-window", type=int, default=7)
+    v.set_defaults(handler=_evaluate_volumes)
+    k = what.add_parser("picks", help="precision, recall and F1 of picked coordinates")
+    k.add_argument("picks", help="coordinate table (x y z score) or SHREC particle list")
+    k.add_argument("truth", help="SHREC particle_locations.txt")
+    k.add_argument("--voxel-size", type=float, required=True, help="Angstrom per voxel of both lists")
+    k.add_argument("--distance", type=float, default=None,
+                   help="match radius in Angstrom (one-to-one); default: none, only the occupancy criterion")
+    k.add_argument("--occupancy", default=None, help="occupancy_mask.mrc for the SHREC hit criterion")
+    k.add_argument("--exclude", nargs="*", default=["vesicle", "fiducial"],
+                   help="ground-truth classes left out of scoring (default: vesicle fiducial)")
+    k.set_defaults(handler=_evaluate_picks)
+    return parser
+
+
+def _job_to_argv(subparser, job):
+    """Turn a job dict into argv for `subparser`, positionals in declaration order."""
+    positionals, optionals = [], []
+    for action in subparser._actions:
+        if action.dest not in job or action.dest in ("help", "job"):
+            continue
+        value = job[action.dest]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not action.option_strings:
+            positionals += [str(v) for v in values]
+        elif isinstance(action, argparse._StoreTrueAction):
+            optionals += [action.option_strings[-1]] if value else []
+        elif value is not None:
+            optionals += [action.option_strings[-1]] + [str(v) for v in values]
+    unknown = set(job) - {a.dest for a in subparser._actions}
+    if unknown:
+        raise InputError("unknown keys in job file: %s" % ", ".join(sorted(unknown)))
+    return positionals + optionals
+
+
+def _command_path(parser, argv):
+    """(innermost subparser, number of leading argv words that name it)."""
+    depth = 0
+    while depth < len(argv):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or argv[depth] not in subs[0].choices:
+            break
+        parser = subs[0].choices[argv[depth]]
+        depth += 1
+    return parser, depth
+
+
+def expand_job(argv, parser):
+    """Replace `--job FILE` in argv by the options it holds (command-line options win)."""
+    if "--job" not in argv:
+        return argv
+    i = argv.index("--job")
+    if i + 1 >= len(argv):
+        raise InputError("--job needs a JSON file")
+    try:
+        with open(argv[i + 1]) as f:
+            job = json.load(f)
+    except (OSError, ValueError) as err:
+        raise InputError("cannot read job file %s: %s" % (argv[i + 1], err)) from err
+    rest = argv[:i] + argv[i + 2:]
+    subparser, depth = _command_path(parser, rest)
+    return rest[:depth] + _job_to_argv(subparser, job) + rest[depth:]
+
+
+def main(argv=None):
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(expand_job(argv, parser))
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        args.handler(args)
+    except InputError as err:
+        print("dual-engine: error: %s" % err, file=sys.stderr)
+        return 2
+    return 0

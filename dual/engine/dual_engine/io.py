@@ -1,0 +1,178 @@
+"""Volume and table I/O: MRC in and out, voxel-size rescaling, standardising,
+SHREC particle lists and picked-coordinate tables.
+
+Conventions used everywhere in the engine:
+- arrays are indexed [z, y, x]; coordinates are (x, y, z) in voxels, origin at the
+  centre of voxel (0, 0, 0), as in SHREC 2021's particle_locations.txt;
+- voxel sizes are in Angstrom.
+Every writer goes through `atomic_output`, so an interrupted run never leaves a
+half-written file under the final name.
+"""
+import contextlib
+import os
+from dataclasses import dataclass
+
+import mrcfile
+import numpy as np
+from scipy import ndimage
+
+
+class InputError(ValueError):
+    """Bad user input (missing file, wrong voxel size, NaNs...): the message is for the user."""
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path next to `path`; move it into place only on success."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_mrc(path, mmap=True):
+    """Return (data, voxel_size). With mmap the data is a read-only memory map."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError("MRC file not found: %s" % path)
+    try:
+        if mmap:
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+            data = mrc.data
+        else:
+            with mrcfile.open(path, mode="r", permissive=True) as mrc:
+                data = np.array(mrc.data)
+    except (ValueError, OSError) as err:
+        raise InputError("cannot read %s as MRC: %s" % (path, err)) from err
+    if data is None or data.ndim != 3:
+        raise InputError("%s is not a 3-D volume (shape %s)"
+                         % (path, None if data is None else data.shape))
+    return data, float(mrc.voxel_size.x)
+
+
+def read_voxel_size(path):
+    with mrcfile.open(os.fspath(path), mode="r", permissive=True, header_only=True) as mrc:
+        return float(mrc.voxel_size.x)
+
+
+def write_mrc(path, data, voxel_size):
+    """Write a float32 (or integer label) volume with `voxel_size` in the header."""
+    data = np.asarray(data)
+    if data.dtype not in (np.int8, np.int16, np.uint8, np.uint16, np.float32):
+        data = data.astype(np.float32)
+    with atomic_output(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(data))
+            mrc.voxel_size = float(voxel_size)
+            mrc.update_header_stats()
+
+
+def rescale(volume, voxel_size, target_voxel_size, order=1):
+    """Resample `volume` from `voxel_size` to `target_voxel_size` (same field of view)."""
+    factor = float(voxel_size) / float(target_voxel_size)
+    volume = np.asarray(volume, dtype=np.float32)
+    if abs(factor - 1.0) < 1e-6:
+        return volume.copy()
+    if factor < 1:
+        # Downsampling: low-pass first so the result does not alias.
+        volume = ndimage.gaussian_filter(volume, sigma=0.5 / factor * 0.85)
+    return ndimage.zoom(volume, factor, order=order, mode="nearest", grid_mode=True)
+
+
+def resize_to_shape(volume, shape, order=1):
+    """Resample `volume` onto exactly `shape` (used to go back to an input's grid)."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if tuple(volume.shape) == tuple(shape):
+        return volume
+    factors = [s / float(v) for s, v in zip(shape, volume.shape)]
+    out = ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=True)
+    if out.shape != tuple(shape):  # zoom may round one voxel off
+        pad = [(0, max(0, s - o)) for s, o in zip(shape, out.shape)]
+        out = np.pad(out, pad, mode="edge")[tuple(slice(0, s) for s in shape)]
+    return out
+
+
+def check_finite(volume, name="volume"):
+    if not np.all(np.isfinite(volume)):
+        raise InputError("%s contains NaN or infinite values" % name)
+
+
+def standardize(volume, name="volume"):
+    """(v - mean) / std as float32; refuses NaNs and constant volumes."""
+    volume = np.asarray(volume, dtype=np.float32)
+    check_finite(volume, name)
+    std = float(volume.std(dtype=np.float64))
+    if std == 0:
+        raise InputError("%s is constant: it carries no signal" % name)
+    return (volume - float(volume.mean(dtype=np.float64))) / std
+
+
+@dataclass
+class Particle:
+    """One line of a SHREC 2021 particle_locations.txt."""
+    name: str
+    x: float
+    y: float
+    z: float
+    rot_z1: float = 0.0
+    rot_x: float = 0.0
+    rot_z2: float = 0.0
+
+    @property
+    def xyz(self):
+        return np.array([self.x, self.y, self.z], dtype=np.float64)
+
+
+def write_particle_locations(path, particles):
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        for p in particles:
+            f.write("%s %d %d %d %.3f %.3f %.3f\n"
+                    % (p.name, round(p.x), round(p.y), round(p.z), p.rot_z1, p.rot_x, p.rot_z2))
+
+
+def read_particle_locations(path):
+    particles = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) not in (4, 7):
+                raise InputError("%s:%d: expected 'class x y z [rot_Z1 rot_X rot_Z2]'"
+                                 % (path, lineno))
+            particles.append(Particle(fields[0], *map(float, fields[1:])))
+    return particles
+
+
+COORDINATE_COLUMNS = ("x", "y", "z", "score")
+
+
+def write_coordinates(path, xyz, scores):
+    """Picked positions (voxels of the picked tomogram) with one score each, tab separated."""
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        f.write("\t".join(COORDINATE_COLUMNS) + "\n")
+        for (x, y, z), s in zip(xyz, scores):
+            f.write("%.2f\t%.2f\t%.2f\t%.6g\n" % (x, y, z, s))
+
+
+def read_coordinates(path):
+    """Return (xyz [N,3], scores [N]) from a coordinate table or a SHREC particle list."""
+    with open(path) as f:
+        first = f.readline().split()
+    if first[:3] == ["x", "y", "z"]:
+        table = np.loadtxt(path, skiprows=1, ndmin=2)
+        if table.size == 0:
+            return np.zeros((0, 3)), np.zeros(0)
+        scores = table[:, 3] if table.shape[1] > 3 else np.ones(len(table))
+        return table[:, :3], scores
+    particles = read_particle_locations(path)
+    xyz = np.array([p.xyz for p in particles]).reshape(-1, 3)
+    return xyz, np.ones(len(xyz))
