@@ -72,8 +72,10 @@ def build_parser():
     k.add_argument("truth", help="SHREC particle_locations.txt")
     k.add_argument("--voxel-size", type=float, required=True, help="Angstrom per voxel of both lists")
     k.add_argument("--distance", type=float, default=None,
-                   help="match radius in Angstrom (one-to-one); default: none, only the occupancy criterion")
-    k.add_argument("--occupancy", default=None, help="occupancy_mask.mrc for the SHREC hit criterion")
+                   help="match radius in Angstrom for one-to-one distance matching "
+                        "(give --distance, --occupancy or both)")
+    k.add_argument("--occupancy", default=None,
+                   help="occupancy_mask.mrc for the SHREC 2021 hit criterion (labels = lines of TRUTH)")
     k.add_argument("--exclude", nargs="*", default=["vesicle", "fiducial"],
                    help="ground-truth classes left out of scoring (default: vesicle fiducial)")
     k.set_defaults(handler=_evaluate_picks)
