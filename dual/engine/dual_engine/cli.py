@@ -6,6 +6,7 @@ Handlers import their modules lazily so that `phantom` or `evaluate` never pay f
 """
 import argparse
 import json
+import os
 import sys
 
 from dual_engine import __version__
@@ -19,7 +20,9 @@ def _phantom(args):
         tilt_range=tuple(args.tilt_range), tilt_step=args.tilt_step,
         defocus_um=args.defocus, dose=args.dose, voltage_kv=args.voltage, cs_mm=args.cs,
         amplitude_contrast=args.amplitude_contrast, classes=args.classes,
-        n_particles=args.particles, write_noise_free=args.noise_free)
+        n_particles=args.particles, write_noise_free=args.noise_free,
+        n_vesicles=args.vesicles, n_fiducials=args.fiducials,
+        defocus_jitter_um=args.defocus_jitter, contrast_volts=args.contrast_volts)
     print(json.dumps(summary, indent=1))
 
 
@@ -35,6 +38,83 @@ def _evaluate_picks(args):
                             distance=args.distance, occupancy=args.occupancy,
                             exclude=args.exclude)
     print(json.dumps(result, indent=1))
+
+
+def _config_from_args(args):
+    from dual_engine.model import DualConfig
+    overrides = {name: getattr(args, name) for name in _CONFIG_OPTIONS
+                 if getattr(args, name, None) is not None}
+    return DualConfig(**overrides)
+
+
+def _train(args):
+    from dual_engine.train import train
+    summary = train(args.noisy, args.clean, args.outdir, _config_from_args(args),
+                    resume=args.resume, init_model=args.init_model, device=args.device,
+                    threads=args.threads, processes=args.processes,
+                    noisy_voxel_size=args.noisy_voxel_size,
+                    clean_voxel_size=args.clean_voxel_size)
+    print(json.dumps(summary, indent=1))
+
+
+def _output_path(outdir, input_path, suffix):
+    stem = os.path.splitext(os.path.basename(input_path))[0]
+    return os.path.join(outdir, stem + suffix + '.mrc')
+
+
+def _denoise(args):
+    from dual_engine.infer import denoise
+    for path in args.inputs:
+        result = denoise(args.model, path, _output_path(args.outdir, path, args.suffix),
+                         tile=args.tile, overlap=args.overlap, device=args.device,
+                         threads=args.threads, voxel_size=args.voxel_size)
+        print(json.dumps(result), flush=True)
+
+
+def _simulate(args):
+    from dual_engine.infer import simulate
+    for path in args.inputs:
+        result = simulate(args.model, path, args.outdir, variants=args.variants,
+                          seed=args.seed, tile=args.tile, overlap=args.overlap,
+                          device=args.device, threads=args.threads, voxel_size=args.voxel_size)
+        print(json.dumps(result), flush=True)
+
+
+# DualConfig fields settable from the command line (defaults live in DualConfig only).
+_CONFIG_OPTIONS = {
+    'voxel_size': (float, 'working voxel size in A'),
+    'subvolume_size': (int, 'side of the training subvolumes (multiple of 8)'),
+    'iterations': (int, 'total training iterations'),
+    'batch_size': (int, 'subvolumes per domain per iteration and process'),
+    'unet_width': (int, 'channels of the U-Nets\' first level'),
+    'unet_depth': (int, 'poolings in the U-Nets'),
+    'code_size': (int, 'noise code dimension K'),
+    'noise_width': (int, 'channels of the noise encoder/decoder'),
+    'disc_width': (int, 'channels of the discriminators'),
+    'lr': (float, 'AdamW learning rate'),
+    'lambda_rec': (float, 'weight of the reconstruction loss'),
+    'lambda_adv': (float, 'weight of the adversarial loss'),
+    'lambda_kl': (float, 'weight of the noise-code KL loss'),
+    'seed': (int, 'random seed'),
+    'log_every': (int, 'iterations between log lines'),
+    'checkpoint_every': (int, 'iterations between checkpoints'),
+}
+
+
+def _add_run_options(p):
+    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default auto)')
+    p.add_argument('--threads', type=int, default=None, help='CPU threads for torch')
+
+
+def _add_inference_options(p):
+    p.add_argument('model', help='model file written by train (model.pt)')
+    p.add_argument('inputs', nargs='+', help='MRC volumes')
+    p.add_argument('--outdir', required=True)
+    p.add_argument('--tile', type=int, default=64, help='tile side in voxels (default 64)')
+    p.add_argument('--overlap', type=int, default=16, help='voxels dropped at each tile border')
+    p.add_argument('--voxel-size', type=float, default=None,
+                   help='voxel size of the inputs in A, if their headers are wrong')
+    _add_run_options(p)
 
 
 def build_parser():
@@ -58,7 +138,43 @@ def build_parser():
     p.add_argument("--particles", type=int, default=None, help="number of macromolecules to try to place")
     p.add_argument("--noise-free", action="store_true",
                    help="also write reconstruction_noisefree.mrc: same optics and wedge, no noise")
+    p.add_argument("--vesicles", type=int, default=None,
+                   help="number of vesicles to try to place (default: one per (120 nm)^2 of area)")
+    p.add_argument("--fiducials", type=int, default=None,
+                   help="number of gold beads to try to place (default: one per (120 nm)^2, at least 2)")
+    p.add_argument("--defocus-jitter", type=float, default=0.1,
+                   help="per-tilt spread (sigma) of the defocus in micrometres (default 0.1)")
+    p.add_argument("--contrast-volts", type=float, default=1.0,
+                   help="effective potential contrast of unit density in volts; sets the SNR "
+                        "(default 1.0: Pearson ~0.17 with the grand model)")
     p.set_defaults(handler=_phantom)
+
+    p = commands.add_parser("train", help="train DUAL on unpaired noisy and clean volumes")
+    p.add_argument("outdir", help="folder for model.pt, checkpoint.pt and training_log.jsonl")
+    p.add_argument("--noisy", nargs="+", required=True, help="noisy-domain MRC volumes (tomograms)")
+    p.add_argument("--clean", nargs="+", required=True,
+                   help="clean-domain MRC volumes (grand models or high-SNR tomograms)")
+    p.add_argument("--noisy-voxel-size", type=float, default=None, help="override the noisy headers")
+    p.add_argument("--clean-voxel-size", type=float, default=None, help="override the clean headers")
+    for name, (kind, text) in _CONFIG_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
+    p.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.pt if present")
+    p.add_argument("--init-model", default=None, help="start from this model file's weights and iteration")
+    p.add_argument("--processes", type=int, default=1,
+                   help="DistributedDataParallel processes (one per GPU; gloo on CPU)")
+    _add_run_options(p)
+    p.set_defaults(handler=_train)
+
+    p = commands.add_parser("denoise", help="denoise tomograms with a trained model")
+    _add_inference_options(p)
+    p.add_argument("--suffix", default="_denoised", help="added to each output name")
+    p.set_defaults(handler=_denoise)
+
+    p = commands.add_parser("simulate", help="synthetic tomograms from clean density maps")
+    _add_inference_options(p)
+    p.add_argument("--variants", type=int, default=1, help="synthetic tomograms per map")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_simulate)
 
     p = commands.add_parser("evaluate", help="score denoised volumes or picks against ground truth")
     what = p.add_subparsers(dest="what", metavar="WHAT")

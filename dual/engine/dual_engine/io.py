@@ -44,16 +44,16 @@ def read_mrc(path, mmap=True):
     try:
         if mmap:
             mrc = mrcfile.mmap(path, mode="r", permissive=True)
-            data = mrc.data
+            data, voxel_size = mrc.data, float(mrc.voxel_size.x)
         else:
             with mrcfile.open(path, mode="r", permissive=True) as mrc:
-                data = np.array(mrc.data)
+                data, voxel_size = np.array(mrc.data), float(mrc.voxel_size.x)
     except (ValueError, OSError) as err:
         raise InputError("cannot read %s as MRC: %s" % (path, err)) from err
     if data is None or data.ndim != 3:
         raise InputError("%s is not a 3-D volume (shape %s)"
                          % (path, None if data is None else data.shape))
-    return data, float(mrc.voxel_size.x)
+    return data, voxel_size
 
 
 def read_voxel_size(path):

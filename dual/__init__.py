@@ -1,0 +1,118 @@
+"""scipion-em-dual: DUAL (unsupervised cryo-ET denoising, simulation, missing-wedge
+compensation and template-free picking) as Scipion protocols.
+
+The engine runs in its own environment (DUAL_ENV_ACTIVATION) and is only ever called
+through `Plugin.runEngine`; this package never imports torch.
+"""
+import os
+import shlex
+import sys
+
+import pwem
+import pyworkflow.utils as pwutils
+from pyworkflow import TOMO
+
+from dual.constants import (DUAL, DUAL_HOME, DUAL_ENV_ACTIVATION, DUAL_ENV_NAME,
+                            DUAL_DEFAULT_ACTIVATION, DUAL_ENV_FLAG, DUAL_INSTALLED_FLAG,
+                            ENGINE_VERSION, ENGINE_SOURCE, TORCH_VERSION,
+                            TORCH_WHEELS_BY_CUDA_MAJOR, TORCH_DEFAULT_WHEELS)
+
+__version__ = '0.1.0'
+_logo = 'icon.png'
+_references = ['Zeng2023DUAL']
+
+
+class Plugin(pwem.Plugin):
+    _homeVar = DUAL_HOME
+    _pathVars = [DUAL_HOME]
+    _supportedVersions = [ENGINE_VERSION]
+    _url = 'https://github.com/scipion-em/scipion-em-dual'
+    _processingField = [TOMO]
+
+    @classmethod
+    def _defineVariables(cls):
+        cls._defineEmVar(DUAL_HOME, '%s-%s' % (DUAL, ENGINE_VERSION))
+        cls._defineVar(DUAL_ENV_ACTIVATION, DUAL_DEFAULT_ACTIVATION,
+                       description='Command that activates the environment holding '
+                                   'dual-engine, e.g. "conda activate %s" or '
+                                   '"source /path/to/venv/bin/activate". Empty: run the '
+                                   'engine with the Python running Scipion.' % DUAL_ENV_NAME)
+
+    @classmethod
+    def validateInstallation(cls):
+        """DUAL_HOME is what `scipion3 installb dual` creates; it only has to exist when
+        the engine runs from that installation (the default activation)."""
+        if (cls.getVar(DUAL_ENV_ACTIVATION) or '').strip() != DUAL_DEFAULT_ACTIVATION:
+            return []
+        return super().validateInstallation()
+
+    @classmethod
+    def getEnviron(cls):
+        """Scipion's environment without its PYTHONPATH, which must not leak into the engine's."""
+        environ = pwutils.Environ(os.environ)
+        environ.pop('PYTHONPATH', None)
+        return environ
+
+    @classmethod
+    def getActivationCmd(cls):
+        """Shell prefix that activates the engine environment ('' when none is set)."""
+        activation = (cls.getVar(DUAL_ENV_ACTIVATION) or '').strip()
+        if not activation:
+            return ''
+        if activation.startswith('conda '):
+            return '%s %s && ' % (cls.getCondaActivationCmd(), activation)
+        return '%s && ' % activation
+
+    @classmethod
+    def getEngineProgram(cls, useGpu=False):
+        """The shell program that runs `python -m dual_engine` in the engine environment."""
+        prefix = cls.getActivationCmd()
+        python = 'python' if prefix else shlex.quote(sys.executable)
+        gpus = 'CUDA_VISIBLE_DEVICES=%(GPU)s ' if useGpu else ''
+        return '%s%s%s -m dual_engine' % (prefix, gpus, python)
+
+    @classmethod
+    def runEngine(cls, protocol, command, args, cwd=None, useGpu=False):
+        """Run `dual-engine COMMAND ARGS` for `protocol`, the one way protocols call the engine.
+
+        useGpu: restrict the engine to the step's GPU ids. Under a queue system the
+        queue assigns devices, so CUDA_VISIBLE_DEVICES is left alone there.
+        """
+        useGpu = useGpu and not protocol.useQueue()
+        if not isinstance(args, str):
+            args = ' '.join(shlex.quote(str(a)) for a in args)
+        protocol.runJob(cls.getEngineProgram(useGpu), '%s %s' % (command, args),
+                        env=cls.getEnviron(), cwd=cwd, numberOfMpi=1)
+
+    @classmethod
+    def getDependencies(cls):
+        """Programs the installer needs: conda only when no activation command is configured."""
+        return [] if cls.getCondaActivationCmd() else ['conda']
+
+    @classmethod
+    def getTorchWheels(cls):
+        """PyTorch wheel flavour for this machine's CUDA; a safe default when unknown."""
+        try:
+            major = cls.getVersionFromPath(pwem.Config.CUDA_LIB, pattern='cuda', default='12.6').major
+        except Exception:  # never let an odd CUDA path break the plugin list
+            return TORCH_DEFAULT_WHEELS
+        return TORCH_WHEELS_BY_CUDA_MAJOR.get(major, TORCH_DEFAULT_WHEELS)
+
+    @classmethod
+    def defineBinaries(cls, env):
+        """Recipe only (run by `scipion3 installb dual`): a conda env with PyTorch and the
+        vendored engine. Two flagged stages so a failed engine install does not redo the env."""
+        conda = cls.getCondaActivationCmd()
+        createEnv = ('%s conda create -y -n %s python=3.11 && %s conda activate %s && '
+                     'pip install torch==%s --index-url https://download.pytorch.org/whl/%s && '
+                     'touch %s' % (conda, DUAL_ENV_NAME, conda, DUAL_ENV_NAME,
+                                   TORCH_VERSION, cls.getTorchWheels(), DUAL_ENV_FLAG))
+        installEngine = ('%s conda activate %s && pip install %s && touch %s'
+                         % (conda, DUAL_ENV_NAME, shlex.quote(ENGINE_SOURCE),
+                            DUAL_INSTALLED_FLAG))
+        env.addPackage(DUAL, version=ENGINE_VERSION, tar='void.tgz',
+                       commands=[(createEnv, DUAL_ENV_FLAG),
+                                 (installEngine, DUAL_INSTALLED_FLAG)],
+                       neededProgs=cls.getDependencies(),
+                       vars={'PATH': os.environ.get('PATH', '')},
+                       default=True)

@@ -1,0 +1,31 @@
+"""Names shared by the plugin's modules: variables, versions, file names."""
+import os
+import re
+
+
+def _read_engine_version():
+    """The vendored engine's version, read from its source (the plugin never imports it)."""
+    init = os.path.join(os.path.dirname(__file__), 'engine', 'dual_engine', '__init__.py')
+    with open(init) as f:
+        return re.search(r'__version__\s*=\s*"([^"]+)"', f.read()).group(1)
+
+
+ENGINE_VERSION = _read_engine_version()
+ENGINE_SOURCE = os.path.join(os.path.dirname(__file__), 'engine')
+
+DUAL = 'dual'
+DUAL_HOME = 'DUAL_HOME'
+DUAL_ENV_ACTIVATION = 'DUAL_ENV_ACTIVATION'
+DUAL_ENV_NAME = 'dual-%s' % ENGINE_VERSION
+DUAL_DEFAULT_ACTIVATION = 'conda activate %s' % DUAL_ENV_NAME
+DUAL_ENV_FLAG = 'dual_env_created'
+DUAL_INSTALLED_FLAG = 'dual_engine_%s_installed' % ENGINE_VERSION
+
+# PyTorch build installed in the engine environment, chosen by CUDA major version;
+# an unknown or missing CUDA falls back to the default, never to an error.
+TORCH_VERSION = '2.7.1'
+TORCH_WHEELS_BY_CUDA_MAJOR = {11: 'cu118', 12: 'cu126'}
+TORCH_DEFAULT_WHEELS = 'cu126'
+
+# The file a protocol writes in its extra/ folder for each engine call.
+JOB_FILE = 'job.json'

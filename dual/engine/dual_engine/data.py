@@ -1,0 +1,63 @@
+"""Unpaired subvolume sampling from the noisy and the clean domain (paper, Methods:
+every volume rescaled to the working voxel size and standardised; random subvolumes
+drawn independently from each domain)."""
+import os
+
+import numpy as np
+
+from dual_engine.io import InputError, read_mrc, rescale, standardize
+
+
+def load_for_model(path, working_voxel_size, voxel_size=None):
+    """Read a volume, bring it to the working voxel size and standardise it.
+
+    voxel_size overrides the MRC header (for headers that say 0 or 1 by mistake).
+    Returns (volume, voxel size the file was read at, the file's shape).
+    """
+    data, header_voxel_size = read_mrc(path)
+    voxel_size = voxel_size or header_voxel_size
+    if not voxel_size or voxel_size <= 0:
+        raise InputError("%s has no voxel size in its header; give it explicitly" % path)
+    volume = rescale(data, voxel_size, working_voxel_size)
+    return standardize(volume, name=os.path.basename(path)), voxel_size, data.shape
+
+
+class Domain:
+    """The volumes of one domain, held in memory at the working voxel size."""
+
+    def __init__(self, name, paths, working_voxel_size, subvolume_size, voxel_size=None):
+        if not paths:
+            raise InputError("the %s domain has no volumes" % name)
+        self.name = name
+        self.volumes = []
+        for path in paths:
+            volume = load_for_model(path, working_voxel_size, voxel_size)[0]
+            if min(volume.shape) < subvolume_size:
+                raise InputError(
+                    "%s is %s voxels at %.2f A/voxel, smaller than the %d^3 subvolumes; "
+                    "use a smaller subvolume size or a finer working voxel size"
+                    % (path, 'x'.join(map(str, volume.shape)), working_voxel_size,
+                       subvolume_size))
+            self.volumes.append(volume)
+        self.size = subvolume_size
+        # Each volume is drawn in proportion to how many subvolumes it holds.
+        counts = np.array([np.prod([s - subvolume_size + 1 for s in v.shape])
+                           for v in self.volumes], dtype=np.float64)
+        self.weights = counts / counts.sum()
+
+    def sample(self, rng, count):
+        """`count` random subvolumes, shape (count, 1, s, s, s), float32.
+
+        Augmentation is limited to flips along each axis: a 90-degree rotation would
+        move the tilt axis and with it the missing wedge, which the model must learn
+        as it is.
+        """
+        s = self.size
+        batch = np.empty((count, 1, s, s, s), dtype=np.float32)
+        for i in range(count):
+            volume = self.volumes[rng.choice(len(self.volumes), p=self.weights)]
+            corner = [rng.integers(0, dim - s + 1) for dim in volume.shape]
+            patch = volume[tuple(slice(c, c + s) for c in corner)]
+            flips = tuple(axis for axis in range(3) if rng.random() < 0.5)
+            batch[i, 0] = np.flip(patch, axis=flips) if flips else patch
+        return batch

@@ -1,0 +1,54 @@
+"""DUAL's losses (paper, eqs. 3-9), each written once."""
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+def reconstruction_loss(target, estimate):
+    """Eqs. 4-5: log(MSE) + log(1 - Pearson), per volume, averaged over the batch."""
+    t = target.flatten(1)
+    e = estimate.flatten(1)
+    mse = ((t - e) ** 2).mean(dim=1)
+    tc = t - t.mean(dim=1, keepdim=True)
+    ec = e - e.mean(dim=1, keepdim=True)
+    pearson = (tc * ec).sum(dim=1) / (tc.norm(dim=1) * ec.norm(dim=1) + EPS)
+    return (torch.log(mse + EPS) + torch.log(1 - pearson + EPS)).mean()
+
+
+def _bce(logits, real):
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def discriminator_loss(real_outputs, fake_outputs):
+    """Eqs. 6-7 for one domain: -log D(real) - log(1 - D(fake)), summed over the
+    discriminator's branches (spatial and spectral)."""
+    return sum(_bce(r, True) + _bce(f, False) for r, f in zip(real_outputs, fake_outputs))
+
+
+def generator_adversarial_loss(fake_outputs):
+    """One domain's term of eq. 8: -log D(fake), summed over the branches."""
+    return sum(_bce(f, True) for f in fake_outputs)
+
+
+def noise_code_kl(codes):
+    """Eq. 9: KL(N(0, I_K) || N(mu, Sigma)) with mu, Sigma the batch mean and covariance
+    of the encoder's codes.
+
+    A training batch usually has fewer samples than code dimensions, which leaves the
+    sample covariance singular; it is shrunk towards the identity (the target
+    covariance) with weight K / (K + B), which keeps the KL finite and is consistent
+    when the codes really are N(0, I).
+    """
+    batch, k = codes.shape
+    mu = codes.mean(dim=0)
+    centred = codes - mu
+    sample_cov = centred.T @ centred / max(batch - 1, 1)
+    shrink = k / float(k + batch)
+    eye = torch.eye(k, dtype=codes.dtype, device=codes.device)
+    sigma = (1 - shrink) * sample_cov + shrink * eye
+    chol = torch.linalg.cholesky(sigma)
+    sigma_inv = torch.cholesky_inverse(chol)
+    logdet = 2 * torch.log(torch.diagonal(chol)).sum()
+    return 0.5 * (torch.trace(sigma_inv) + mu @ sigma_inv @ mu - k + logdet)

@@ -1,0 +1,45 @@
+import torch
+from torch import nn
+
+
+def conv_block(in_channels, out_channels):
+    """Two 3x3x3 convolutions with LeakyReLU. No normalisation layer: per-sample
+    statistics would differ between 32^3 training patches and large inference tiles."""
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv3d(out_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
+
+
+class UNet3D(nn.Module):
+    """A 3-D U-Net: `depth` poolings, `width` channels at the top, doubled per level.
+    Input sides must be multiples of 2**depth (`UNet3D.multiple`)."""
+
+    def __init__(self, width=16, depth=2, in_channels=1, out_channels=1):
+        super().__init__()
+        self.depth = depth
+        self.multiple = 2 ** depth
+        widths = [width * 2 ** level for level in range(depth + 1)]
+        self.down = nn.ModuleList()
+        channels = in_channels
+        for w in widths[:-1]:
+            self.down.append(conv_block(channels, w))
+            channels = w
+        self.pool = nn.MaxPool3d(2)
+        self.bottom = conv_block(widths[-2], widths[-1])
+        self.upsample = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for w_low, w in zip(widths[:0:-1], widths[-2::-1]):
+            self.upsample.append(nn.ConvTranspose3d(w_low, w, 2, stride=2))
+            self.up.append(conv_block(2 * w, w))
+        self.head = nn.Conv3d(widths[0], out_channels, 1)
+
+    def forward(self, x):
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottom(x)
+        for upsample, block, skip in zip(self.upsample, self.up, reversed(skips)):
+            x = block(torch.cat([upsample(x), skip], dim=1))
+        return self.head(x)

@@ -1,0 +1,1 @@
+from dual.protocols.protocol_phantom import ProtDualPhantom

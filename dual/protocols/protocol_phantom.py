@@ -1,0 +1,157 @@
+import os
+
+from pyworkflow import BETA
+from pyworkflow.protocol import STEPS_PARALLEL
+import pyworkflow.protocol.params as params
+from tomo.objects import SetOfTomograms, Tomogram, TomoAcquisition
+
+from dual.protocols.protocol_base import ProtDualBase
+
+
+# Two outputs of one type: an Enum would alias them, so names are constants and
+# _possibleOutputs is a dict.
+OUT_TOMOGRAMS = 'tomograms'
+OUT_GRAND_MODELS = 'grandModels'
+
+
+class ProtDualPhantom(ProtDualBase):
+    """Simulates cryo-ET phantoms with their ground truth, in the SHREC 2021 layout.
+
+    Each phantom is a slab of cytoplasm with vesicles, gold fiducials and several
+    macromolecule classes, imaged as a tilt series about Y (CTF, dose-limited noise)
+    and reconstructed by weighted back-projection, so it has a missing wedge and a
+    realistically low SNR. Outputs: the tomograms and their noise-free grand models
+    (same tsIds); the masks and particle list of each phantom are in extra/<tsId>/.
+    Use them to test a pipeline against known ground truth, or as DUAL training data.
+    """
+    _label = 'simulate phantoms'
+    _devStatus = BETA
+    _possibleOutputs = {OUT_TOMOGRAMS: SetOfTomograms, OUT_GRAND_MODELS: SetOfTomograms}
+    stepsExecutionMode = STEPS_PARALLEL
+
+    def _defineParams(self, form):
+        form.addSection(label='Phantoms')
+        form.addParam('numberOfPhantoms', params.IntParam, default=2,
+                      validators=[params.Positive], label='Number of phantoms')
+        form.addParam('seed', params.IntParam, default=0, label='Random seed',
+                      help='Phantom i is simulated with seed + i: same seed, same phantoms.')
+        line = form.addLine('Size (voxels)', help='Z is the slab thickness direction (beam axis).')
+        line.addParam('sizeX', params.IntParam, default=256, label='X')
+        line.addParam('sizeY', params.IntParam, default=256, label='Y')
+        line.addParam('sizeZ', params.IntParam, default=64, label='Z')
+        form.addParam('voxelSize', params.FloatParam, default=10.0,
+                      validators=[params.Positive], label='Voxel size (A)')
+
+        form.addSection(label='Acquisition')
+        line = form.addLine('Tilt range (deg)')
+        line.addParam('tiltMin', params.FloatParam, default=-60.0, label='min')
+        line.addParam('tiltMax', params.FloatParam, default=60.0, label='max')
+        form.addParam('tiltStep', params.FloatParam, default=3.0,
+                      validators=[params.Positive], label='Tilt step (deg)')
+        form.addParam('defocus', params.FloatParam, default=3.0,
+                      label='Defocus (um)', help='Underfocus is positive.')
+        form.addParam('dose', params.FloatParam, default=100.0, validators=[params.Positive],
+                      label='Total dose (e/A^2)', help='Spread evenly over the tilts.')
+        form.addParam('voltage', params.FloatParam, default=300.0, label='Voltage (kV)')
+        form.addParam('sphericalAberration', params.FloatParam, default=2.7, label='Cs (mm)')
+        form.addParam('amplitudeContrast', params.FloatParam, default=0.07,
+                      label='Amplitude contrast')
+        form.addParallelSection(threads=2, mpi=0)
+
+    # --------------------------- STEPS ------------------------------------
+    def _insertAllSteps(self):
+        steps = [self._insertFunctionStep(self.simulateStep, index, prerequisites=[],
+                                          needsGPU=False)
+                 for index in range(self.numberOfPhantoms.get())]
+        self._insertFunctionStep(self.createOutputStep, prerequisites=steps, needsGPU=False)
+
+    def getTsId(self, index):
+        return 'TS_%02d' % (self.seed.get() + index)
+
+    def _phantomDir(self, index):
+        return self._getExtraPath(self.getTsId(index))
+
+    def simulateStep(self, index):
+        job = {
+            'outdir': os.path.abspath(self._phantomDir(index)),
+            'seed': self.seed.get() + index,
+            'shape': [self.sizeZ.get(), self.sizeY.get(), self.sizeX.get()],
+            'voxel_size': self.voxelSize.get(),
+            'tilt_range': [self.tiltMin.get(), self.tiltMax.get()],
+            'tilt_step': self.tiltStep.get(),
+            'defocus': self.defocus.get(),
+            'dose': self.dose.get(),
+            'voltage': self.voltage.get(),
+            'cs': self.sphericalAberration.get(),
+            'amplitude_contrast': self.amplitudeContrast.get(),
+        }
+        self.runEngineJob('phantom', job, 'phantom_%s' % self.getTsId(index))
+
+    def _acquisition(self):
+        acq = TomoAcquisition(angleMin=self.tiltMin.get(), angleMax=self.tiltMax.get(),
+                              step=self.tiltStep.get())
+        acq.setVoltage(self.voltage.get())
+        acq.setSphericalAberration(self.sphericalAberration.get())
+        acq.setAmplitudeContrast(self.amplitudeContrast.get())
+        acq.setAccumDose(self.dose.get())
+        acq.setTiltAxisAngle(0.0)  # tilt axis along Y
+        return acq
+
+    def _newSet(self, suffix):
+        outSet = self._createSetOfTomograms(suffix)
+        outSet.setSamplingRate(self.voxelSize.get())
+        outSet.setAcquisition(self._acquisition())
+        return outSet
+
+    def createOutputStep(self):
+        tomograms, grandModels = self._newSet('Phantoms'), self._newSet('GrandModels')
+        for index in range(self.numberOfPhantoms.get()):
+            for outSet, name in ((tomograms, 'reconstruction.mrc'),
+                                 (grandModels, 'grandmodel.mrc')):
+                tomo = Tomogram(location=os.path.join(self._phantomDir(index), name))
+                tomo.setSamplingRate(self.voxelSize.get())
+                tomo.setTsId(self.getTsId(index))
+                tomo.setAcquisition(self._acquisition())
+                tomo.setOrigin()  # centred, in A
+                outSet.append(tomo)
+        self._defineOutputs(**{OUT_TOMOGRAMS: tomograms, OUT_GRAND_MODELS: grandModels})
+
+    # --------------------------- INFO ------------------------------------
+    def _validate(self):
+        errors = []
+        if self.tiltMin.get() >= self.tiltMax.get():
+            errors.append('The minimum tilt must be below the maximum tilt.')
+        if self.tiltMin.get() <= -90 or self.tiltMax.get() >= 90:
+            errors.append('Tilt angles must lie strictly between -90 and 90 degrees.')
+        # The largest particle class is ~31 nm across and must fit in the slab.
+        voxel = self.voxelSize.get()
+        if self.sizeZ.get() * voxel < 400 or min(self.sizeX.get(), self.sizeY.get()) * voxel < 640:
+            errors.append('The phantom is too small to hold its particles: it needs at '
+                          'least 400 A in Z and 640 A in X and Y (now %d x %d x %d voxels '
+                          'of %.2f A).' % (self.sizeX.get(), self.sizeY.get(),
+                                           self.sizeZ.get(), voxel))
+        return errors
+
+    def _summary(self):
+        if not self.isFinished():
+            return ['Simulating %d phantom(s).' % self.numberOfPhantoms.get()]
+        return ['%d phantom tomogram(s) of %d x %d x %d voxels at %.2f A/voxel, '
+                'tilts %g..%g step %g, with their grand models. Ground-truth masks and '
+                'particle lists: %s' % (self.numberOfPhantoms.get(), self.sizeX.get(),
+                                        self.sizeY.get(), self.sizeZ.get(),
+                                        self.voxelSize.get(), self.tiltMin.get(),
+                                        self.tiltMax.get(), self.tiltStep.get(),
+                                        self._getExtraPath())]
+
+    def _methods(self):
+        return ['We simulated %d phantom tomograms (%d x %d x %d voxels, %.2f A/voxel) with '
+                'the DUAL plugin\'s physics simulator [Zeng2023DUAL]: a tilt series from %g to '
+                '%g degrees every %g degrees with a CTF at %g um defocus (%g kV, Cs %g mm) '
+                'and a total dose of %g e/A^2, reconstructed by weighted back-projection.'
+                % (self.numberOfPhantoms.get(), self.sizeX.get(), self.sizeY.get(),
+                   self.sizeZ.get(), self.voxelSize.get(), self.tiltMin.get(),
+                   self.tiltMax.get(), self.tiltStep.get(), self.defocus.get(),
+                   self.voltage.get(), self.sphericalAberration.get(), self.dose.get())]
+
+    def _citations(self):
+        return ['Zeng2023DUAL', 'Gubins2021SHREC']

@@ -1,0 +1,97 @@
+"""The Plugin class: the engine command line and the installation recipe."""
+import os
+import sys
+import unittest
+
+import pwem
+from pyworkflow.plugin import Domain
+from scipion.install.funcs import Environment
+
+# Through the Domain, as Scipion loads it: that registers the plugin's variables.
+Plugin = Domain.getPlugin('dual').Plugin
+from dual.constants import (DUAL_ENV_ACTIVATION, DUAL_ENV_FLAG, DUAL_INSTALLED_FLAG,
+                            ENGINE_SOURCE, ENGINE_VERSION)
+
+
+class RestoresActivation(unittest.TestCase):
+    """Tests that change DUAL_ENV_ACTIVATION put it back."""
+
+    def setUp(self):
+        self.saved = Plugin.getVar(DUAL_ENV_ACTIVATION)
+
+    def tearDown(self):
+        Plugin._vars[DUAL_ENV_ACTIVATION] = self.saved
+
+
+class TestEngineCommand(RestoresActivation):
+
+    def test_empty_activation_runs_current_python(self):
+        Plugin._vars[DUAL_ENV_ACTIVATION] = ''
+        self.assertEqual(Plugin.getEngineProgram(), '%s -m dual_engine' % sys.executable)
+
+    def test_venv_activation(self):
+        Plugin._vars[DUAL_ENV_ACTIVATION] = 'source /opt/venv/bin/activate'
+        self.assertEqual(Plugin.getEngineProgram(),
+                         'source /opt/venv/bin/activate && python -m dual_engine')
+
+    def test_conda_activation_initialises_conda(self):
+        Plugin._vars[DUAL_ENV_ACTIVATION] = 'conda activate dual-x'
+        program = Plugin.getEngineProgram()
+        self.assertIn('conda activate dual-x && python -m dual_engine', program)
+        self.assertTrue(program.startswith(Plugin.getCondaActivationCmd()))
+
+    def test_gpu_ids_only_when_asked(self):
+        self.assertIn('CUDA_VISIBLE_DEVICES=%(GPU)s', Plugin.getEngineProgram(useGpu=True))
+        self.assertNotIn('CUDA_VISIBLE_DEVICES', Plugin.getEngineProgram(useGpu=False))
+
+    def test_environ_drops_scipion_pythonpath(self):
+        os.environ['PYTHONPATH'] = '/scipion/site-packages'
+        try:
+            self.assertNotIn('PYTHONPATH', Plugin.getEnviron())
+        finally:
+            del os.environ['PYTHONPATH']
+
+
+class TestInstallRecipe(unittest.TestCase):
+    """defineBinaries is a recipe for scipion-app's installer: it must never fail."""
+
+    def recipe(self, cudaLib):
+        saved = pwem.Config.CUDA_LIB
+        pwem.Config.CUDA_LIB = cudaLib
+        try:
+            env = Environment(args=['--show'])
+            Plugin.defineBinaries(env)
+        finally:
+            pwem.Config.CUDA_LIB = saved
+        target = env._targetDict['dual-%s' % ENGINE_VERSION]
+        return target, ' '.join(str(c._cmd) for c in target._commandList)
+
+    def test_two_flagged_stages_install_the_vendored_engine(self):
+        target, commands = self.recipe('/nonexistent')
+        self.assertTrue(target._default)
+        flags = [c._targets for c in target._commandList]
+        self.assertIn(DUAL_ENV_FLAG, str(flags))
+        self.assertIn(DUAL_INSTALLED_FLAG, str(flags))
+        self.assertIn('pip install %s' % ENGINE_SOURCE, commands)
+        self.assertTrue(os.path.exists(os.path.join(ENGINE_SOURCE, 'pyproject.toml')))
+
+    def test_torch_build_follows_cuda_major(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            lib = os.path.join(tmp, 'cuda-11.8', 'lib64')
+            os.makedirs(lib)
+            self.assertIn('whl/cu118', self.recipe(lib)[1])
+        self.assertIn('whl/cu126', self.recipe('/no/cuda/here')[1])
+
+
+class TestInstallationCheck(RestoresActivation):
+
+    def test_default_environment_needs_installb(self):
+        from dual.constants import DUAL_DEFAULT_ACTIVATION
+        Plugin._vars[DUAL_ENV_ACTIVATION] = DUAL_DEFAULT_ACTIVATION
+        errors = Plugin.validateInstallation()
+        self.assertTrue(errors and 'DUAL_HOME' in ' '.join(errors), errors)
+
+    def test_own_environment_needs_no_dual_home(self):
+        Plugin._vars[DUAL_ENV_ACTIVATION] = 'source /opt/venv/bin/activate'
+        self.assertEqual(Plugin.validateInstallation(), [])

@@ -1,0 +1,63 @@
+"""Foundation tests: phantoms imported into a Scipion project, and the engine run
+from a protocol through Plugin.runEngine (no mocks: the real engine runs)."""
+import os
+
+import mrcfile
+import numpy as np
+from pyworkflow.tests import setupTestProject
+from tomo.protocols import ProtImportTomograms
+from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
+
+from dual.protocols import ProtDualPhantom
+from dual.protocols.protocol_phantom import OUT_GRAND_MODELS, OUT_TOMOGRAMS
+from dual.tests.phantoms import makePhantoms, SMALL_SHAPE, SMALL_VOXEL_SIZE
+
+
+class TestDualPhantom(TestBaseCentralizedLayer):
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.phantomDir = cls.getOutputPath('phantoms')
+        cls.phantoms = makePhantoms(cls.phantomDir, seeds=(0, 1))
+
+    def test_import_phantom_tomograms(self):
+        """tomo's own import protocol reads the engine's reconstructions and headers."""
+        prot = self.newProtocol(ProtImportTomograms,
+                                filesPath=self.phantomDir,
+                                filesPattern='*/reconstruction.mrc',
+                                samplingRate=SMALL_VOXEL_SIZE)
+        self.launchProtocol(prot)
+        z, y, x = SMALL_SHAPE
+        self.checkTomograms(prot.Tomograms, expectedSetSize=2,
+                            expectedSRate=SMALL_VOXEL_SIZE, expectedDimensions=[x, y, z])
+
+    def test_phantom_protocol_runs_engine(self):
+        """ProtDualPhantom calls the engine through Plugin.runEngine and a job file."""
+        z, y, x = SMALL_SHAPE
+        prot = self.newProtocol(ProtDualPhantom, numberOfPhantoms=2, seed=3,
+                                sizeX=x, sizeY=y, sizeZ=z, voxelSize=12.0,
+                                tiltMin=-50, tiltMax=70, tiltStep=4, numberOfThreads=3)
+        self.launchProtocol(prot)
+        for name in (OUT_TOMOGRAMS, OUT_GRAND_MODELS):
+            outSet = getattr(prot, name)
+            self.checkTomograms(outSet, expectedSetSize=2, expectedSRate=12.0,
+                                expectedDimensions=[x, y, z])
+            self.assertEqual(sorted(t.getTsId() for t in outSet), ['TS_03', 'TS_04'])
+        tomo = getattr(prot, OUT_TOMOGRAMS).getFirstItem()
+        acq = tomo.getAcquisition()
+        self.assertEqual((acq.getAngleMin(), acq.getAngleMax(), acq.getStep()), (-50, 70, 4))
+        # The tomogram carries the grand model's signal, weakly: a low-SNR phantom.
+        model = getattr(prot, OUT_GRAND_MODELS)[tomo.getObjId()]
+        with mrcfile.open(tomo.getFileName()) as t, mrcfile.open(model.getFileName()) as m:
+            r = np.corrcoef(t.data.ravel(), m.data.ravel())[0, 1]
+        self.assertGreater(r, 0.0)
+        self.assertLess(r, 0.6)
+        # The engine's job file is left for the user to re-run the step by hand.
+        self.assertTrue(os.path.exists(prot._getExtraPath('phantom_TS_03.json')))
+
+    def test_validate_rejects_bad_tilts(self):
+        prot = self.newProtocol(ProtDualPhantom, tiltMin=30, tiltMax=-30)
+        errors = prot.validate()
+        self.assertTrue(any('minimum tilt' in e for e in errors), errors)
+

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create (or update) a local virtual environment with everything DUAL needs to run
+# headless: Scipion's packages from PyPI, the plugin and its engine (editable), PyTorch
+# 2.13.0 (CPU) and pytest. Usage: bash scripts/setup.sh   (DUAL_VENV overrides .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${DUAL_VENV:-.venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+pip="$venv/bin/python -m pip --disable-pip-version-check -q"
+# torch first and pinned, so that nothing below pulls a multi-GB CUDA build.
+$pip install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+$pip install -e ./dual/engine -e . pytest scipion-app 2>&1 | grep -v "^WARNING: Location" || true
+"$venv/bin/python" -c "import torch, pwem, tomo, dual_engine; print('environment ready:', '$venv')"
