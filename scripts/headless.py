@@ -4,6 +4,7 @@ pyworkflow reads its configuration from the environment when it is first importe
 so call `prepare_scipion_home` before anything imports pyworkflow, pwem, tomo or dual.
 """
 import os
+import sys
 
 
 def prepare_scipion_home(home):
@@ -23,6 +24,9 @@ def prepare_scipion_home(home):
         'SCIPION_NOTIFY': 'False',
         'SCIPION_TEST_NOSYNC': '1',
         'DUAL_ENV_ACTIVATION': '',
+        # Protocols run in subprocesses: with this interpreter, even when its venv is
+        # not on PATH.
+        'SCIPION_PYTHON': sys.executable,
     })
     os.makedirs(os.path.join(home, 'config'), exist_ok=True)
     from pyworkflow.protocol import HostConfig  # only now that the environment is set
