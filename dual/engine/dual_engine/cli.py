@@ -40,6 +40,17 @@ def _evaluate_picks(args):
     print(json.dumps(result, indent=1))
 
 
+def _pick(args):
+    from dual_engine.pick import pick_file
+    summary = pick_file(args.tomogram, args.outdir, args.diameter, top=args.top,
+                        threshold=args.threshold, min_distance=args.min_distance,
+                        polarity=args.polarity, mask=args.mask, margin=args.margin,
+                        voxel_size=args.voxel_size, tomo_name=args.tomo_name,
+                        formats=tuple(args.formats), tomo_index=args.tomo_index,
+                        workers=args.threads)
+    print(json.dumps(summary, indent=1))
+
+
 def _config_from_args(args):
     from dual_engine.model import DualConfig
     overrides = {name: getattr(args, name) for name in _CONFIG_OPTIONS
@@ -110,8 +121,10 @@ def _add_inference_options(p):
     p.add_argument('model', help='model file written by train (model.pt)')
     p.add_argument('inputs', nargs='+', help='MRC volumes')
     p.add_argument('--outdir', required=True)
-    p.add_argument('--tile', type=int, default=64, help='tile side in voxels (default 64)')
-    p.add_argument('--overlap', type=int, default=16, help='voxels dropped at each tile border')
+    p.add_argument('--tile', type=int, default=96,
+                   help='tile side in voxels (default 96); smaller tiles use less memory')
+    p.add_argument('--overlap', type=int, default=None,
+                   help='voxels dropped at each tile border (default: the receptive radius)')
     p.add_argument('--voxel-size', type=float, default=None,
                    help='voxel size of the inputs in A, if their headers are wrong')
     _add_run_options(p)
@@ -176,6 +189,34 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_simulate)
 
+    p = commands.add_parser("pick", help="template-free DoG particle picking (paper's DoG picker)")
+    p.add_argument("tomogram", help="MRC tomogram")
+    p.add_argument("outdir", help="folder for NAME_picks.tsv, NAME_picks.star and NAME.tbl "
+                                  "(NAME: --tomo-name or the tomogram's file stem)")
+    p.add_argument("--diameter", type=float, required=True, help="particle diameter in A")
+    select = p.add_mutually_exclusive_group()
+    select.add_argument("--top", type=int, default=None,
+                        help="keep the N best picks (default 500 without --threshold)")
+    select.add_argument("--threshold", type=float, default=None,
+                        help="keep picks with DoG score >= T (score in units of the "
+                             "tomogram's standard deviation)")
+    p.add_argument("--min-distance", type=float, default=None,
+                   help="A between picks, non-maximum suppression (default 24/28 of the diameter)")
+    p.add_argument("--polarity", choices=["bright", "dark"], default="bright",
+                   help="bright: particles denser = brighter than background (DUAL outputs, "
+                        "phantoms); dark: raw reconstructions (default bright)")
+    p.add_argument("--mask", default=None, help="MRC mask of the tomogram's shape: pick where > 0.5")
+    p.add_argument("--margin", type=float, default=None,
+                   help="A from the volume faces where nothing is picked (default: the radius)")
+    p.add_argument("--voxel-size", type=float, default=None,
+                   help="voxel size of the tomogram in A, if its header is wrong")
+    p.add_argument("--tomo-name", default=None, help="rlnTomoName and file prefix (default: file stem)")
+    p.add_argument("--tomo-index", type=int, default=1, help="Dynamo table column 20 (default 1)")
+    p.add_argument("--formats", nargs="+", choices=["tsv", "star", "tbl"],
+                   default=["tsv", "star", "tbl"], help="tables to write (default: all three)")
+    p.add_argument("--threads", type=int, default=1, help="FFT threads (default 1)")
+    p.set_defaults(handler=_pick)
+
     p = commands.add_parser("evaluate", help="score denoised volumes or picks against ground truth")
     what = p.add_subparsers(dest="what", metavar="WHAT")
     v = what.add_parser("volumes", help="PSNR, SSIM and Pearson of volumes against a reference")
@@ -198,24 +239,27 @@ def build_parser():
     return parser
 
 
-def _job_to_argv(subparser, job):
-    """Turn a job dict into argv for `subparser`, positionals in declaration order."""
-    positionals, optionals = [], []
-    for action in subparser._actions:
-        if action.dest not in job or action.dest in ("help", "job"):
-            continue
-        value = job[action.dest]
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if not action.option_strings:
-            positionals += [str(v) for v in values]
-        elif isinstance(action, argparse._StoreTrueAction):
-            optionals += [action.option_strings[-1]] if value else []
-        elif value is not None:
-            optionals += [action.option_strings[-1]] + [str(v) for v in values]
-    unknown = set(job) - {a.dest for a in subparser._actions}
+def _apply_job(subparser, job):
+    """Make a job dict the defaults of `subparser`; return its positionals as argv.
+
+    Options become parser defaults, so anything given on the command line wins and an
+    option taking several values cannot swallow the command line's positionals.
+    """
+    unknown = set(job) - {a.dest for a in subparser._actions} - {"job"}
     if unknown:
         raise InputError("unknown keys in job file: %s" % ", ".join(sorted(unknown)))
-    return positionals + optionals
+    positionals = []
+    for action in subparser._actions:
+        if action.dest not in job:
+            continue
+        value = job[action.dest]
+        if action.option_strings:
+            subparser.set_defaults(**{action.dest: value})
+            action.required = False
+        else:
+            values = value if isinstance(value, (list, tuple)) else [value]
+            positionals += [str(v) for v in values]
+    return positionals
 
 
 def _command_path(parser, argv):
@@ -244,7 +288,7 @@ def expand_job(argv, parser):
         raise InputError("cannot read job file %s: %s" % (argv[i + 1], err)) from err
     rest = argv[:i] + argv[i + 2:]
     subparser, depth = _command_path(parser, rest)
-    return rest[:depth] + _job_to_argv(subparser, job) + rest[depth:]
+    return rest[:depth] + _apply_job(subparser, job) + rest[depth:]
 
 
 def main(argv=None):

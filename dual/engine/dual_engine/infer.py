@@ -22,13 +22,17 @@ def _tile_starts(length, tile, core):
     return starts
 
 
-def apply_tiled(volume, network, tile=64, overlap=16, multiple=4, device='cpu'):
+def apply_tiled(volume, network, tile=96, overlap=None, multiple=4, device='cpu'):
     """Run `network` over `volume` in overlapping tiles and keep each tile's centre.
 
     Tiles are `tile` voxels wide (rounded up to `multiple`, the network's size step);
-    `overlap` voxels on each side are discarded, which removes seams at tile borders.
+    `overlap` voxels on each side are discarded (default: the network's receptive
+    radius, so tiling gives the same result as one pass over the whole volume).
     The volume is mirror-padded, so volumes smaller than one tile work too.
     """
+    if overlap is None:
+        overlap = getattr(network, 'receptive_radius', 16)
+    overlap = int(np.ceil(overlap / multiple) * multiple)   # keeps the pooling grid
     tile = int(np.ceil(tile / multiple) * multiple)
     if overlap * 2 >= tile:
         raise InputError('overlap %d is too large for tiles of %d' % (overlap, tile))
@@ -60,7 +64,7 @@ def _prepare(model_path, device, threads):
     return cfg, generators, device
 
 
-def denoise(model_path, input_path, output_path, tile=64, overlap=16, device='cpu',
+def denoise(model_path, input_path, output_path, tile=96, overlap=None, device='cpu',
             threads=None, voxel_size=None):
     """Denoise one tomogram with the model's Dn; writes output_path on the input's grid."""
     cfg, generators, device = _prepare(model_path, device, threads)
@@ -72,7 +76,7 @@ def denoise(model_path, input_path, output_path, tile=64, overlap=16, device='cp
             'working_voxel_size': cfg.voxel_size, 'shape': list(shape)}
 
 
-def simulate(model_path, input_path, outdir, variants=1, seed=0, tile=64, overlap=16,
+def simulate(model_path, input_path, outdir, variants=1, seed=0, tile=96, overlap=None,
              device='cpu', threads=None, voxel_size=None):
     """Synthetic tomograms from one clean density map: `variants` seeded draws of the
     noise code z, each t_f = Gs(v + P(Gn(z))) on the map's grid and voxel size."""

@@ -33,6 +33,12 @@ class UNet3D(nn.Module):
             self.up.append(conv_block(2 * w, w))
         self.head = nn.Conv3d(widths[0], out_channels, 1)
 
+    @property
+    def receptive_radius(self):
+        """Voxels from the centre of the receptive field to its edge (an upper bound):
+        two 3x3x3 convolutions per block on each level, plus pooling and upsampling."""
+        return sum(5 * 2 ** level for level in range(self.depth)) + 2 * 2 ** self.depth
+
     def forward(self, x):
         skips = []
         for block in self.down:
