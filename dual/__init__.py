@@ -6,6 +6,7 @@ through `Plugin.runEngine`; this package never imports torch.
 """
 import os
 import shlex
+import subprocess
 import sys
 
 import pwem
@@ -45,6 +46,50 @@ class Plugin(pwem.Plugin):
         if (cls.getVar(DUAL_ENV_ACTIVATION) or '').strip() != DUAL_DEFAULT_ACTIVATION:
             return []
         return super().validateInstallation()
+
+    # Engine programs found to work in this process: checked once, not at every validation.
+    _workingEnginePrograms = set()
+
+    @classmethod
+    def validateEngine(cls):
+        """Errors (a list of messages, empty when fine) if the engine cannot run; the
+        protocols' _validate calls it.
+
+        Runs `dual-engine --version` through the configured activation, exactly as the
+        protocols run the engine: this catches a broken or missing environment, a wrong
+        DUAL_ENV_ACTIVATION and an engine of another version. It imports neither torch
+        nor the engine's modules, so it takes well under a second plus the activation;
+        a success is remembered for the rest of the session. validateInstallation stays
+        the cheap path check (the GUI calls it for every protocol of its tree); when it
+        fails, Protocol.validate has reported that already and nothing is added here.
+        """
+        if cls.validateInstallation():
+            return []
+        program = cls.getEngineProgram()
+        if program in cls._workingEnginePrograms:
+            return []
+        activation = (cls.getVar(DUAL_ENV_ACTIVATION) or '').strip()
+        where = ('DUAL_ENV_ACTIVATION = "%s"' % activation if activation
+                 else 'the Python running Scipion (DUAL_ENV_ACTIVATION is empty)')
+        try:
+            result = subprocess.run(program + ' --version', shell=True, executable='/bin/bash',
+                                    env=cls.getEnviron(), capture_output=True, text=True,
+                                    timeout=120)
+        except subprocess.TimeoutExpired:
+            return ['The DUAL engine did not answer within 120 s with %s.' % where]
+        answer = result.stdout.split()
+        if result.returncode != 0 or answer[:1] != ['dual-engine']:
+            reason = (result.stderr.strip().splitlines() or ['no output'])[-1]
+            return ['The DUAL engine does not run with %s (%s). Install it with '
+                    '"scipion3 installb %s", or set DUAL_ENV_ACTIVATION to a command that '
+                    'activates an environment with dual-engine %s.'
+                    % (where, reason, DUAL, ENGINE_VERSION)]
+        if answer[-1] != ENGINE_VERSION:
+            return ['The engine environment (%s) has dual-engine %s but this plugin needs %s: '
+                    'reinstall it with "scipion3 installb %s".'
+                    % (where, answer[-1], ENGINE_VERSION, DUAL)]
+        cls._workingEnginePrograms.add(program)
+        return []
 
     @classmethod
     def getEnviron(cls):

@@ -29,3 +29,22 @@ TORCH_DEFAULT_WHEELS = 'cu126'
 
 # The file a protocol writes in its extra/ folder for each engine call.
 JOB_FILE = 'job.json'
+
+# What a training run leaves in the protocol's extra/<TRAINING_DIR>/ (see dual_engine.train).
+TRAINING_DIR = 'training'
+MODEL_FILE = 'model.pt'
+CHECKPOINT_FILE = 'checkpoint.pt'
+TRAINING_LOG = 'training_log.jsonl'
+
+# `dual-engine model-info` writes a model file's settings here (JSON).
+MODEL_INFO_FILE = 'model.json'
+
+# Files the engine reads as they are; anything else is converted to MRC first.
+MRC_EXTENSIONS = ('.mrc', '.mrcs', '.map', '.rec', '.st', '.ali')
+
+# Inference brings each volume to the model's working voxel size and back. Beyond this
+# factor the user should bin the data (or train a model at its voxel size) instead.
+MAX_VOXEL_SIZE_RATIO = 2.0
+
+# Models trained for fewer iterations are flagged as undertrained in the warnings.
+MIN_USEFUL_ITERATIONS = 500

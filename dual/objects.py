@@ -1,16 +1,24 @@
 """Scipion objects of the plugin (discovered by pyworkflow from this module)."""
+import json
+
 import pyworkflow.object as pwobj
 from pwem.objects import EMObject
 
 
 class DualModel(EMObject):
-    """A trained DUAL model: the engine's model file and what it was trained for."""
+    """A trained DUAL model: the engine's model file and what it was trained for.
 
-    def __init__(self, path=None, voxelSize=None, subvolumeSize=None, summary=None, **kwargs):
+    The values are read from the model file itself (`dual-engine model-info`), so a
+    model trained here and one trained elsewhere and imported look the same.
+    """
+
+    def __init__(self, path=None, voxelSize=None, subvolumeSize=None, iterations=None,
+                 summary=None, **kwargs):
         EMObject.__init__(self, **kwargs)
         self._path = pwobj.String(path)
         self._voxelSize = pwobj.Float(voxelSize)
         self._subvolumeSize = pwobj.Integer(subvolumeSize)
+        self._iterations = pwobj.Integer(iterations)
         self._summary = pwobj.String(summary)
 
     def getPath(self):
@@ -27,17 +35,31 @@ class DualModel(EMObject):
         self._voxelSize.set(value)
 
     def getSubvolumeSize(self):
+        """Side (voxels at the working voxel size) of the training subvolumes."""
         return self._subvolumeSize.get()
 
     def setSubvolumeSize(self, value):
         self._subvolumeSize.set(value)
 
+    def getIterations(self):
+        """Training iterations the model has had (a continued training counts on from here)."""
+        return self._iterations.get()
+
+    def setIterations(self, value):
+        self._iterations.set(value)
+
     def getTrainingSummary(self):
+        """The engine's training summary as JSON text ('' when the file had none)."""
         return self._summary.get()
 
     def setTrainingSummary(self, text):
         self._summary.set(text)
 
+    def getTrainingInfo(self):
+        """The training summary as a dict (final losses, volumes, device...); {} if none."""
+        text = self.getTrainingSummary()
+        return json.loads(text) if text else {}
+
     def __str__(self):
-        return 'DualModel (%s A/px, %s^3 subvolumes)' % (self.getVoxelSize(),
-                                                          self.getSubvolumeSize())
+        return 'DualModel (%s A/px, %s^3 subvolumes, %s iterations)' % (
+            self.getVoxelSize(), self.getSubvolumeSize(), self.getIterations())

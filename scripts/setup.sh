@@ -9,5 +9,7 @@ venv=${DUAL_VENV:-.venv}
 pip="$venv/bin/python -m pip --disable-pip-version-check -q"
 # torch first and pinned, so that nothing below pulls a multi-GB CUDA build.
 $pip install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-$pip install -e ./dual/engine -e . pytest scipion-app 2>&1 | grep -v "^WARNING: Location" || true
+# scipion-em-reliontomo and scipion-em-dynamo: test-only, for the coordinate export
+# chaining test (their converters need no RELION or Dynamo binaries).
+$pip install -e ./dual/engine -e . pytest scipion-app scipion-em-reliontomo scipion-em-dynamo 2>&1 | grep -v "^WARNING: Location" || true
 "$venv/bin/python" -c "import torch, pwem, tomo, dual_engine; print('environment ready:', '$venv')"

@@ -1,24 +1,324 @@
-"""What every DUAL protocol shares: the engine call through a job file."""
+"""What the DUAL protocols share: the engine call through a job file, the compute
+resources (GPUs or CPU threads), engine input files, model files and input checks;
+and the base of the two protocols that apply a trained model (denoise, simulate)."""
 import json
 import os
+import shutil
 
+import mrcfile
+import pyworkflow.protocol.params as params
+import pyworkflow.utils as pwutils
+from pwem.convert.headers import setMRCSamplingRate
+from pwem.emlib.image import ImageHandler
 from pwem.protocols import EMProtocol
+from pyworkflow.object import Set
+from pyworkflow.protocol import STEPS_PARALLEL
+from pyworkflow.utils import Message
+from tomo.objects import SetOfTomograms
 from tomo.protocols import ProtTomoBase
 
 from dual import Plugin
+from dual.constants import (MAX_VOXEL_SIZE_RATIO, MIN_USEFUL_ITERATIONS, MODEL_INFO_FILE,
+                            MRC_EXTENSIONS)
+from dual.objects import DualModel
 
 
 class ProtDualBase(EMProtocol, ProtTomoBase):
     """Base of the DUAL protocols (not shown in the GUI)."""
     _label = None
 
+    # --------------------------- the engine ------------------------------
     def runEngineJob(self, command, job, name, useGpu=False):
         """Write `job` to extra/<name>.json and run `dual-engine COMMAND --job` on it.
 
         The job file stays in extra/: a user can re-run the step by hand with
         `python -m dual_engine COMMAND --job extra/<name>.json`.
+        useGpu: restrict the engine to the step's GPUs (CUDA_VISIBLE_DEVICES).
         """
         jobFile = self._getExtraPath('%s.json' % name)
         with open(jobFile, 'w') as f:
             json.dump(job, f, indent=1)
         Plugin.runEngine(self, command, ['--job', os.path.abspath(jobFile)], useGpu=useGpu)
+
+    def _validateEngine(self):
+        """Errors if the engine environment does not work (see Plugin.validateEngine)."""
+        return Plugin.validateEngine()
+
+    # --------------------------- GPUs and threads -------------------------
+    @staticmethod
+    def _defineGpuParams(form):
+        """GPU choice in the form's run section. 'Use GPU = No' runs on CPU threads."""
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+                       label='Use GPU',
+                       help='No: run on the CPU with the number of threads given below '
+                            '(much slower, fine for small data and tests).')
+        form.addHidden(params.GPU_LIST, params.StringParam, default='0',
+                       label='GPU IDs',
+                       help='GPUs to use, e.g. "0" or "0 1". Steps that run at the same '
+                            'time share them out (one GPU per tomogram when threads = '
+                            'GPUs + 1); a training step given several GPUs trains on all '
+                            'of them (DistributedDataParallel).')
+
+    def _stepGpus(self):
+        """GPU ids of the running step: [] when the user chose the CPU."""
+        if not self.usesGpu():
+            return []
+        return list(self._stepsExecutor.getGpuList() or [])
+
+    @staticmethod
+    def _engineDevice(gpus):
+        """The engine's --device for a step given `gpus`. Inside the step the engine
+        sees its GPUs renumbered from 0 (CUDA_VISIBLE_DEVICES), so 'cuda' suffices."""
+        return 'cuda' if gpus else 'cpu'
+
+    def _engineThreads(self):
+        """CPU threads for one engine call: the protocol's threads shared among the steps
+        that run at once (threads - 1 of them in parallel mode, one otherwise)."""
+        threads = max(1, self.numberOfThreads.get())
+        concurrent = threads - 1 if self.modeParallel() and threads > 1 else 1
+        return max(1, threads // concurrent)
+
+    # --------------------------- files -----------------------------------
+    def _engineInputPath(self, name):
+        """extra/inputs/<name>.mrc (absolute): where the engine reads input `name`.
+        Names of our own keep the engine's outputs apart when inputs share a file name."""
+        return os.path.abspath(self._getExtraPath('inputs', '%s.mrc' % name))
+
+    def _engineInputFile(self, image, name):
+        """Make _engineInputPath(name) for `image`: a link to its MRC file, or an MRC
+        conversion of other formats and of volumes inside a stack. Returns the path."""
+        target = self._engineInputPath(name)
+        pwutils.makePath(os.path.dirname(target))
+        index, fileName = image.getLocation()
+        fileName = fileName.split(':')[0]  # drop Scipion's format hint (file.rec:mrc)
+        if os.path.splitext(fileName)[1].lower() in MRC_EXTENSIONS and (index or 1) == 1:
+            pwutils.createLink(fileName, target)
+        else:
+            ImageHandler().convert(image, target)
+        return target
+
+    @staticmethod
+    def _setHeaderSamplingRate(path, samplingRate):
+        """Make sure the MRC header of an output says `samplingRate` (A/voxel)."""
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            headerRate = float(mrc.voxel_size.x)
+        if abs(headerRate - samplingRate) > 1e-3:
+            setMRCSamplingRate(path, samplingRate)
+
+    def _copyWithSamplingRate(self, image, name):
+        """extra/<name>.mrc: a copy of `image` (e.g. a label mask) whose header carries
+        the image's sampling rate. The input's own file is never modified."""
+        target = self._getExtraPath('%s.mrc' % name)
+        fileName = image.getFileName().split(':')[0]
+        if os.path.splitext(fileName)[1].lower() in MRC_EXTENSIONS:
+            shutil.copyfile(fileName, target)
+        else:
+            ImageHandler().convert(image, target)
+        self._setHeaderSamplingRate(target, image.getSamplingRate())
+        return target
+
+    # --------------------------- models ----------------------------------
+    def _readModelInfo(self, modelPath):
+        """Run `dual-engine model-info` on a model file and return what it reports:
+        {'config': {voxel_size, subvolume_size, ...}, 'iteration', 'training', ...}.
+        The plugin never loads a model itself (that would need torch)."""
+        infoFile = os.path.abspath(self._getExtraPath(MODEL_INFO_FILE))
+        self.runEngineJob('model-info', {'model': os.path.abspath(modelPath),
+                                         'output': infoFile}, 'model_info')
+        with open(infoFile) as f:
+            return json.load(f)
+
+    def _dualModelFromFile(self, modelPath):
+        """The DualModel output for an engine model file, with the file's own values."""
+        info = self._readModelInfo(modelPath)
+        config = info['config']
+        return DualModel(path=modelPath, voxelSize=config['voxel_size'],
+                         subvolumeSize=config['subvolume_size'],
+                         iterations=info['iteration'],
+                         summary=json.dumps(info.get('training') or {}))
+
+    # --------------------------- input checks ----------------------------
+    @staticmethod
+    def _setErrors(inputSet, label):
+        """An empty set, or one without a usable sampling rate."""
+        if inputSet is None:
+            return ['%s: no input selected.' % label]
+        if inputSet.getSize() == 0:
+            return ['%s: the set is empty.' % label]
+        if not inputSet.getSamplingRate() or inputSet.getSamplingRate() <= 0:
+            return ['%s: the sampling rate is not set (%s A/px); fix it on import.'
+                    % (label, inputSet.getSamplingRate())]
+        return []
+
+    @staticmethod
+    def _tooSmallErrors(inputSet, label, workingVoxelSize, subvolumeSize):
+        """Volumes that, brought to the working voxel size, are thinner than a subvolume."""
+        errors = []
+        for item in inputSet.iterItems():
+            dims = item.getDim()
+            side = min(dims) * item.getSamplingRate() / workingVoxelSize
+            if side < subvolumeSize:
+                errors.append('%s: %s is %s voxels at %.2f A/px, only %.0f voxels across at '
+                              'the working voxel size of %.2f A, smaller than the %d^3 '
+                              'subvolumes. Use a smaller subvolume size or a finer working '
+                              'voxel size.' % (label, itemKey(item), 'x'.join(map(str, dims)),
+                                               item.getSamplingRate(), side, workingVoxelSize,
+                                               subvolumeSize))
+        return errors
+
+    @staticmethod
+    def _voxelSizeRatio(samplingRate, workingVoxelSize):
+        """How far apart two voxel sizes are, as a factor >= 1."""
+        return max(samplingRate, workingVoxelSize) / min(samplingRate, workingVoxelSize)
+
+
+def itemKey(item):
+    """The name of an input volume in steps, files, output ids and messages: its tsId,
+    or volNNN (its id) for a plain volume."""
+    tsId = getattr(item, 'getTsId', lambda: None)()
+    return tsId if tsId else 'vol%03d' % item.getObjId()
+
+
+class ProtDualApplyModel(ProtDualBase):
+    """Base of the protocols that run a trained DualModel over a set of volumes, one
+    step per volume (in parallel), each output appended to the output set as soon as
+    it is ready. Subclasses define the input set, the engine job and the outputs."""
+    _label = None
+    stepsExecutionMode = STEPS_PARALLEL
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inputItems = None
+
+    # --------------------------- form ------------------------------------
+    def _defineModelInput(self, form):
+        form.addSection(label=Message.LABEL_INPUT)
+        form.addParam('inputModel', params.PointerParam, pointerClass='DualModel',
+                      important=True, label='DUAL model',
+                      help='A model from "dual - train" or "dual - import model".')
+
+    @staticmethod
+    def _defineRunParams(form):
+        form.addParam('tileSize', params.IntParam, default=96, validators=[params.GE(64)],
+                      expertLevel=params.LEVEL_ADVANCED, label='Tile size (voxels)',
+                      help='Volumes are processed in overlapping cubic tiles of this side, '
+                           'at the model\'s working voxel size; the tile borders (the '
+                           'network\'s receptive radius, 24 voxels for U-Net depth 2) are '
+                           'discarded. Smaller tiles need less GPU memory; the result does '
+                           'not depend on it.')
+        ProtDualBase._defineGpuParams(form)
+        form.addParallelSection(threads=1, mpi=0)
+
+    # --------------------------- steps -----------------------------------
+    def _getInputSet(self):
+        """The set of volumes the model is applied to."""
+        raise NotImplementedError
+
+    def _getInputPointer(self):
+        raise NotImplementedError
+
+    def _insertAllSteps(self):
+        self._initialize()
+        outputSteps = []
+        for name in self.inputItems:
+            runId = self._insertFunctionStep(self.runModelStep, name, prerequisites=[],
+                                             needsGPU=self.usesGpu())
+            outputSteps.append(self._insertFunctionStep(self.createOutputStep, name,
+                                                        prerequisites=[runId],
+                                                        needsGPU=False))
+        self._insertFunctionStep(self._closeOutputSet, prerequisites=outputSteps,
+                                 needsGPU=False)
+
+    def _initialize(self):
+        """{name: item} of the input volumes; the name is the tsId (or volNNN)."""
+        self.inputItems = {itemKey(item): item.clone()
+                           for item in self._getInputSet().iterItems(orderBy='id')}
+
+    def _engineJob(self, name, gpus):
+        """The engine job that processes input `name` (subclasses add their options)."""
+        item = self.inputItems[name]
+        return {'model': os.path.abspath(self.inputModel.get().getPath()),
+                'inputs': [self._engineInputFile(item, name)],
+                'outdir': os.path.abspath(self._getExtraPath()),
+                'voxel_size': item.getSamplingRate(),
+                'tile': self.tileSize.get(),
+                'device': self._engineDevice(gpus),
+                'threads': self._engineThreads()}
+
+    def _engineCommand(self):
+        raise NotImplementedError
+
+    def getInputFile(self, name):
+        """The MRC file the engine read for input `name` (for the viewers)."""
+        return self._engineInputPath(name)
+
+    def runModelStep(self, name):
+        gpus = self._stepGpus()
+        self.runEngineJob(self._engineCommand(), self._engineJob(name, gpus),
+                          '%s_%s' % (self._engineCommand(), name), useGpu=bool(gpus))
+
+    def createOutputStep(self, name):
+        raise NotImplementedError
+
+    def _getOutputSet(self, outName, setClass):
+        """The streaming output set `outName`, created on first use. Call under self._lock."""
+        outSet = getattr(self, outName, None)
+        if outSet is not None:
+            outSet.enableAppend()
+            return outSet
+        outSet = setClass.create(self._getPath(), prefix=outName)
+        inputSet = self._getInputSet()
+        if isinstance(inputSet, SetOfTomograms):
+            outSet.copyInfo(inputSet)
+        else:
+            outSet.setSamplingRate(inputSet.getSamplingRate())
+        outSet.setStreamState(Set.STREAM_OPEN)
+        self._defineOutputs(**{outName: outSet})
+        self._defineSourceRelation(self._getInputPointer(), outSet)
+        self._defineSourceRelation(self.inputModel, outSet)
+        return outSet
+
+    @staticmethod
+    def _appendToOutput(outSet, item):
+        outSet.append(item)
+        outSet.write()
+
+    # --------------------------- info ------------------------------------
+    def _validate(self):
+        errors = self._validateEngine()
+        model, inputSet = self.inputModel.get(), self._getInputSet()
+        errors += self._setErrors(inputSet, 'Input volumes')
+        if model is None or errors:
+            return errors
+        if not os.path.exists(model.getPath()):
+            errors.append('The model file %s does not exist (moved or deleted?).'
+                          % model.getPath())
+        ratio = self._voxelSizeRatio(inputSet.getSamplingRate(), model.getVoxelSize())
+        if ratio > MAX_VOXEL_SIZE_RATIO:
+            errors.append('The volumes are at %.2f A/px but the model was trained at %.2f '
+                          'A/px, %.1fx apart (at most %gx is allowed): bin the volumes '
+                          'closer to %.2f A/px, or train a model at their voxel size.'
+                          % (inputSet.getSamplingRate(), model.getVoxelSize(), ratio,
+                             MAX_VOXEL_SIZE_RATIO, model.getVoxelSize()))
+        errors += self._tooSmallErrors(inputSet, 'Input volumes', model.getVoxelSize(),
+                                       model.getSubvolumeSize())
+        return errors
+
+    def _warnings(self):
+        model = self.inputModel.get()
+        warnings = []
+        if model is not None and (model.getIterations() or 0) < MIN_USEFUL_ITERATIONS:
+            warnings.append('The model was trained for only %s iterations: expect poor '
+                            'results (a useful model usually needs a few thousand).'
+                            % model.getIterations())
+        if not self.usesGpu():
+            warnings.append('Running on the CPU: this can take long for large tomograms.')
+        return warnings
+
+    def _modelDescription(self):
+        model = self.inputModel.get()
+        return ('a DUAL model trained for %d iterations at %.2f A/voxel on %d^3 subvolumes'
+                % (model.getIterations(), model.getVoxelSize(), model.getSubvolumeSize()))
+
+    def _citations(self):
+        return ['Zeng2023DUAL']

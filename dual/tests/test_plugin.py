@@ -95,3 +95,28 @@ class TestInstallationCheck(RestoresActivation):
     def test_own_environment_needs_no_dual_home(self):
         Plugin._vars[DUAL_ENV_ACTIVATION] = 'source /opt/venv/bin/activate'
         self.assertEqual(Plugin.validateInstallation(), [])
+
+
+class TestProtocolsTree(unittest.TestCase):
+    """protocols.conf must parse as pyworkflow reads it, and list every protocol."""
+
+    def test_every_protocol_is_in_the_gui_tree(self):
+        import configparser
+        import json
+        import dual.protocols
+        from pyworkflow.protocol import Protocol
+        parser = configparser.ConfigParser()
+        parser.optionxform = str
+        parser.read(os.path.join(os.path.dirname(dual.protocols.__file__), '..', 'protocols.conf'))
+        listed = set()
+
+        def collect(items):
+            for item in items:
+                if item.get('tag') == 'protocol':
+                    listed.add(item['value'])
+                collect(item.get('children', []))
+        collect(json.loads(parser['PROTOCOLS']['Tomography']))
+        exported = {name for name, obj in vars(dual.protocols).items()
+                    if isinstance(obj, type) and issubclass(obj, Protocol)}
+        self.assertTrue(exported)
+        self.assertEqual(listed, exported)

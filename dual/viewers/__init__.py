@@ -1,1 +1,3 @@
 """Viewers of the DUAL plugin."""
+from dual.viewers.viewers import (DualTrainingViewer, DualDenoiseViewer, DualSimulateViewer)
+from dual.viewers.viewer_picks import DualPicksViewer

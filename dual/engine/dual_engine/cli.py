@@ -84,11 +84,26 @@ def _denoise(args):
 
 def _simulate(args):
     from dual_engine.infer import simulate
-    for path in args.inputs:
+    for index, path in enumerate(args.inputs):
+        # Input i uses seed + 1000 i, so maps given together never share noise draws.
         result = simulate(args.model, path, args.outdir, variants=args.variants,
-                          seed=args.seed, tile=args.tile, overlap=args.overlap,
+                          seed=args.seed + 1000 * index, tile=args.tile, overlap=args.overlap,
                           device=args.device, threads=args.threads, voxel_size=args.voxel_size)
         print(json.dumps(result), flush=True)
+
+
+def _model_info(args):
+    from dual_engine.model import load_model
+    from dual_engine.io import atomic_output
+    cfg, state = load_model(args.model)
+    info = {'model': os.path.abspath(args.model), 'format': state['format'],
+            'engine_version': state.get('engine_version'), 'iteration': state['iteration'],
+            'config': cfg.to_dict(), 'training': state.get('training')}
+    text = json.dumps(info, indent=1)
+    if args.output:
+        with atomic_output(args.output) as tmp, open(tmp, 'w') as f:
+            f.write(text + '\n')
+    print(text)
 
 
 # DualConfig fields settable from the command line (defaults live in DualConfig only).
@@ -188,6 +203,11 @@ def build_parser():
     p.add_argument("--variants", type=int, default=1, help="synthetic tomograms per map")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_simulate)
+
+    p = commands.add_parser("model-info", help="a model file's settings and training summary, as JSON")
+    p.add_argument("model", help="model file (model.pt) or training checkpoint (checkpoint.pt)")
+    p.add_argument("--output", default=None, help="also write the JSON to this file")
+    p.set_defaults(handler=_model_info)
 
     p = commands.add_parser("pick", help="template-free DoG particle picking (paper's DoG picker)")
     p.add_argument("tomogram", help="MRC tomogram")

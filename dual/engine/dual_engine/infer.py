@@ -33,9 +33,8 @@ def apply_tiled(volume, network, tile=96, overlap=None, multiple=4, device='cpu'
     if overlap is None:
         overlap = getattr(network, 'receptive_radius', 16)
     overlap = int(np.ceil(overlap / multiple) * multiple)   # keeps the pooling grid
-    tile = int(np.ceil(tile / multiple) * multiple)
-    if overlap * 2 >= tile:
-        raise InputError('overlap %d is too large for tiles of %d' % (overlap, tile))
+    # Tiles grow when the overlap would leave too small a core (deep networks).
+    tile = int(np.ceil(max(tile, 2 * overlap + 4 * multiple) / multiple) * multiple)
     core = tile - 2 * overlap
     shape = volume.shape
     padded_shape = [len(_tile_starts(n, tile, core)) * core + 2 * overlap for n in shape]

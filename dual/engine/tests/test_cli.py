@@ -38,3 +38,17 @@ def test_unknown_job_key_is_a_clear_error(tmp_path, capsys):
 def test_unreadable_job_file(tmp_path, capsys):
     assert main(["phantom", "--job", str(tmp_path / "missing.json")]) == 2
     assert "cannot read job file" in capsys.readouterr().err
+
+
+def test_model_info_reports_a_models_settings(tmp_path, capsys):
+    import torch
+    from dual_engine.model import DualConfig, MODEL_FORMAT
+    cfg = DualConfig(voxel_size=12.0, subvolume_size=24)
+    torch.save({'format': MODEL_FORMAT, 'engine_version': 'x', 'config': cfg.to_dict(),
+                'iteration': 42, 'training': {'seconds': 1.0}}, tmp_path / "model.pt")
+    assert main(["model-info", str(tmp_path / "model.pt"), "--output", str(tmp_path / "i.json")]) == 0
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert info["iteration"] == 42 and info["config"]["voxel_size"] == 12.0
+    assert json.loads(capsys.readouterr().out)["config"]["subvolume_size"] == 24
+    (tmp_path / "bad.pt").write_text("no")
+    assert main(["model-info", str(tmp_path / "bad.pt")]) == 2

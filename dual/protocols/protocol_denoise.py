@@ -1,0 +1,86 @@
+from enum import Enum
+
+import pyworkflow.protocol.params as params
+from pyworkflow import BETA
+from tomo.objects import SetOfTomograms, Tomogram
+
+from dual.protocols.protocol_base import ProtDualApplyModel
+
+DENOISED_SUFFIX = '_denoised'
+
+
+class DenoiseOutputs(Enum):
+    tomograms = SetOfTomograms
+
+
+class ProtDualDenoise(ProtDualApplyModel):
+    """Denoises tomograms with a trained DUAL model (its denoiser network).
+
+    Each tomogram is brought to the model's working voxel size, denoised tile by tile
+    and resampled back, so the output has the input's size, voxel size, origin and
+    tsId: coordinates, masks and overlays line up with the input tomogram.
+    Tomograms are processed in parallel (threads - 1 at a time, one GPU each when
+    threads = GPUs + 1) and appear in the output as soon as each one is done.
+    """
+    _label = 'denoise'
+    _devStatus = BETA
+    _possibleOutputs = DenoiseOutputs
+
+    # --------------------------- form ------------------------------------
+    def _defineParams(self, form):
+        self._defineModelInput(form)
+        form.addParam('inputTomograms', params.PointerParam, pointerClass='SetOfTomograms',
+                      important=True, label='Tomograms',
+                      help='Tomograms to denoise; best at a voxel size close to the '
+                           'model\'s working voxel size.')
+        self._defineRunParams(form)
+
+    # --------------------------- steps -----------------------------------
+    def _getInputSet(self):
+        return self.inputTomograms.get()
+
+    def _getInputPointer(self):
+        return self.inputTomograms
+
+    def _engineCommand(self):
+        return 'denoise'
+
+    def _engineJob(self, name, gpus):
+        job = super()._engineJob(name, gpus)
+        job['suffix'] = DENOISED_SUFFIX
+        return job
+
+    def _denoisedFile(self, name):
+        """The engine names its output after the input link extra/inputs/<name>.mrc."""
+        return self._getExtraPath('%s%s.mrc' % (name, DENOISED_SUFFIX))
+
+    def createOutputStep(self, tsId):
+        inTomo = self.inputItems[tsId]
+        outFile = self._denoisedFile(tsId)
+        self._setHeaderSamplingRate(outFile, inTomo.getSamplingRate())
+        tomo = Tomogram()
+        tomo.copyInfo(inTomo)   # sampling rate, tsId, acquisition, origin, halves
+        tomo.setLocation(outFile)
+        with self._lock:
+            outSet = self._getOutputSet(DenoiseOutputs.tomograms.name, SetOfTomograms)
+            self._appendToOutput(outSet, tomo)
+            self._store(outSet)
+
+    # --------------------------- info ------------------------------------
+    def _summary(self):
+        if self.inputModel.get() is None or self._getInputSet() is None:
+            return []
+        outSet = getattr(self, DenoiseOutputs.tomograms.name, None)
+        done = outSet.getSize() if outSet is not None else 0
+        return ['%d of %d tomograms denoised with %s.'
+                % (done, self._getInputSet().getSize(), self._modelDescription())]
+
+    def _methods(self):
+        if self.inputModel.get() is None or self._getInputSet() is None:
+            return []
+        inputSet = self._getInputSet()
+        return ['We denoised %d tomograms (%.2f A/voxel) with DUAL [Zeng2023DUAL], using %s. '
+                'Each tomogram was resampled to the model\'s voxel size, denoised in '
+                'overlapping tiles of %d voxels and resampled back to its original grid.'
+                % (inputSet.getSize(), inputSet.getSamplingRate(), self._modelDescription(),
+                   self.tileSize.get())]

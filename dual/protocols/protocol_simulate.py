@@ -1,0 +1,180 @@
+from enum import Enum
+
+import pyworkflow.protocol.params as params
+from pyworkflow import BETA
+from tomo.objects import SetOfTomograms, SetOfTomoMasks, Tomogram, TomoMask
+
+from dual.protocols.protocol_base import ProtDualApplyModel
+
+# Map number i (in the input set's order) is simulated with engine seed
+# seed * SEED_STRIDE + i, so every map gets its own noise draws and a run is reproducible.
+SEED_STRIDE = 100000
+SIM_TAG = '_sim'
+
+
+class SimulateOutputs(Enum):
+    tomograms = SetOfTomograms
+    labels = SetOfTomoMasks
+
+
+class ProtDualSimulate(ProtDualApplyModel):
+    """Simulates realistic tomograms from clean density maps with a trained DUAL model.
+
+    The model's generators add what they learned from the real tomograms: noise drawn
+    from a random noise code, then the structural distortions (CTF, missing wedge).
+    Each map gives N synthetic tomograms (tsIds <tsId>_sim00, _sim01...) on the map's
+    own grid and voxel size. With label masks of the maps (e.g. class masks of grand
+    models), each synthetic tomogram gets its labels too: ready-made training data for
+    a segmentation or picking network.
+    """
+    _label = 'simulate tomograms'
+    _devStatus = BETA
+    _possibleOutputs = SimulateOutputs
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.labelItems = None
+
+    # --------------------------- form ------------------------------------
+    def _defineParams(self, form):
+        self._defineModelInput(form)
+        form.addParam('inputMaps', params.PointerParam,
+                      pointerClass='SetOfTomograms,SetOfVolumes', important=True,
+                      label='Clean density maps',
+                      help='Noise-free density maps to turn into tomograms: grand models '
+                           '(e.g. "dual - simulate phantoms"), maps built from atomic '
+                           'models, or high-SNR tomograms.')
+        form.addParam('inputLabels', params.PointerParam, pointerClass='SetOfTomoMasks',
+                      allowsNull=True, label='Label masks of the maps (optional)',
+                      help='One mask per map, matched by tsId and on the same grid. Each '
+                           'synthetic tomogram is output with its map\'s mask.')
+        form.addParam('variants', params.IntParam, default=1, validators=[params.Positive],
+                      label='Tomograms per map',
+                      help='Synthetic tomograms drawn per map, each with its own noise.')
+        form.addParam('seed', params.IntParam, default=0, label='Random seed',
+                      help='The same seed gives the same tomograms.')
+        self._defineRunParams(form)
+
+    # --------------------------- steps -----------------------------------
+    def _getInputSet(self):
+        return self.inputMaps.get()
+
+    def _getInputPointer(self):
+        return self.inputMaps
+
+    def _engineCommand(self):
+        return 'simulate'
+
+    def _engineJob(self, name, gpus):
+        job = super()._engineJob(name, gpus)
+        job['variants'] = self.variants.get()
+        job['seed'] = self.seed.get() * SEED_STRIDE + list(self.inputItems).index(name)
+        return job
+
+    @staticmethod
+    def _simulatedName(name, variant):
+        """tsId and file stem of a synthetic tomogram. The engine writes <input stem>_simNN.mrc,
+        and the input is extra/inputs/<name>.mrc."""
+        return '%s%s%02d' % (name, SIM_TAG, variant)
+
+    def getMapFile(self, simulatedTsId):
+        """The map a synthetic tomogram was simulated from (for the viewers)."""
+        return self.getInputFile(simulatedTsId.rsplit(SIM_TAG, 1)[0])
+
+    def _initialize(self):
+        super()._initialize()
+        self.labelItems = self._labelsByName()
+
+    def _labelsByName(self):
+        """{tsId: label mask} of the optional label input."""
+        labels = self.inputLabels.get()
+        return {} if labels is None else {m.getTsId(): m.clone() for m in labels.iterItems()}
+
+    def createOutputStep(self, name):
+        inMap = self.inputItems[name]
+        mask = self.labelItems.get(name)
+        labelFile = self._copyWithSamplingRate(mask, '%s_labels' % name) if mask else None
+        tomograms, masks = [], []
+        for variant in range(self.variants.get()):
+            simName = self._simulatedName(name, variant)
+            tomo = self._syntheticTomogram(inMap, simName)
+            tomograms.append(tomo)
+            if labelFile:
+                labels = TomoMask()
+                labels.copyInfo(tomo)
+                labels.setFileName(labelFile)
+                labels.setVolName(tomo.getFileName())
+                masks.append(labels)
+        with self._lock:
+            outSet = self._getOutputSet(SimulateOutputs.tomograms.name, SetOfTomograms)
+            for tomo in tomograms:
+                self._appendToOutput(outSet, tomo)
+            self._store(outSet)
+            if masks:
+                maskSet = self._getOutputSet(SimulateOutputs.labels.name, SetOfTomoMasks)
+                for labels in masks:
+                    self._appendToOutput(maskSet, labels)
+                self._store(maskSet)
+
+    def _syntheticTomogram(self, inMap, simName):
+        """A synthetic tomogram on the map's grid: its voxel size, origin and (for a
+        tomogram) acquisition; a tsId of its own and no half maps."""
+        fileName = self._getExtraPath('%s.mrc' % simName)
+        self._setHeaderSamplingRate(fileName, inMap.getSamplingRate())
+        tomo = Tomogram(location=fileName)
+        tomo.setSamplingRate(inMap.getSamplingRate())
+        tomo.setTsId(simName)
+        if inMap.hasOrigin():
+            tomo.setOrigin(inMap.getOrigin())
+        else:
+            tomo.setOrigin()
+        if isinstance(inMap, Tomogram) and inMap.getAcquisition() is not None:
+            tomo.setAcquisition(inMap.getAcquisition().clone())
+        return tomo
+
+    # --------------------------- info ------------------------------------
+    def _validate(self):
+        errors = super()._validate()
+        labels, maps = self.inputLabels.get(), self._getInputSet()
+        if labels is None or maps is None or maps.getSize() == 0:
+            return errors
+        errors += self._setErrors(labels, 'Label masks')
+        if not isinstance(maps, SetOfTomograms):
+            return errors + ['Label masks are matched to the maps by tsId: give the maps as '
+                             'tomograms (plain volumes have no tsId).']
+        masks = self._labelsByName()
+        for inMap in maps.iterItems():
+            mask = masks.get(inMap.getTsId())
+            if mask is None:
+                errors.append('Label masks: there is no mask with tsId %s.' % inMap.getTsId())
+            elif mask.getDim() != inMap.getDim():
+                errors.append('Label masks: the mask of %s is %s voxels, its map %s.'
+                              % (inMap.getTsId(), 'x'.join(map(str, mask.getDim())),
+                                 'x'.join(map(str, inMap.getDim()))))
+        return errors
+
+    def _summary(self):
+        if self.inputModel.get() is None or self._getInputSet() is None:
+            return []
+        outSet = getattr(self, SimulateOutputs.tomograms.name, None)
+        lines = ['%d synthetic tomograms (%d per map, seed %d) from %d maps with %s.'
+                 % (outSet.getSize() if outSet is not None else 0, self.variants.get(),
+                    self.seed.get(), self._getInputSet().getSize(), self._modelDescription())]
+        if self.inputLabels.get() is not None:
+            lines.append('Each synthetic tomogram has its map\'s label mask (output %s).'
+                         % SimulateOutputs.labels.name)
+        return lines
+
+    def _methods(self):
+        if self.inputModel.get() is None or self._getInputSet() is None:
+            return []
+        maps = self._getInputSet()
+        return ['We simulated %d tomograms from %d noise-free density maps (%.2f A/voxel) with '
+                'the generators of DUAL [Zeng2023DUAL], using %s: for each map, %d noise '
+                'codes were drawn (random seed %d), the decoded non-structural noise was '
+                'added and the structural generator applied, in overlapping tiles of %d '
+                'voxels at the model\'s voxel size, and the result resampled to the map\'s '
+                'grid.' % (maps.getSize() * self.variants.get(), maps.getSize(),
+                           maps.getSamplingRate(), self._modelDescription(),
+                           self.variants.get(), self.seed.get(), self.tileSize.get())]
+

@@ -1,0 +1,295 @@
+import os
+from enum import Enum
+
+import pyworkflow.protocol.params as params
+from pyworkflow import BETA
+from pyworkflow.utils import Message
+
+from dual.constants import MAX_VOXEL_SIZE_RATIO, MODEL_FILE, TRAINING_DIR, TRAINING_LOG
+from dual.convert import formatDuration, readTrainingLog
+from dual.objects import DualModel
+from dual.protocols.protocol_base import ProtDualBase, itemKey
+
+NOT_CONTINUING = 'not continueTraining'
+
+
+class TrainOutputs(Enum):
+    model = DualModel
+
+
+class ProtDualTrain(ProtDualBase):
+    """Trains DUAL on unpaired noisy tomograms and clean volumes (no pairs, no labels).
+
+    DUAL learns at once a denoiser (noisy -> clean) and a simulator (clean -> noisy:
+    learned noise plus the structural distortions of the real data, CTF and missing
+    wedge), from random subvolumes of both domains brought to one working voxel size.
+    The clean domain can be grand models (e.g. from "dual - simulate phantoms" or maps
+    built from atomic models) or high-SNR tomograms.
+
+    Progress (losses and ETA) is written to the log every few iterations and a
+    checkpoint is saved regularly: "Continue" resumes an interrupted run from its last
+    checkpoint, and continuing a finished run with more iterations trains it further.
+    A finished model can also be trained on, with other data, by a new run that
+    continues from it.
+    """
+    _label = 'train'
+    _devStatus = BETA
+    _possibleOutputs = TrainOutputs
+
+    # --------------------------- form ------------------------------------
+    def _defineParams(self, form):
+        form.addSection(label=Message.LABEL_INPUT)
+        form.addParam('inputTomograms', params.PointerParam, pointerClass='SetOfTomograms',
+                      important=True, label='Noisy tomograms',
+                      help='Experimental (or simulated) tomograms: the noisy domain.')
+        form.addParam('cleanVolumes', params.PointerParam,
+                      pointerClass='SetOfTomograms,SetOfVolumes', important=True,
+                      label='Clean volumes',
+                      help='Noise-free density maps (grand models) or high-SNR tomograms: '
+                           'the clean domain. They need not show the same specimens as the '
+                           'noisy tomograms, but should hold similar structures.')
+        form.addParam('continueTraining', params.BooleanParam, default=False,
+                      label='Continue from an earlier model?',
+                      help='Yes: start from the weights and iteration count of a DUAL '
+                           'model; its network and training settings are kept.')
+        form.addParam('inputModel', params.PointerParam, pointerClass='DualModel',
+                      condition='continueTraining', label='Model to continue from')
+
+        form.addSection(label='Training')
+        form.addParam('iterations', params.IntParam, default=2000,
+                      validators=[params.Positive], label='Iterations',
+                      help='Training iterations of this run (added to the model\'s when '
+                           'continuing). Each iteration updates the discriminators and '
+                           'then the generators on one batch.')
+        form.addParam('batchSize', params.IntParam, default=4, validators=[params.GE(2)],
+                      condition=NOT_CONTINUING, label='Batch size',
+                      help='Subvolumes per domain per iteration (and per GPU). At least 2: '
+                           'the noise-code KL term needs a batch covariance.')
+        form.addParam('seed', params.IntParam, default=0, condition=NOT_CONTINUING,
+                      label='Random seed',
+                      help='Initial weights and subvolume sampling; the same seed and data '
+                           'give the same model on one device.')
+        form.addParam('checkpointEvery', params.IntParam, default=200,
+                      validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
+                      label='Checkpoint every (iterations)',
+                      help='An interrupted run continues from its last checkpoint.')
+        form.addParam('logEvery', params.IntParam, default=10, validators=[params.Positive],
+                      expertLevel=params.LEVEL_ADVANCED, label='Log every (iterations)',
+                      help='Iterations between progress lines (losses, ETA) and points of '
+                           'the training curves.')
+
+        form.addSection(label='Model')
+        form.addParam('voxelSize', params.FloatParam, default=10.0,
+                      validators=[params.Positive], condition=NOT_CONTINUING,
+                      label='Working voxel size (A)',
+                      help='Both domains are resampled to this voxel size for training, and '
+                           'every tomogram the model processes later too (the paper: 10 A). '
+                           'Choose it close to the voxel size of the tomograms to denoise.')
+        form.addParam('subvolumeSize', params.IntParam, default=32,
+                      validators=[params.GE(8)], condition=NOT_CONTINUING,
+                      label='Subvolume size (voxels)',
+                      help='Side of the cubic training subvolumes at the working voxel '
+                           'size, a multiple of 8 (the paper: 32).')
+        form.addParam('codeSize', params.IntParam, default=16, validators=[params.Positive],
+                      condition=NOT_CONTINUING, label='Noise code size',
+                      help='Dimension K of the code the noise decoder turns into noise.')
+        line = form.addLine('U-Net width and depth', condition=NOT_CONTINUING,
+                            expertLevel=params.LEVEL_ADVANCED,
+                            help='Channels of the first level and number of poolings of '
+                                 'the denoiser and structural generator.')
+        line.addParam('unetWidth', params.IntParam, default=16, validators=[params.Positive],
+                      label='width')
+        line.addParam('unetDepth', params.IntParam, default=2, validators=[params.Positive],
+                      label='depth')
+        line = form.addLine('Other widths', condition=NOT_CONTINUING,
+                            expertLevel=params.LEVEL_ADVANCED,
+                            help='Channels of the noise encoder/decoder and discriminators.')
+        line.addParam('noiseWidth', params.IntParam, default=16, validators=[params.Positive],
+                      label='noise nets')
+        line.addParam('discWidth', params.IntParam, default=16, validators=[params.Positive],
+                      label='discriminators')
+        line = form.addLine('Loss weights', condition=NOT_CONTINUING,
+                            expertLevel=params.LEVEL_ADVANCED,
+                            help='L = w_rec L_rec + w_adv L_adv + w_KL L_KL (the paper: 1, 1, '
+                                 '0.1).')
+        line.addParam('lambdaRec', params.FloatParam, default=1.0, label='reconstruction')
+        line.addParam('lambdaAdv', params.FloatParam, default=1.0, label='adversarial')
+        line.addParam('lambdaKl', params.FloatParam, default=0.1, label='KL')
+        form.addParam('learningRate', params.FloatParam, default=1e-4,
+                      validators=[params.Positive], condition=NOT_CONTINUING,
+                      expertLevel=params.LEVEL_ADVANCED, label='Learning rate (AdamW)')
+
+        self._defineGpuParams(form)
+        form.addParallelSection(threads=4, mpi=0)
+
+    # --------------------------- steps -----------------------------------
+    def _insertAllSteps(self):
+        # The target iteration is an argument of the last two steps: continuing a finished
+        # run with more iterations re-runs them, and training resumes from its checkpoint.
+        target = self._targetIterations()
+        self._insertFunctionStep(self.convertInputStep, needsGPU=False)
+        self._insertFunctionStep(self.trainStep, target, needsGPU=self.usesGpu())
+        self._insertFunctionStep(self.createOutputStep, target, needsGPU=False)
+
+    def _domains(self):
+        """(engine name prefix, input set) of the two domains."""
+        return ('noisy', self.inputTomograms.get()), ('clean', self.cleanVolumes.get())
+
+    def _domainInputName(self, prefix, item):
+        return '%s_%s' % (prefix, itemKey(item))
+
+    def convertInputStep(self):
+        for prefix, inputSet in self._domains():
+            for item in inputSet.iterItems():
+                self._engineInputFile(item, self._domainInputName(prefix, item))
+
+    def _targetIterations(self):
+        start = self.inputModel.get().getIterations() if self.continueTraining else 0
+        return start + self.iterations.get()
+
+    def _trainingDir(self):
+        return self._getExtraPath(TRAINING_DIR)
+
+    def trainStep(self, targetIterations):
+        gpus = self._stepGpus()
+        job = {'outdir': os.path.abspath(self._trainingDir()),
+               'iterations': targetIterations,
+               'log_every': self.logEvery.get(),
+               'checkpoint_every': self.checkpointEvery.get(),
+               'resume': True,   # a no-op without a checkpoint, i.e. on a fresh run
+               'device': self._engineDevice(gpus),
+               'processes': max(1, len(gpus)),
+               'threads': self._engineThreads()}
+        for prefix, inputSet in self._domains():
+            job[prefix] = [self._engineInputPath(self._domainInputName(prefix, item))
+                           for item in inputSet.iterItems()]
+            job['%s_voxel_size' % prefix] = inputSet.getSamplingRate()
+        if self.continueTraining:
+            job['init_model'] = os.path.abspath(self.inputModel.get().getPath())
+        else:
+            job.update(self._networkSettings())
+        self.runEngineJob('train', job, 'train', useGpu=bool(gpus))
+
+    def _networkSettings(self):
+        """The engine's DualConfig values set in the form (fresh training only)."""
+        return {'voxel_size': self.voxelSize.get(),
+                'subvolume_size': self.subvolumeSize.get(),
+                'batch_size': self.batchSize.get(),
+                'seed': self.seed.get(),
+                'code_size': self.codeSize.get(),
+                'unet_width': self.unetWidth.get(),
+                'unet_depth': self.unetDepth.get(),
+                'noise_width': self.noiseWidth.get(),
+                'disc_width': self.discWidth.get(),
+                'lambda_rec': self.lambdaRec.get(),
+                'lambda_adv': self.lambdaAdv.get(),
+                'lambda_kl': self.lambdaKl.get(),
+                'lr': self.learningRate.get()}
+
+    def createOutputStep(self, targetIterations):
+        model = self._dualModelFromFile(os.path.join(self._trainingDir(), MODEL_FILE))
+        self._defineOutputs(**{TrainOutputs.model.name: model})
+        self._defineSourceRelation(self.inputTomograms, model)
+        self._defineSourceRelation(self.cleanVolumes, model)
+        if self.continueTraining:
+            self._defineSourceRelation(self.inputModel, model)
+
+    def getTrainingLogFile(self):
+        """The engine's training log (JSON lines), read by the summary and the viewer."""
+        return os.path.join(self._trainingDir(), TRAINING_LOG)
+
+    # --------------------------- info ------------------------------------
+    def _workingGeometry(self):
+        """(working voxel size, subvolume size) the run trains at, or None if unknown."""
+        if not self.continueTraining:
+            return self.voxelSize.get(), self.subvolumeSize.get()
+        model = self.inputModel.get()
+        return (model.getVoxelSize(), model.getSubvolumeSize()) if model else None
+
+    def _validate(self):
+        errors = self._validateEngine()
+        labels = {'noisy': 'Noisy tomograms', 'clean': 'Clean volumes'}
+        for prefix, inputSet in self._domains():
+            errors += self._setErrors(inputSet, labels[prefix])
+        if self.continueTraining:
+            model = self.inputModel.get()
+            if model is None:
+                return errors + ['Choose the model to continue from.']
+            if not os.path.exists(model.getPath()):
+                errors.append('The model file %s does not exist (moved or deleted?).'
+                              % model.getPath())
+        elif self.subvolumeSize.get() % 8:
+            errors.append('The subvolume size must be a multiple of 8 (it is %d).'
+                          % self.subvolumeSize.get())
+        if errors:
+            return errors
+        voxelSize, subvolumeSize = self._workingGeometry()
+        for prefix, inputSet in self._domains():
+            errors += self._tooSmallErrors(inputSet, labels[prefix], voxelSize, subvolumeSize)
+        return errors
+
+    def _warnings(self):
+        warnings = []
+        geometry = self._workingGeometry()
+        for label, inputSet in (('noisy tomograms', self.inputTomograms.get()),
+                                ('clean volumes', self.cleanVolumes.get())):
+            if geometry is None or inputSet is None or not inputSet.getSamplingRate():
+                continue
+            ratio = self._voxelSizeRatio(inputSet.getSamplingRate(), geometry[0])
+            if ratio > MAX_VOXEL_SIZE_RATIO:
+                warnings.append('The %s (%.2f A/px) are resampled %.1fx to the working voxel '
+                                'size of %.2f A.' % (label, inputSet.getSamplingRate(), ratio,
+                                                     geometry[0]))
+        if not self.usesGpu():
+            warnings.append('Training on the CPU is very slow: use it for small tests only.')
+        if self.continueTraining:
+            warnings.append('The network and training settings of the model you continue '
+                            'from are kept; only the iterations and the log and checkpoint '
+                            'intervals of this form apply.')
+        return warnings
+
+    def _summary(self):
+        model = getattr(self, TrainOutputs.model.name, None)
+        if model is not None:
+            lines = ['DUAL model trained for %d iterations at %.2f A/voxel on %d^3 subvolumes.'
+                     % (model.getIterations(), model.getVoxelSize(),
+                        model.getSubvolumeSize())]
+            losses = model.getTrainingInfo().get('final_losses') or {}
+            if losses:
+                lines.append('Final losses: ' + ', '.join('%s %.3f' % (k, v)
+                                                          for k, v in losses.items()))
+            return lines
+        records = readTrainingLog(self.getTrainingLogFile())
+        if not records:
+            return []
+        last = records[-1]
+        return ['Training: iteration %d of %d, loss %.3f, %s left (estimated).'
+                % (last['iteration'], last['iterations'], last['loss'],
+                   formatDuration(last['eta_seconds']))]
+
+    def _methods(self):
+        noisy, clean = self.inputTomograms.get(), self.cleanVolumes.get()
+        if noisy is None or clean is None:
+            return []
+        text = ('We trained DUAL [Zeng2023DUAL] on %d noisy tomograms (%.2f A/voxel) and %d '
+                'clean volumes (%.2f A/voxel), unpaired, ' % (noisy.getSize(),
+                                                              noisy.getSamplingRate(),
+                                                              clean.getSize(),
+                                                              clean.getSamplingRate()))
+        if self.continueTraining:
+            model = self.inputModel.get()
+            return [text + 'continuing a model trained for %d iterations at %.2f A/voxel on '
+                    '%d^3 subvolumes for %d more iterations.'
+                    % (model.getIterations(), model.getVoxelSize(),
+                       model.getSubvolumeSize(), self.iterations.get())]
+        return [text + 'both resampled to %.2f A/voxel, for %d iterations with batches of %d '
+                '%d^3-voxel subvolumes per domain (U-Nets of width %d and depth %d, noise code '
+                'of dimension %d; loss weights %g (reconstruction), %g (adversarial) and %g '
+                '(KL); AdamW with learning rate %g; random seed %d).'
+                % (self.voxelSize.get(), self.iterations.get(), self.batchSize.get(),
+                   self.subvolumeSize.get(), self.unetWidth.get(), self.unetDepth.get(),
+                   self.codeSize.get(), self.lambdaRec.get(), self.lambdaAdv.get(),
+                   self.lambdaKl.get(), self.learningRate.get(), self.seed.get())]
+
+    def _citations(self):
+        return ['Zeng2023DUAL']

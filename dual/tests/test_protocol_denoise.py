@@ -1,0 +1,134 @@
+"""ProtDualDenoise with a tiny model trained on phantoms: output tomograms keep the
+input's metadata; the form rejects bad inputs; the viewer draws. The tiny model does
+not denoise well: quality is not tested here."""
+import json
+import os
+
+import matplotlib.pyplot as plt
+import mrcfile
+import numpy as np
+from pyworkflow.plugin import Domain
+
+from dual.constants import DUAL_ENV_ACTIVATION
+from dual.objects import DualModel
+from dual.protocols import ProtDualDenoise
+from dual.protocols.protocol_denoise import DenoiseOutputs
+from dual.tests.phantoms import SMALL_VOXEL_SIZE
+from dual.tests.workflow import PHANTOM_DIMENSIONS, DualWorkflowTest, unsavedTomogramSet
+from dual.viewers import DualDenoiseViewer
+
+Plugin = Domain.getPlugin('dual').Plugin
+
+
+class TestDualDenoise(DualWorkflowTest):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.train, cls.model = cls.runTraining()
+        cls.denoise = cls.newDenoise(numberOfThreads=3)  # two tomograms at a time
+        cls.launchProtocol(cls.denoise)
+        cls.denoised = getattr(cls.denoise, DenoiseOutputs.tomograms.name)
+
+    @classmethod
+    def newDenoise(cls, model=None, tomograms=None, **values):
+        prot = cls.newProtocol(ProtDualDenoise, **dict(dict(useGpu=False), **values))
+        prot.inputModel.set(cls.model if model is None else model)
+        prot.inputTomograms.set(cls.tomograms if tomograms is None else tomograms)
+        return prot
+
+    def test_denoised_tomograms_keep_the_input_metadata(self):
+        first = self.tomograms.getFirstItem()
+        self.checkTomograms(self.denoised, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
+                            expectedDimensions=PHANTOM_DIMENSIONS,
+                            expectedOriginShifts=first.getOrigin().getShifts(),
+                            testSetAcqObj=self.tomograms.getAcquisition(),
+                            testAcqObj=first.getAcquisition())
+        inputs = {t.getTsId(): t.clone() for t in self.tomograms}
+        self.assertEqual(sorted(t.getTsId() for t in self.denoised), sorted(inputs))
+        for tomo in self.denoised:
+            original = inputs[tomo.getTsId()]
+            self.assertEqual(tomo.getAcquisition().getAngleMax(),
+                             original.getAcquisition().getAngleMax())
+            with mrcfile.open(tomo.getFileName()) as out, \
+                    mrcfile.open(original.getFileName()) as raw:
+                self.assertEqual(out.data.dtype, np.float32)
+                self.assertTrue(np.all(np.isfinite(out.data)))
+                self.assertFalse(np.allclose(out.data, raw.data))  # the network ran
+        # One engine job per tomogram, on the CPU, with the Scipion voxel size.
+        with open(self.denoise._getExtraPath('denoise_TS_00.json')) as f:
+            job = json.load(f)
+        self.assertEqual((job['device'], job['voxel_size'], job['tile']), ('cpu', 10.0, 96))
+        self.assertIn('2 of 2 tomograms denoised', ' '.join(self.denoise.summary()))
+        self.assertIn('We denoised 2 tomograms', ' '.join(self.denoise.methods()))
+
+    def test_output_header_sampling_rate_is_enforced(self):
+        path = self.getOutputPath('wrong_header.mrc')
+        with mrcfile.new(path, overwrite=True) as mrc:
+            mrc.set_data(np.zeros((8, 8, 8), dtype=np.float32))
+            mrc.voxel_size = 1.0
+        ProtDualDenoise._setHeaderSamplingRate(path, 13.68)
+        with mrcfile.open(path) as mrc:
+            self.assertAlmostEqual(float(mrc.voxel_size.x), 13.68, places=2)
+
+    def test_viewer_draws_before_and_after(self):
+        viewer = DualDenoiseViewer(project=self.proj, protocol=self.denoise)
+        viewer.setProtocol(self.denoise)
+        views = viewer._showBeforeAfter()
+        self.assertEqual(len(views), 1)
+        figure = views[0].getFigure()
+        self.assertEqual(len(figure.axes), 8)   # 2 rows: slices XY, XZ and their spectra
+        plt.close(figure)
+
+    def test_cpu_threads_are_shared_by_the_tomograms_run_at_once(self):
+        # threads T: T - 1 tomograms at a time (one if T = 1), T // that many threads each
+        for threads, perTomogram in ((1, 1), (2, 2), (3, 1), (8, 1)):
+            self.assertEqual(self.newDenoise(numberOfThreads=threads)._engineThreads(),
+                             perTomogram)
+        self.assertEqual(self.newTraining(numberOfThreads=4)._engineThreads(), 4)
+
+    # --------------------------- form checks -----------------------------
+    def assertError(self, prot, text):
+        errors = prot.validate()
+        self.assertTrue(any(text in e for e in errors), 'no error with %r in %s' % (text, errors))
+
+    def modelLike(self, **changes):
+        """A DualModel like the trained one, with some values changed."""
+        values = dict(path=self.model.getPath(), voxelSize=self.model.getVoxelSize(),
+                      subvolumeSize=self.model.getSubvolumeSize(),
+                      iterations=self.model.getIterations())
+        values.update(changes)
+        return DualModel(**values)
+
+    def test_validate_accepts_the_phantoms(self):
+        self.assertEqual(self.newDenoise().validate(), [])
+
+    def test_validate_rejects_a_model_at_another_voxel_size(self):
+        self.assertError(self.newDenoise(self.modelLike(voxelSize=25.0)),
+                         'the model was trained at 25.00 A/px, 2.5x apart')
+
+    def test_validate_rejects_volumes_smaller_than_a_subvolume(self):
+        self.assertError(self.newDenoise(self.modelLike(subvolumeSize=64)),
+                         'smaller than the 64^3 subvolumes')
+
+    def test_validate_rejects_a_missing_model_file(self):
+        self.assertError(self.newDenoise(self.modelLike(path='/no/such/model.pt')),
+                         'does not exist')
+
+    def test_validate_rejects_an_empty_set(self):
+        empty = unsavedTomogramSet(self.getOutputPath('empty.sqlite'))
+        self.assertError(self.newDenoise(tomograms=empty), 'Input volumes: the set is empty')
+
+    def test_validate_rejects_a_missing_engine(self):
+        saved = Plugin.getVar(DUAL_ENV_ACTIVATION)
+        Plugin._vars[DUAL_ENV_ACTIVATION] = 'source /no/such/venv/bin/activate'
+        try:
+            self.assertError(self.newDenoise(), 'The DUAL engine does not run')
+        finally:
+            Plugin._vars[DUAL_ENV_ACTIVATION] = saved
+
+    def test_warnings_flag_an_undertrained_model(self):
+        warnings = ' '.join(self.newDenoise().warnings())
+        self.assertIn('trained for only 4 iterations', warnings)
+        self.assertIn('CPU', warnings)
+        self.assertTrue(os.path.exists(self.model.getPath()))

@@ -1,0 +1,84 @@
+"""The small workflow the protocol tests build on: phantoms -> tiny training -> ...
+
+Everything runs for real (engine included) on CPU, at sizes that take seconds.
+"""
+import os
+
+from pyworkflow.tests import setupTestProject
+from tomo.objects import SetOfTomograms
+from tomo.protocols import ProtImportTomomasks
+from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
+
+from dual.protocols import ProtDualPhantom, ProtDualTrain
+from dual.protocols.protocol_phantom import OUT_GRAND_MODELS, OUT_TOMOGRAMS
+from dual.protocols.protocol_train import TrainOutputs
+from dual.tests.phantoms import SMALL_SHAPE, SMALL_VOXEL_SIZE
+
+# A DUAL model small enough to train for a few iterations in seconds on a CPU.
+TINY_TRAINING = dict(subvolumeSize=16, unetWidth=4, unetDepth=2, codeSize=4, noiseWidth=4,
+                     discWidth=4, batchSize=2, iterations=4, logEvery=1, checkpointEvery=2,
+                     useGpu=False, numberOfThreads=1)
+
+Z, Y, X = SMALL_SHAPE
+PHANTOM_DIMENSIONS = [X, Y, Z]
+
+
+class DualWorkflowTest(TestBaseCentralizedLayer):
+    """A test project with two phantoms (tomograms TS_00, TS_01 and their grand models)."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.phantoms = cls.newProtocol(ProtDualPhantom, numberOfPhantoms=2, seed=0,
+                                       sizeX=X, sizeY=Y, sizeZ=Z, voxelSize=SMALL_VOXEL_SIZE)
+        cls.launchProtocol(cls.phantoms)
+        cls.tomograms = getattr(cls.phantoms, OUT_TOMOGRAMS)
+        cls.grandModels = getattr(cls.phantoms, OUT_GRAND_MODELS)
+
+    @classmethod
+    def newTraining(cls, inputModel=None, **changes):
+        """ProtDualTrain (tiny) on the phantoms (noisy) and their grand models (clean)."""
+        prot = cls.newProtocol(ProtDualTrain, **dict(TINY_TRAINING, **changes))
+        prot.inputTomograms.set(cls.tomograms)
+        prot.cleanVolumes.set(cls.grandModels)
+        if inputModel is not None:
+            prot.inputModel.set(inputModel)
+        return prot
+
+    @classmethod
+    def runTraining(cls, inputModel=None, **changes):
+        """Run newTraining(...); returns (protocol, its DualModel)."""
+        prot = cls.newTraining(inputModel, **changes)
+        cls.launchProtocol(prot)
+        return prot, getattr(prot, TrainOutputs.model.name)
+
+    @classmethod
+    def importClassMasks(cls, tomograms):
+        """The phantoms' class masks as a SetOfTomoMasks of `tomograms` (matched by tsId)."""
+        folder = cls.getOutputPath('class_masks')
+        os.makedirs(folder, exist_ok=True)
+        for tsId in ('TS_00', 'TS_01'):
+            link = os.path.join(folder, '%s.mrc' % tsId)
+            if not os.path.exists(link):
+                os.symlink(os.path.abspath(cls.phantoms._getExtraPath(tsId, 'class_mask.mrc')),
+                           link)
+        prot = cls.newProtocol(ProtImportTomomasks, filesPath=folder, filesPattern='*.mrc')
+        prot.inputTomos.set(tomograms)
+        cls.launchProtocol(prot)
+        return getattr(prot, ProtImportTomomasks._possibleOutputs.tomomasks.name)
+
+
+def unsavedTomogramSet(path, items=(), samplingRate=None):
+    """An unsaved SetOfTomograms (for form checks): copies of `items`, with
+    `samplingRate` (None: the items' own) on the set and its items."""
+    outSet = SetOfTomograms(filename=path)
+    for item in items:
+        tomo = item.clone()
+        tomo.cleanObjId()
+        if samplingRate is not None:
+            tomo.setSamplingRate(samplingRate)
+        outSet.append(tomo)
+    rate = samplingRate if samplingRate is not None else (
+        items.getSamplingRate() if items else 10.0)
+    outSet.setSamplingRate(rate)
+    return outSet
