@@ -121,8 +121,6 @@ _CONFIG_OPTIONS = {
     'lambda_rec': (float, 'weight of the reconstruction loss'),
     'lambda_adv': (float, 'weight of the adversarial loss'),
     'lambda_kl': (float, 'weight of the noise-code KL loss'),
-    'average_decay': (float, 'decay of the running average of generator weights '
-                             'used for inference (0: last weights)'),
     'seed': (int, 'random seed'),
     'log_every': (int, 'iterations between log lines'),
     'checkpoint_every': (int, 'iterations between checkpoints'),

@@ -33,7 +33,6 @@ class DualConfig:
     lambda_rec: float = 1.0
     lambda_adv: float = 1.0
     lambda_kl: float = 0.1
-    average_decay: float = 0.99       # running average of generator weights, for inference
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
@@ -118,11 +117,10 @@ def load_model(path, map_location='cpu'):
 
 
 def load_generators(path, device='cpu'):
-    """The trained generator networks of a model file (their running average when the
-    file has one), in eval mode."""
+    """The trained generator networks of a model file, in eval mode."""
     cfg, state = load_model(path)
     generators = DualGenerators(cfg)
-    generators.load_state_dict(state.get('generators_average', state['generators']))
+    generators.load_state_dict(state['generators'])
     return cfg, generators.to(device).eval()
 
 

@@ -7,7 +7,6 @@ Files in the output folder:
   training_log.jsonl   one JSON object per logged iteration (losses, seconds, ETA)
   model.pt             the trained model, written once training reaches its iterations
 """
-import copy
 import json
 import os
 import tempfile
@@ -50,9 +49,6 @@ class Trainer:
             ids = [torch.device(device).index] if device.startswith('cuda') else None
             self.generators = DistributedDataParallel(self.generators, device_ids=ids)
             self.discriminators = DistributedDataParallel(self.discriminators, device_ids=ids)
-        # Running average of the generator weights, the weights inference uses: GAN
-        # weights oscillate from one iteration to the next, their average much less.
-        self.averaged = copy.deepcopy(_unwrap(self.generators)).requires_grad_(False)
         self.iteration = 0
         self._reseed(cfg.seed)
 
@@ -95,26 +91,16 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        self._update_average()
         self.iteration += 1
         return {'loss': loss_g.item(), 'rec_clean': loss_rec_clean.item(),
                 'rec_noisy': loss_rec_noisy.item(), 'adv': loss_adv.item(),
                 'kl': loss_kl.item(), 'disc': loss_d.item()}
-
-    def _update_average(self):
-        # Short warm-up, so that early (random) weights fade out quickly.
-        decay = min(self.cfg.average_decay, (1.0 + self.iteration) / (10.0 + self.iteration))
-        with torch.no_grad():
-            for averaged, current in zip(self.averaged.parameters(),
-                                         _unwrap(self.generators).parameters()):
-                averaged.lerp_(current, 1.0 - decay)
 
     # ------------------------------------------------------------------ state
     def state(self, extra=None):
         state = {'format': MODEL_FORMAT, 'engine_version': __version__,
                  'config': self.cfg.to_dict(), 'iteration': self.iteration,
                  'generators': _unwrap(self.generators).state_dict(),
-                 'generators_average': self.averaged.state_dict(),
                  'discriminators': _unwrap(self.discriminators).state_dict(),
                  'opt_g': self.opt_g.state_dict(), 'opt_d': self.opt_d.state_dict(),
                  'rng': {'numpy': self.rng.bit_generator.state,
@@ -124,7 +110,6 @@ class Trainer:
 
     def load_state(self, state, restore_rng=True):
         _unwrap(self.generators).load_state_dict(state['generators'])
-        self.averaged.load_state_dict(state.get('generators_average', state['generators']))
         _unwrap(self.discriminators).load_state_dict(state['discriminators'])
         self.opt_g.load_state_dict(state['opt_g'])
         self.opt_d.load_state_dict(state['opt_d'])
