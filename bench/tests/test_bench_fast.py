@@ -1,0 +1,108 @@
+"""Fast checks of the benchmark code (seconds, no benchmark-only dependency needed:
+tests of bm4d / Topaz / scikit-image are skipped when those are not installed).
+
+    python -m pytest bench/tests -q
+"""
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import baselines  # noqa: E402
+import run_benchmark  # noqa: E402
+
+
+def _noisy_ball(shape=(24, 32, 32), seed=0):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    clean = (((z - 12) ** 2 + (y - 16) ** 2 + (x - 16) ** 2) < 36).astype(np.float32)
+    return clean, (clean + rng.normal(0, 0.5, shape)).astype(np.float32)
+
+
+def test_gaussian_shape_and_smoothing():
+    _, noisy = _noisy_ball()
+    out = baselines.gaussian(noisy, 1.5)
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    assert out.std() < noisy.std()
+
+
+def test_anisotropic_diffusion_conserves_mean_and_denoises():
+    clean, noisy = _noisy_ball()
+    out = baselines.anisotropic_diffusion(noisy, kappa=1.0, iterations=10)
+    # zero-flux borders: the scheme only moves mass around
+    assert abs(float(out.mean()) - float(noisy.mean())) < 1e-4
+    assert np.mean((out - clean) ** 2) < np.mean((noisy - clean) ** 2)
+    const = np.full((8, 8, 8), 3.0, np.float32)
+    assert np.allclose(baselines.anisotropic_diffusion(const, 1.0, 5), 3.0)
+    with pytest.raises(ValueError):
+        baselines.anisotropic_diffusion(noisy, 1.0, 1, step=0.2)
+
+
+def test_yx_tiling_is_exact_for_a_pointwise_network():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    vol = rng.normal(size=(8, 50, 37)).astype(np.float32)
+    out = baselines._yx_tiled(vol, lambda t: 2 * t + 1, core=16, overlap=4)
+    assert np.allclose(out, 2 * vol + 1)
+    wrapped = baselines._PerTileStandardised(lambda t: t)
+    assert torch.allclose(wrapped(torch.ones(1, 1, 4, 4, 4) * 2 + torch.arange(4.0)),
+                          torch.ones(1, 1, 4, 4, 4) * 2 + torch.arange(4.0), atol=1e-5)
+
+
+def test_supervised_trains_and_applies(tmp_path):
+    pytest.importorskip("torch")
+    from dual_engine.io import write_mrc
+    clean, noisy = _noisy_ball((32, 40, 40))
+    write_mrc(tmp_path / "n.mrc", noisy, 10.0)
+    write_mrc(tmp_path / "c.mrc", clean, 10.0)
+    model = str(tmp_path / "unet.pt")
+    summary = baselines.train_supervised([str(tmp_path / "n.mrc")], [str(tmp_path / "c.mrc")],
+                                         model, minutes=1, width=4, depth=1, size=16,
+                                         batch_size=2, max_iterations=3, log=None)
+    assert summary["iterations"] == 3
+    out = baselines.supervised(noisy, model, tile=32, overlap=8)
+    assert out.shape == noisy.shape and np.all(np.isfinite(out))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image")
+def test_nlm_runs():
+    _, noisy = _noisy_ball((12, 16, 16))
+    out = baselines.nlm(noisy, h=0.8, patch_size=3, patch_distance=2)
+    assert out.shape == noisy.shape and out.std() < noisy.std()
+
+
+def test_grids_and_splits_are_consistent():
+    for name, spec in run_benchmark.METHODS.items():
+        assert spec["kind"] in ("method", "reference")
+        if spec["grid"]:
+            assert spec["region"] in ("full", "crop")
+    for s in run_benchmark.SETS.values():
+        seeds = s["noisy"] + s["clean"] + [s["tune"]] + s["test"]
+        assert len(seeds) == len(set(seeds)), "a seed is used twice in one set"
+        assert s["tune"] not in s["test"]
+    assert len(run_benchmark.SETS["picking"]["test"]) >= 5
+    crop = run_benchmark.crop(np.zeros((64, 256, 256)))
+    assert crop.shape == (64, 128, 128)
+
+
+def test_tables_from_results(tmp_path):
+    entry = {"label": "Gaussian smoothing", "kind": "method", "params": {"sigma": 2.0},
+             "mean": {"psnr_gm": 28.0, "ssim_gm": 0.4, "psnr_nf": 33.0, "ssim_nf": 0.6,
+                      "seconds": 0.1},
+             "std": {"psnr_gm": 0.1, "ssim_gm": 0.01, "psnr_nf": 0.2, "ssim_nf": 0.02,
+                     "seconds": 0.0}}
+    data = {"updated": "now", "last_command": "python bench/run_benchmark.py",
+            "machine": {"cores": 2, "cpu": "cpu", "torch": "x", "torch_threads": 1},
+            "set": {"name": "denoise", "noisy_seeds": [0], "clean_seeds": [4],
+                    "tuning_seed": 9, "test_seeds": [8],
+                    "phantom": {"shape": [64, 256, 256], "voxel_size": 10.0}},
+            "methods": {"gaussian": entry}}
+    with open(tmp_path / "denoise.json", "w") as f:
+        json.dump(data, f)
+    text = open(run_benchmark.write_tables(str(tmp_path))).read()
+    assert "Gaussian smoothing" in text and "28.00 ± 0.10" in text and "sigma=2.0" in text
