@@ -20,6 +20,8 @@ Templates:
                        (noisy) and simulate (clean) -> pick on the denoised tomograms,
                        coordinates on the imported ones.
 """
+import contextlib
+import io
 import json
 import os
 import time
@@ -62,8 +64,9 @@ def templateAliases(template):
 
 def fillTemplate(template, **values):
     """Set fields by alias, as `scipion3 template NAME alias=value` does; fields not
-    given keep their defaults; relative paths are made absolute. Raises ValueError for an unknown alias or for any field
-    whose value does not validate (e.g. a path that does not exist)."""
+    given keep their defaults, relative paths are made absolute. Raises ValueError for
+    an unknown alias or for any field whose value does not validate (e.g. a path that
+    does not exist)."""
     known = templateAliases(template)
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -77,7 +80,8 @@ def fillTemplate(template, **values):
         elif alias in pathAliases:
             value = os.path.abspath(value)  # protocols run in the project folder
         try:
-            template.setParamValue(alias, str(value))
+            with contextlib.redirect_stdout(io.StringIO()):  # a line per field
+                template.setParamValue(alias, str(value))
         except Exception as error:  # pyworkflow raises a bare Exception for bad values
             raise ValueError('Template field %s: %s' % (alias, error)) from error
     errors = ['%s (%s) = %r: %s' % (field.getTitle(), field.getAlias(), field.getValue(),
@@ -104,7 +108,8 @@ def createProject(projectName, template, location=None, **values):
     manager = Manager()
     if manager.hasProject(projectName):
         raise ValueError('There is already a project called %s.' % projectName)
-    workflow = template.createTemplateFile()
+    with contextlib.redirect_stdout(io.StringIO()):  # "New workflow saved at /tmp/..."
+        workflow = template.createTemplateFile()
     try:
         project = manager.createProject(projectName, location=location,
                                         comment=template.description)
@@ -175,6 +180,7 @@ def _failure(protocol):
 
 def runWorkflow(project, protocols, schedule=False, timeout=None, poll=10, report=print):
     """Run `protocols` (saved in `project`) headless and wait until all finish.
+    The working directory becomes the project folder.
 
     schedule=False: launch them one at a time in dependency order, each waiting for
     the previous (Project.launchProtocol(wait=True), as the tests do); stops at the
@@ -183,40 +189,58 @@ def runWorkflow(project, protocols, schedule=False, timeout=None, poll=10, repor
     protocol waits for its inputs, so independent branches run at the same time, but
     each scheduler polls every 15-120 s, which adds idle time.
     Returns the finished protocols (reloaded), in dependency order; raises
-    WorkflowError when one fails, or on timeout (seconds).
-    report: called with one progress line per protocol (None: silent).
+    WorkflowError when a box that takes no input (an import) does not validate, when
+    one fails, or on timeout (seconds; scheduled runs only). A failure stops the
+    schedulers of the boxes still waiting.
+    report: called with progress lines (e.g. print; None: silent).
     """
     report = report or (lambda *args: None)
+    os.chdir(project.path)  # protocols find their files from there (as Project.load)
     ordered = dependencyOrder(protocols)
+    # A scheduled box whose form does not validate waits for ever (its inputs might
+    # still come): check the boxes that take no input (the imports) now.
+    ids = {p.getObjId() for p in ordered}
+    for protocol in ordered:
+        errors = [] if _inputProtocolIds(protocol) & ids else protocol.validate()
+        if errors:
+            raise WorkflowError('%s: %s' % (protocol.getObjLabel(), ' '.join(errors)))
     start = time.time()
     finished = []
     if not schedule:
         for protocol in ordered:
             t0 = time.time()
+            report('  %-28s running...' % protocol.getObjLabel())
             project.launchProtocol(protocol, wait=True)
             protocol = project.getProtocol(protocol.getObjId())
             if not protocol.isFinished():
                 raise _failure(protocol)
-            report('  %-28s finished in %4.0f s' % (protocol.getObjLabel(),
-                                                    time.time() - t0))
+            report('  %-28s finished in %.0f s' % (protocol.getObjLabel(), time.time() - t0))
             finished.append(protocol)
         return finished
 
     for protocol in ordered:
         project.scheduleProtocol(protocol)
+        report('  %-28s scheduled' % protocol.getObjLabel())
     pending = list(ordered)
-    while pending:
-        time.sleep(poll)
-        for protocol in list(pending):
-            project._updateProtocol(protocol)
-            if protocol.isFinished():
-                report('  %-28s finished at  %4.0f s' % (protocol.getObjLabel(),
-                                                         time.time() - start))
-                pending.remove(protocol)
-            elif protocol.isFailed() or protocol.isAborted():
-                raise _failure(protocol)
-        if timeout and pending and time.time() - start > timeout:
-            raise WorkflowError('Timeout after %.0f s; still waiting for %s.'
-                                % (time.time() - start,
-                                   ', '.join(p.getRunName() for p in pending)))
+    try:
+        while pending:
+            time.sleep(poll)
+            for protocol in list(pending):
+                project._updateProtocol(protocol)
+                if protocol.isFinished():
+                    report('  %-28s finished after %.0f s' % (protocol.getObjLabel(),
+                                                              time.time() - start))
+                    pending.remove(protocol)
+                elif protocol.isFailed() or protocol.isAborted():
+                    raise _failure(protocol)
+            if timeout and pending and time.time() - start > timeout:
+                raise WorkflowError('Timeout after %.0f s; still waiting for %s.'
+                                    % (time.time() - start,
+                                       ', '.join(p.getRunName() for p in pending)))
+    except WorkflowError:
+        # The schedulers of the boxes downstream would wait for ever: stop them.
+        for protocol in pending:
+            if protocol.isActive():
+                project.stopProtocol(protocol)
+        raise
     return [project.getProtocol(p.getObjId()) for p in ordered]

@@ -1,0 +1,205 @@
+"""The workflow template dual/templates/denoise_pick.json.template: Scipion finds it,
+its fields parse and fill as `scipion3 template` fills them, every protocol class,
+parameter and input it names exists, and a project made from it runs headless from
+import to picks (the real engine, tiny data, CPU).
+
+Data: phantoms made by the engine, 48x96x96 voxels at 10 A: reconstructions of seeds
+0 and 1 are the noisy tomograms, grand models of seeds 2 and 3 the clean maps
+(unpaired, as in real use). The template's network is shrunk after loading, as a
+user would edit the boxes, so that training takes seconds.
+"""
+import json
+import os
+import unittest
+
+import pyworkflow as pw
+from pyworkflow.plugin import Domain
+from pyworkflow.template import TemplateList
+from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
+
+from dual.objects import DualModel
+from dual.protocols.protocol_pick import PickOutputs, readPicksTable
+from dual.templates import (DENOISE_PICK, createProject, fillTemplate, loadTemplate,
+                            runWorkflow, templateAliases, templateNames, templatePath)
+from dual.tests.phantoms import SMALL_SHAPE, SMALL_VOXEL_SIZE, makePhantoms
+from dual.tests.workflow import TINY_TRAINING
+
+Z, Y, X = SMALL_SHAPE
+DIMENSIONS = [X, Y, Z]
+NOISY_IDS, CLEAN_IDS = ('TS_00', 'TS_01'), ('TS_02', 'TS_03')
+DIAMETER = 140.0   # A: the largest phantom classes are 140-280 A
+BOX = 14           # DIAMETER at 10 A/px
+PICKS = 20
+# Template object ids, in the template's order.
+IMPORT_NOISY, IMPORT_CLEAN, TRAIN, DENOISE, SIMULATE, PICK = '1', '2', '3', '4', '5', '6'
+LABELS = {IMPORT_NOISY: 'import noisy tomograms', IMPORT_CLEAN: 'import clean maps',
+          TRAIN: 'dual - train', DENOISE: 'dual - denoise',
+          SIMULATE: 'dual - simulate tomograms', PICK: 'dual - pick particles'}
+FIELDS = {'noisyPath', 'noisyPattern', 'noisySamplingRate', 'cleanPath', 'cleanPattern',
+          'cleanSamplingRate', 'workingVoxelSize', 'iterations', 'useGpu',
+          'particleDiameter', 'picksPerTomogram'}
+
+
+def phantomFolders():
+    """(noisy folder, clean folder): engine phantoms, one sub-folder per tsId, made
+    once in the test data folder."""
+    root = os.path.join(pw.Config.SCIPION_TESTS, 'dual_template_phantoms')
+    noisy, clean = os.path.join(root, 'noisy'), os.path.join(root, 'clean')
+    makePhantoms(noisy, seeds=(0, 1))
+    makePhantoms(clean, seeds=(2, 3))
+    return noisy, clean
+
+
+def fieldValues(noisy, clean):
+    """Every field of the template, as the test fills it."""
+    return dict(noisyPath=noisy, noisyPattern='{TS}/reconstruction.mrc',
+                noisySamplingRate=SMALL_VOXEL_SIZE, cleanPath=clean,
+                cleanPattern='{TS}/grandmodel.mrc', cleanSamplingRate=SMALL_VOXEL_SIZE,
+                workingVoxelSize=SMALL_VOXEL_SIZE, iterations=TINY_TRAINING['iterations'],
+                useGpu=False, particleDiameter=DIAMETER, picksPerTomogram=PICKS)
+
+
+class TestDualTemplateFile(unittest.TestCase):
+    """The template file itself (nothing runs)."""
+
+    def test_scipion_finds_the_template(self):
+        # What `scipion3 template` and the GUI's template list ask every plugin for.
+        plugin = Domain.getPluginModule('dual')._pluginInstance
+        self.assertEqual([t.getObjId() for t in plugin.getTemplates()],
+                         ['dual-' + DENOISE_PICK])
+        found = TemplateList()
+        found.addPluginTemplates('dual-' + DENOISE_PICK)
+        self.assertEqual(len(found.templates), 1)
+        self.assertEqual(templateNames(), [DENOISE_PICK])
+        self.assertTrue(found.templates[0].description.startswith('DUAL denoise and pick:'))
+
+    def test_fields(self):
+        template = loadTemplate()
+        self.assertEqual(set(templateAliases(template)), FIELDS)
+        titles = [f.getTitle() for f in template.getParams().values()]
+        self.assertEqual(len(titles), 13)   # useGpu is a field of 3 boxes
+        self.assertEqual(templateAliases(template)['iterations'], '2000')
+        # Unset folders do not validate: the user must give them.
+        with self.assertRaisesRegex(ValueError, 'noisyPath'):
+            fillTemplate(loadTemplate(), cleanPath=os.getcwd())
+        with self.assertRaisesRegex(ValueError, 'Unknown template field'):
+            fillTemplate(loadTemplate(), noisyPath=os.getcwd(), cleanPath=os.getcwd(),
+                         diameter=100)
+        with self.assertRaisesRegex(ValueError, 'iterations'):
+            fillTemplate(loadTemplate(), iterations='many')
+
+    def test_filled_template_is_a_valid_workflow(self):
+        """Every class, parameter and input the workflow names exists: loadProtocols
+        silently ignores parameters a protocol does not have."""
+        template = fillTemplate(loadTemplate(), **fieldValues(os.getcwd(), os.getcwd()))
+        template._replaceFields()
+        workflow = json.loads(''.join(template.getContent()))
+        protocols = Domain.getProtocols()
+        classById = {entry['object.id']: protocols[entry['object.className']]
+                     for entry in workflow}
+        for entry in workflow:
+            prot = classById[entry['object.id']]()
+            params = dict(prot.iterDefinitionAttributes())
+            for key, value in entry.items():
+                if key.startswith(('object.', '_')) or key in ('runName', 'runMode'):
+                    continue
+                self.assertIn(key, params, '%s has no parameter %s'
+                              % (type(prot).__name__, key))
+                if params[key].isPointer() and value:
+                    # "<object.id>.<output>": an output the source box can produce.
+                    sourceId, output = value.split('.', 1)
+                    possible = classById[sourceId]._possibleOutputs
+                    names = possible.keys() if isinstance(possible, dict) \
+                        else possible.__members__
+                    self.assertIn(output, names, '%s: %s' % (entry['object.label'], key))
+        self.assertEqual([e['object.label'] for e in workflow], list(LABELS.values()))
+
+    def test_command_line_fills_every_field(self):
+        """`scipion3 template FILE alias=value ... --nogui` skips the form only when the
+        arguments fill every field; these do."""
+        try:
+            from scipion.scripts.kickoff import assignAllParams
+        except ImportError as error:  # scipion-app or Tk missing
+            self.skipTest('scipion-app kickoff not importable: %s' % error)
+        noisy, clean = phantomFolders()
+        template = loadTemplate()
+        args = ['%s=%s' % (k, str(v).lower() if isinstance(v, bool) else v)
+                for k, v in fieldValues(noisy, clean).items()]
+        self.assertTrue(assignAllParams(args, template))
+        self.assertEqual(template.getParams()['Picking: particle diameter (A)'].getValue(),
+                         str(DIAMETER))
+        self.assertTrue(templatePath().endswith('denoise_pick.json.template'))
+
+
+class TestDualTemplateRun(TestBaseCentralizedLayer):
+    """A project made from the template runs from import to picks."""
+
+    @classmethod
+    def setUpClass(cls):
+        noisy, clean = phantomFolders()
+        cls.proj, cls.protocols = createProject(cls.__name__, loadTemplate(),
+                                                **fieldValues(noisy, clean))
+        cls.outputPath = cls.proj.path
+        os.chdir(cls.proj.path)  # protocols resolve their files from the project folder
+        # Shrink the network and share the 2 cores, as a user would edit the boxes.
+        train = cls.protocols[TRAIN]
+        for name, value in TINY_TRAINING.items():
+            getattr(train, name).set(value)
+        cls.protocols[DENOISE].numberOfThreads.set(3)   # both tomograms at once
+        cls.protocols[SIMULATE].numberOfThreads.set(3)
+        for prot in cls.protocols.values():
+            cls.proj.saveProtocol(prot)
+        finished = runWorkflow(cls.proj, list(cls.protocols.values()), report=None)
+        cls.runs = {key: next(p for p in finished if p.getObjId() == prot.getObjId())
+                    for key, prot in cls.protocols.items()}
+
+    def output(self, key, name):
+        out = getattr(self.runs[key], name, None)
+        self.assertIsNotNone(out, '%s has no output %s' % (LABELS[key], name))
+        return out
+
+    def test_every_box_finished_with_its_label(self):
+        for key, prot in self.runs.items():
+            self.assertTrue(prot.isFinished(), prot.getRunName())
+            self.assertEqual(prot.getObjLabel(), LABELS[key])
+
+    def test_imports(self):
+        for key, tsIds in ((IMPORT_NOISY, NOISY_IDS), (IMPORT_CLEAN, CLEAN_IDS)):
+            tomos = self.output(key, 'Tomograms')
+            self.checkTomograms(tomos, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
+                                expectedDimensions=DIMENSIONS)
+            self.assertEqual(sorted(tomos.getTSIds()), list(tsIds))
+
+    def test_training_settings_come_from_fields_and_edits(self):
+        model = self.output(TRAIN, 'model')
+        self.assertIsInstance(model, DualModel)
+        self.assertTrue(os.path.exists(model.getPath()))
+        self.assertEqual((model.getIterations(), model.getVoxelSize(), model.getSubvolumeSize()),
+                         (TINY_TRAINING['iterations'], SMALL_VOXEL_SIZE,
+                          TINY_TRAINING['subvolumeSize']))
+        self.assertFalse(self.runs[TRAIN].useGpu.get())
+
+    def test_denoised_tomograms_match_the_noisy_ones(self):
+        denoised = self.output(DENOISE, 'tomograms')
+        self.checkTomograms(denoised, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
+                            expectedDimensions=DIMENSIONS)
+        self.assertEqual(sorted(denoised.getTSIds()), list(NOISY_IDS))
+
+    def test_simulated_tomograms_come_from_the_clean_maps(self):
+        simulated = self.output(SIMULATE, 'tomograms')
+        self.checkTomograms(simulated, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
+                            expectedDimensions=DIMENSIONS)
+        self.assertEqual(sorted(simulated.getTSIds()), [t + '_sim00' for t in CLEAN_IDS])
+
+    def test_picks_refer_to_the_imported_tomograms(self):
+        pick = self.runs[PICK]
+        coords = self.output(PICK, PickOutputs.coordinates.name)
+        tables = {t: readPicksTable(pick.getPicksFile(t))[0] for t in NOISY_IDS}
+        self.assertTrue(all(0 < len(xyz) <= PICKS for xyz in tables.values()), tables)
+        self.checkCoordinates(coords, expectedSetSize=sum(map(len, tables.values())),
+                              expectedBoxSize=BOX, expectedSRate=SMALL_VOXEL_SIZE)
+        self.assertEqual(coords.getPrecedents().getObjId(),
+                         self.output(IMPORT_NOISY, 'Tomograms').getObjId())
+        self.assertEqual(sorted(coords.getTSIds()), list(NOISY_IDS))
+        # Denoised tomograms are dense = bright: 'auto' chose it.
+        self.assertEqual(pick.usedPolarity.get(), 'bright')
