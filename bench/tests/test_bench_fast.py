@@ -1,9 +1,8 @@
-"""Fast checks of the benchmark code (seconds, no benchmark-only dependency needed:
-tests of bm4d / Topaz / scikit-image are skipped when those are not installed).
+"""Fast checks of the benchmark code (seconds; none needs the benchmark-only
+dependencies bm4d or Topaz, so CI runs them with the project's own setup).
 
     python -m pytest bench/tests -q
 """
-import importlib.util
 import json
 import os
 import sys
@@ -44,7 +43,7 @@ def test_anisotropic_diffusion_conserves_mean_and_denoises():
 
 
 def test_yx_tiling_is_exact_for_a_pointwise_network():
-    torch = pytest.importorskip("torch")
+    import torch
     rng = np.random.default_rng(1)
     vol = rng.normal(size=(8, 50, 37)).astype(np.float32)
     out = baselines._yx_tiled(vol, lambda t: 2 * t + 1, core=16, overlap=4)
@@ -55,7 +54,6 @@ def test_yx_tiling_is_exact_for_a_pointwise_network():
 
 
 def test_supervised_trains_and_applies(tmp_path):
-    pytest.importorskip("torch")
     from dual_engine.io import write_mrc
     clean, noisy = _noisy_ball((32, 40, 40))
     write_mrc(tmp_path / "n.mrc", noisy, 10.0)
@@ -69,8 +67,7 @@ def test_supervised_trains_and_applies(tmp_path):
     assert out.shape == noisy.shape and np.all(np.isfinite(out))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image")
-def test_nlm_runs():
+def test_nlm_runs():  # scikit-image comes with Scipion's packages
     _, noisy = _noisy_ball((12, 16, 16))
     out = baselines.nlm(noisy, h=0.8, patch_size=3, patch_distance=2)
     assert out.shape == noisy.shape and out.std() < noisy.std()
