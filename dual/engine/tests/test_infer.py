@@ -10,20 +10,16 @@ from dual_engine.infer import apply_tiled, denoise, simulate
 from dual_engine.io import InputError, read_mrc, write_mrc
 from dual_engine.metrics import pearson
 from dual_engine.nets import UNet3D, orthogonal_init
-from dual_engine.synth.phantom import make_phantom
 from dual_engine.train import MODEL, train
 
-from test_train import SHAPE, tiny_config
+from test_train import phantom_domains, tiny_config
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small model trained on phantoms (noisy 0-1, clean 2-3) and a held-out pair (4)."""
     root = tmp_path_factory.mktemp("trained")
-    for seed in range(5):
-        make_phantom(str(root / str(seed)), shape=SHAPE, seed=seed)
-    noisy = [str(root / str(s) / "reconstruction.mrc") for s in (0, 1)]
-    clean = [str(root / str(s) / "grandmodel.mrc") for s in (2, 3)]
+    noisy, clean = phantom_domains(root, phantoms=5)
     # Small, but at the paper's 32^3 subvolumes: ~120 iterations already denoise.
     cfg = tiny_config(subvolume_size=32, unet_width=8, code_size=8, noise_width=8,
                       disc_width=8, batch_size=4, iterations=120, log_every=40,

@@ -22,15 +22,19 @@ def tiny_config(**changes):
     return DualConfig(**values)
 
 
-@pytest.fixture(scope="module")
-def domains(tmp_path_factory):
-    """Noisy domain: two phantom tomograms; clean domain: grand models of two others."""
-    root = tmp_path_factory.mktemp("domains")
-    for seed in range(4):
+def phantom_domains(root, phantoms=4):
+    """Phantoms 0..phantoms-1 in root/<seed>; noisy domain: reconstructions of 0-1,
+    clean domain: grand models of 2-3 (other specimens: the domains are unpaired)."""
+    for seed in range(phantoms):
         make_phantom(str(root / str(seed)), shape=SHAPE, seed=seed)
     noisy = [str(root / str(s) / "reconstruction.mrc") for s in (0, 1)]
     clean = [str(root / str(s) / "grandmodel.mrc") for s in (2, 3)]
     return noisy, clean
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    return phantom_domains(tmp_path_factory.mktemp("domains"))
 
 
 def weights(path):
