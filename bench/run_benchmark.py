@@ -161,6 +161,72 @@ def machine():
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
+def train_with_snapshots(noisy, clean, outdir, cfg, step, threads, key, score, criterion,
+                         force=False, label="DUAL", score_key=None):
+    """Train DUAL (dual_engine.train.train) to cfg.iterations in chunks of `step`
+    iterations, each resuming from the previous chunk's checkpoint (bit-identical to one
+    uninterrupted run), keep a snapshot after each chunk, score it with `score(path)` ->
+    dict, and choose the snapshot with the highest `criterion`.
+
+    The record (outdir/bench_training.json) is saved after each chunk, so an interrupted
+    run resumes; a record with another `key` (config, data) starts over; one with another
+    `score_key` (how snapshots are scored) re-scores the snapshots it has. Returns it, with
+    "chosen_iteration", "train_wall_seconds" (training only, all chunks) and
+    "seconds_to_chosen"; the chosen model is outdir/snapshots/iterNNNNN.pt.
+    """
+    from dual_engine.model import DualConfig
+    from dual_engine.train import MODEL, train
+    record_path = os.path.join(outdir, "bench_training.json")
+    record = load_json(record_path)
+    if not (record and record.get("key") == key) or force:
+        if os.path.isdir(outdir):
+            shutil.rmtree(outdir)
+        record = {"key": key, "threads": threads, "snapshots": []}
+    os.makedirs(os.path.join(outdir, "snapshots"), exist_ok=True)
+    if record.get("score_key") != score_key:
+        for row in record["snapshots"]:
+            row.update(score(snapshot_path(outdir, row["iteration"])))
+        record["score_key"] = score_key
+        save_json(record_path, record)
+    done = {r["iteration"] for r in record["snapshots"]}
+    targets = list(range(step, cfg.iterations + 1, step))
+    if not targets or targets[-1] != cfg.iterations:
+        targets.append(cfg.iterations)
+    for target in targets:
+        if target in done:
+            continue
+        log("training %s: to iteration %d of %d, %d thread(s)"
+            % (label, target, cfg.iterations, threads))
+        chunk = DualConfig.from_dict(dict(cfg.to_dict(), iterations=target))
+        t0 = time.perf_counter()
+        train(noisy, clean, outdir, chunk, resume=True, device="cpu", threads=threads)
+        seconds = time.perf_counter() - t0
+        snapshot = snapshot_path(outdir, target)
+        shutil.copyfile(os.path.join(outdir, MODEL), snapshot)
+        row = {"iteration": target, "chunk_seconds": round(seconds, 1)}
+        row.update(score(snapshot))
+        record["snapshots"].append(row)
+        record["snapshots"].sort(key=lambda r: r["iteration"])
+        save_json(record_path, record)
+        log("  iteration %d: %s (chunk %.0f s)" % (target, ", ".join(
+            "%s %.4f" % (k, v) for k, v in row.items() if k not in ("iteration",
+                                                                  "chunk_seconds")), seconds))
+    rows = [r for r in record["snapshots"] if r["iteration"] in targets]
+    best = max(rows, key=lambda r: r[criterion])
+    record["chosen_iteration"] = best["iteration"]
+    record["train_wall_seconds"] = round(sum(r["chunk_seconds"] for r in rows), 1)
+    record["seconds_to_chosen"] = round(sum(r["chunk_seconds"] for r in rows
+                                            if r["iteration"] <= best["iteration"]), 1)
+    save_json(record_path, record)
+    log("  %s: chosen iteration %d (%s %.4f)" % (label, best["iteration"], criterion,
+                                                best[criterion]))
+    return record
+
+
+def snapshot_path(outdir, iteration):
+    return os.path.join(outdir, "snapshots", "iter%05d.pt" % iteration)
+
+
 # ------------------------------------------------------------------ the benchmark
 class Bench:
     def __init__(self, args):
@@ -362,48 +428,53 @@ class Bench:
         return DualConfig.from_dict(values)
 
     def run_dual(self, set_name):
-        """Train DUAL on the set's unpaired split and denoise its test tomograms.
+        """Train DUAL on the set's unpaired split, choose its iteration count on the tuning
+        tomogram, and denoise the test tomograms with the chosen snapshot.
 
         Noisy domain: reconstructions of the set's noisy seeds; clean domain: grand models
-        of its (different) clean seeds. Training: dual_engine.train.train with the config
-        of --dual-config / --dual-iterations; inference: dual_engine.infer.denoise.
+        of its (different) clean seeds. Training (dual_engine.train.train, config from
+        --dual-config / --dual-iterations) runs in chunks of --dual-select-every
+        iterations, each resuming from the previous chunk's checkpoint (bit-identical to
+        one uninterrupted run); after each chunk the model denoises the tuning tomogram and
+        is scored like the baselines' parameters (maximum SSIM vs the grand model). The
+        iteration count is DUAL's one tuned parameter; the test tomograms never see it.
         Returns {seed: (volume, inference seconds)} and the training record.
         """
         import torch
         from dual_engine.infer import denoise
-        from dual_engine.train import train
         s = SETS[set_name]
+        cfg = self.dual_cfg
+        step = self.args.dual_select_every
         outdir = os.path.join(self.work, "dual", set_name)
         noisy = [os.path.join(self.phantom_dir(set_name, k), "reconstruction.mrc")
                  for k in s["noisy"]]
         clean = [os.path.join(self.phantom_dir(set_name, k), "grandmodel.mrc")
                  for k in s["clean"]]
-        key = canonical({"config": self.dual_cfg.to_dict(), "noisy": s["noisy"],
-                         "clean": s["clean"],
+        tune_seed = s["tune"]
+        tune_path = os.path.join(self.phantom_dir(set_name, tune_seed), "reconstruction.mrc")
+        gm = self.volume(set_name, tune_seed, "grandmodel")
+        key = canonical({"config": cfg.to_dict(), "select_every": step,
+                         "noisy": s["noisy"], "clean": s["clean"], "tune": tune_seed,
                          "phantoms": [self.phantom_params(set_name, k)
-                                      for k in s["noisy"] + s["clean"]]})
-        record_path = os.path.join(outdir, "bench_training.json")
-        record = load_json(record_path)
-        model_path = os.path.join(outdir, "model.pt")
-        if not (record and record.get("key") == key and os.path.exists(model_path)
-                and not self.args.force):
-            if os.path.isdir(outdir):
-                shutil.rmtree(outdir)
-            log("training DUAL for %s: %d iterations, %d thread(s)"
-                % (set_name, self.dual_cfg.iterations, self.args.threads))
-            t0 = time.perf_counter()
-            summary = train(noisy, clean, outdir, self.dual_cfg, device="cpu",
-                            threads=self.args.threads)
-            record = {"key": key, "train_wall_seconds": round(time.perf_counter() - t0, 1),
-                      "train_summary": {k: summary.get(k) for k in
-                                        ("iterations", "seconds", "final_losses", "processes")},
-                      "threads": self.args.threads}
-            save_json(record_path, record)
+                                      for k in s["noisy"] + s["clean"] + [tune_seed]]})
+
+        def score(snapshot):
+            tuned = os.path.join(outdir, "tune.mrc")
+            denoise(snapshot, tune_path, tuned, device="cpu", threads=self.args.threads)
+            out = standardize(np.array(read_mrc(tuned)[0]))
+            return {"ssim_gm": metrics.ssim(gm, out), "psnr_gm": metrics.psnr(gm, out)}
+
+        record = train_with_snapshots(noisy, clean, outdir, cfg, step, self.args.threads,
+                                      key, score, "ssim_gm", self.args.force,
+                                      "DUAL for %s" % set_name)
+        chosen = record["chosen_iteration"]
+        model_path = snapshot_path(outdir, chosen)
         outputs = {}
         for seed in s["test"]:
             path = self.output_path(set_name, "dual", seed)
             meta_path = path[:-4] + ".json"
-            okey = canonical({"model": key, "phantom": self.phantom_params(set_name, seed)})
+            okey = canonical({"model": key, "iteration": chosen,
+                              "phantom": self.phantom_params(set_name, seed)})
             meta = load_json(meta_path)
             if not (meta and meta.get("key") == okey and os.path.exists(path)
                     and not self.args.force):
@@ -460,8 +531,12 @@ class Bench:
                 outputs, record = self.run_dual(set_name)
                 entry["params"] = {"dual_config": self.dual_cfg.to_dict()}
                 entry["train_wall_seconds"] = record["train_wall_seconds"]
+                entry["seconds_to_chosen"] = record["seconds_to_chosen"]
                 entry["train_threads"] = record["threads"]
-                entry["train_summary"] = record["train_summary"]
+                entry["tuning"] = {"tomogram_seed": s["tune"], "criterion":
+                                   "max SSIM vs grand model over training snapshots",
+                                   "chosen_iteration": record["chosen_iteration"],
+                                   "snapshots": record["snapshots"]}
             else:
                 best, tuning = self.tune(set_name, method)
                 entry["params"] = dict(spec.get("fixed", {}), **best)
@@ -541,6 +616,25 @@ class Bench:
         write_tables(self.results)
 
 
+class PhantomStudy:
+    """Base of the other bench scripts (run_wedge.py, run_realism.py): the benchmark's
+    phantoms of one set, a work folder of their own, raw volume access."""
+
+    def __init__(self, args, set_name, work_name):
+        self.args, self.set_name = args, set_name
+        self.bench = Bench(parse(["--work", args.work, "--results", args.results,
+                                  "--threads", str(args.threads)]))
+        self.work = os.path.join(os.path.abspath(args.work), work_name)
+        os.makedirs(self.work, exist_ok=True)
+
+    def path(self, seed, name):
+        return os.path.join(self.bench.phantom_dir(self.set_name, seed), name + ".mrc")
+
+    def load(self, seed, name):
+        """A phantom's volume as float32, as written (not standardised)."""
+        return np.array(read_mrc(self.path(seed, name))[0], dtype=np.float32)
+
+
 # ------------------------------------------------------------------ tables
 def _fmt(entry, key, digits):
     if key not in entry.get("mean", {}):
@@ -552,8 +646,11 @@ def _params(entry):
     p = entry.get("params", {})
     if "dual_config" in p:
         c = p["dual_config"]
-        return "iterations %s, batch %s, width %s, depth %s" % (
-            c["iterations"], c["batch_size"], c["unet_width"], c["unet_depth"])
+        chosen = entry.get("tuning", {}).get("chosen_iteration", c["iterations"])
+        return ("iteration %s chosen on the tuning tomogram (of %s trained), batch %s, "
+                "U-Net width %s, depth %s, noise code K=%s" % (
+                    chosen, c["iterations"], c["batch_size"], c["unet_width"],
+                    c["unet_depth"], c["code_size"]))
     text = ", ".join("%s=%s" % (k, v) for k, v in p.items())
     edge = entry.get("tuning", {}).get("best_on_grid_edge")
     if edge:
@@ -646,11 +743,14 @@ def write_tables(results_dir):
     for data in (denoise, picking):
         if data and "dual" in data["methods"]:
             e = data["methods"]["dual"]
-            timing.append("- DUAL on the %s set: training %.0f s wall (%s thread(s), %s "
-                          "iterations), inference %.1f ± %.1f s per tomogram."
-                          % (data["set"]["name"], e["train_wall_seconds"], e["train_threads"],
-                             e["params"]["dual_config"]["iterations"], e["mean"]["seconds"],
-                             e["std"]["seconds"]))
+            timing.append("- DUAL on the %s set: %.0f s wall to the chosen iteration %s "
+                          "(%.0f s for all %s iterations, %s thread(s); training only, "
+                          "without scoring the snapshots), inference %.1f ± %.1f s per tomogram."
+                          % (data["set"]["name"], e.get("seconds_to_chosen", 0),
+                             e.get("tuning", {}).get("chosen_iteration"),
+                             e["train_wall_seconds"],
+                             e["params"]["dual_config"]["iterations"], e["train_threads"],
+                             e["mean"]["seconds"], e["std"]["seconds"]))
     if timing:
         lines += ["DUAL timings", "-" * 12, ""] + timing + [""]
     lines += ["Parameters (tuned on the tuning tomogram by maximum SSIM vs grand model)",
@@ -663,13 +763,102 @@ def write_tables(results_dir):
         for name, e in data["methods"].items():
             lines.append("- %s: %s" % (e["label"], _params(e)))
         lines.append("")
+    lines += _extra_tables(results_dir)
     path = os.path.join(results_dir, "tables.rst")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
 
 
+def _mean_std(entry, key, digits):
+    return "%.*f ± %.*f" % (digits, entry["mean"][key], digits, entry["std"][key])
+
+
+def _extra_tables(results_dir):
+    """The sections of run_wedge.py, run_realism.py and run_speed.py, when they ran."""
+    lines = []
+    wedge = load_json(os.path.join(results_dir, "wedge.json")) or {}
+    for volume, data in wedge.get("conditions", {}).items():
+        title = "Table 3: missing-wedge compensation (%s)" % volume
+        lines += [title, "-" * len(title), "",
+                  "``%s`` on %s. Tilts %s..%s about Y; DUAL trained on the %s of "
+                  "seeds %s only, iteration chosen on seed %s, scores on seeds %s. Table 3 "
+                  "protocol: compensate, remove a second wedge (beam along X), compensate "
+                  "again, score the restored coefficients against the removed ones. Ground "
+                  "truth: the first compensation against the grand model inside the original "
+                  "missing cone (%s cycles/voxel, without the k_z axis)." % (
+                      data["command"], data["date"], data["tilt_range"][0],
+                      data["tilt_range"][1], volume, data["train_seeds"], data["tuning_seed"],
+                      data["test_seeds"], "-".join(map(str, data[
+                          "ground_truth_band_cycles_per_voxel"]))), ""]
+        header = ["Method", "Table 3 PSNR", "Table 3 SSIM", "Table 3 Fourier corr.",
+                  "GM cone Fourier corr.", "GM cone PSNR", "GM cone SSIM", "s / tomogram"]
+        rows = [[e["label"], _mean_std(e, "t3_psnr", 2), _mean_std(e, "t3_ssim", 3),
+                 _mean_std(e, "t3_fourier_correlation", 3),
+                 _mean_std(e, "gt_fourier_correlation", 3), _mean_std(e, "gt_psnr", 2),
+                 _mean_std(e, "gt_ssim", 3), "%.1f" % e["mean"]["seconds"]]
+                for e in data["methods"].values()]
+        lines += _grid_table(header, rows) + [""]
+        for e in data["methods"].values():
+            if "training" in e:
+                t = e["training"]
+                lines.append("- %s: iteration %d chosen (of %d), %.0f s of training to it "
+                             "(%s thread(s))." % (e["label"], t["chosen_iteration"],
+                                                  e["config"]["iterations"],
+                                                  t["seconds_to_chosen"], t["threads"]))
+            if "params" in e:
+                lines.append("- %s: %s" % (e["label"], ", ".join(
+                    "%s=%s" % kv for kv in e["params"].items())))
+        lines.append("")
+    data = load_json(os.path.join(results_dir, "realism.json"))
+    if data:
+        lines += ["Simulation realism", "-" * 18, "",
+                  "``%s`` on %s. Real tomograms: picking-set seeds %s (SNR %.3f); each "
+                  "simulator turns the same seeds' grand models into tomograms. Classifier "
+                  "trained on seeds %s, ROC AUC on seeds %s (0.5 = indistinguishable). Real "
+                  "wedge power ratio (cone / rest): %.3f." % (
+                      data["command"], data["date"], data["real_seeds"], data["real_snr"],
+                      data["classifier_train_seeds"], data["classifier_test_seeds"],
+                      data["real_wedge_power_ratio"]), ""]
+        steps = list(next(iter(data["simulators"].values()))["classifier_auc"])
+        header = ["Simulator", "log10 spectrum RMS diff.", "Wedge power ratio",
+                  "|log10 ratio / real|"] + ["AUC, %s steps" % n for n in steps]
+        rows = [[e["label"], "%.3f ± %.3f" % tuple(e["spectrum_rms_log10"].values()),
+                 "%.3f ± %.3f" % tuple(e["wedge_power_ratio"].values()),
+                 "%.3f ± %.3f" % tuple(e["wedge_abs_log10_ratio_to_real"].values())]
+                + ["%.3f" % e["classifier_auc"][n] for n in steps]
+                for e in data["simulators"].values()]
+        lines += _grid_table(header, rows) + [""]
+    data = load_json(os.path.join(results_dir, "speed.json"))
+    if data:
+        lines += ["Denoising speed, 200x512x512 voxels", "-" * 35, "",
+                  "``%s`` on %s, %d torch thread(s), each run a fresh process (wall time, "
+                  "peak resident memory)." % (data["command"], data["date"], data["threads"]),
+                  ""]
+        header = ["Run", "Wall seconds", "Peak memory (GB)", "Topaz time / this time"]
+        rows = []
+        for name, runs in data["runs"].items():
+            ratio = data["ratio_topaz_over_dual"].get(name, 1.0)
+            bound = ">= " if data.get("ratio_is_lower_bound") else ""
+            rows.append([name, ", ".join(("%.1f" % r["seconds"]) + (
+                "" if r.get("finished", True) else " (stopped)") for r in runs),
+                ", ".join("%.2f" % r["peak_gb"] for r in runs), bound + "%.2f" % ratio])
+        lines += _grid_table(header, rows) + [""]
+        if data.get("note"):
+            lines += [data["note"], ""]
+    return lines
+
+
 # ------------------------------------------------------------------ CLI
+def add_common_arguments(ap, threads):
+    """Options every bench script shares."""
+    ap.add_argument("--threads", type=int, default=threads,
+                    help="torch threads (default %d)" % threads)
+    ap.add_argument("--work", default=os.path.join(HERE, "work"))
+    ap.add_argument("--results", default=os.path.join(HERE, "results"))
+    ap.add_argument("--force", action="store_true", help="recompute cached intermediates")
+
+
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -680,16 +869,16 @@ def parse(argv):
     ap.add_argument("--dual-config", default=os.path.join(HERE, "dual_config.json"),
                     help="JSON of DualConfig fields for DUAL (default bench/dual_config.json)")
     ap.add_argument("--dual-iterations", type=int, default=None,
-                    help="override the config's iterations")
+                    help="override the config's iterations (the most DUAL may train)")
+    ap.add_argument("--dual-select-every", type=int, default=100,
+                    help="score a DUAL snapshot on the tuning tomogram every N iterations "
+                         "and keep the best (default 100)")
     ap.add_argument("--supervised-minutes", type=float, default=10.0,
                     help="wall-time budget of the supervised U-Net, per set (default 10)")
     ap.add_argument("--pick-contrast", type=float, default=None,
                     help="override the picking set's contrast_volts (default 0.15)")
     ap.add_argument("--shape", type=int, nargs=3, default=list(SHAPE), metavar=("Z", "Y", "X"))
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--work", default=os.path.join(HERE, "work"))
-    ap.add_argument("--results", default=os.path.join(HERE, "results"))
-    ap.add_argument("--force", action="store_true", help="recompute cached intermediates")
+    add_common_arguments(ap, threads=1)
     ap.add_argument("--tables-only", action="store_true",
                     help="only rewrite tables.rst from the results JSON files")
     args = ap.parse_args(argv)

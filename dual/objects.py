@@ -13,13 +13,14 @@ class DualModel(EMObject):
     """
 
     def __init__(self, path=None, voxelSize=None, subvolumeSize=None, iterations=None,
-                 summary=None, **kwargs):
+                 summary=None, config=None, **kwargs):
         EMObject.__init__(self, **kwargs)
         self._path = pwobj.String(path)
         self._voxelSize = pwobj.Float(voxelSize)
         self._subvolumeSize = pwobj.Integer(subvolumeSize)
         self._iterations = pwobj.Integer(iterations)
         self._summary = pwobj.String(summary)
+        self._config = pwobj.String(config)
 
     def getPath(self):
         return self._path.get()
@@ -60,6 +61,26 @@ class DualModel(EMObject):
         text = self.getTrainingSummary()
         return json.loads(text) if text else {}
 
+    def getConfig(self):
+        """The engine's full model settings (DualConfig) as a dict; {} if unknown."""
+        text = self._config.get()
+        return json.loads(text) if text else {}
+
+    def setConfig(self, config):
+        self._config.set(json.dumps(config))
+
+    def getTask(self):
+        """'denoise' (denoiser and simulator) or 'wedge' (missing-wedge compensation)."""
+        return self.getConfig().get('task', 'denoise')
+
+    def getTiltRange(self):
+        """(min, max) tilt angles in degrees a wedge model was trained for, else None."""
+        config = self.getConfig()
+        return tuple(config['tilt_range']) if self.getTask() == 'wedge' else None
+
     def __str__(self):
-        return 'DualModel (%s A/px, %s^3 subvolumes, %s iterations)' % (
+        text = 'DualModel (%s A/px, %s^3 subvolumes, %s iterations' % (
             self.getVoxelSize(), self.getSubvolumeSize(), self.getIterations())
+        if self.getTask() == 'wedge':
+            text += ', missing wedge %g..%g deg' % self.getTiltRange()
+        return text + ')'

@@ -4,3 +4,4 @@ from dual.protocols.protocol_import_model import ProtDualImportModel
 from dual.protocols.protocol_denoise import ProtDualDenoise
 from dual.protocols.protocol_simulate import ProtDualSimulate
 from dual.protocols.protocol_pick import ProtDualPick
+from dual.protocols.protocol_wedge import ProtDualWedge

@@ -14,7 +14,7 @@ from pwem.protocols import EMProtocol
 from pyworkflow.object import Set
 from pyworkflow.protocol import STEPS_PARALLEL
 from pyworkflow.utils import Message
-from tomo.objects import SetOfTomograms
+from tomo.objects import SetOfTomograms, Tomogram
 from tomo.protocols import ProtTomoBase
 
 from dual import Plugin
@@ -135,7 +135,8 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
         return DualModel(path=modelPath, voxelSize=config['voxel_size'],
                          subvolumeSize=config['subvolume_size'],
                          iterations=info['iteration'],
-                         summary=json.dumps(info.get('training') or {}))
+                         summary=json.dumps(info.get('training') or {}),
+                         config=json.dumps(config))
 
     # --------------------------- input checks ----------------------------
     @staticmethod
@@ -179,11 +180,16 @@ def itemKey(item):
     return tsId if tsId else 'vol%03d' % item.getObjId()
 
 
+TASK_SOURCES = {'denoise': '"dual - train"', 'wedge': '"dual - missing wedge"'}
+
+
 class ProtDualApplyModel(ProtDualBase):
     """Base of the protocols that run a trained DualModel over a set of volumes, one
     step per volume (in parallel), each output appended to the output set as soon as
     it is ready. Subclasses define the input set, the engine job and the outputs."""
     _label = None
+    _modelTask = 'denoise'   # the DualModel task the protocol applies
+    _inputName = 'inputTomograms'   # the form's pointer to the volumes to process
     stepsExecutionMode = STEPS_PARALLEL
 
     def __init__(self, **kwargs):
@@ -199,35 +205,50 @@ class ProtDualApplyModel(ProtDualBase):
 
     @staticmethod
     def _defineRunParams(form):
-        form.addParam('tileSize', params.IntParam, default=96, validators=[params.GE(64)],
+        form.addParam('tileSize', params.IntParam, default=160, validators=[params.GE(64)],
                       expertLevel=params.LEVEL_ADVANCED, label='Tile size (voxels)',
                       help='Volumes are processed in overlapping cubic tiles of this side, '
                            'at the model\'s working voxel size; the tile borders (the '
                            'network\'s receptive radius, 24 voxels for U-Net depth 2) are '
-                           'discarded. Smaller tiles need less GPU memory; the result does '
-                           'not depend on it.')
+                           'discarded. Smaller tiles need less memory (a 200x512x512 '
+                           'tomogram with 160: 2.7 GB in all); the result does not '
+                           'depend on it.')
         ProtDualBase._defineGpuParams(form)
         form.addParallelSection(threads=1, mpi=0)
 
     # --------------------------- steps -----------------------------------
-    def _getInputSet(self):
-        """The set of volumes the model is applied to."""
-        raise NotImplementedError
-
     def _getInputPointer(self):
-        raise NotImplementedError
+        """The pointer to the set of volumes the model is applied to."""
+        return getattr(self, self._inputName)
+
+    def _getInputSet(self):
+        return self._getInputPointer().get()
 
     def _insertAllSteps(self):
         self._initialize()
+        modelSteps = self._insertModelSteps()
         outputSteps = []
         for name in self.inputItems:
-            runId = self._insertFunctionStep(self.runModelStep, name, prerequisites=[],
+            runId = self._insertFunctionStep(self.runModelStep, name,
+                                             prerequisites=modelSteps,
                                              needsGPU=self.usesGpu())
             outputSteps.append(self._insertFunctionStep(self.createOutputStep, name,
                                                         prerequisites=[runId],
                                                         needsGPU=False))
         self._insertFunctionStep(self._closeOutputSet, prerequisites=outputSteps,
                                  needsGPU=False)
+
+    def _insertModelSteps(self):
+        """Steps that make the model before it is applied (none: it is an input)."""
+        return []
+
+    def _modelPath(self):
+        """The model file the steps apply."""
+        return self.inputModel.get().getPath()
+
+    def _modelSource(self):
+        """The model (pointer or object) the outputs derive from."""
+        return self.inputModel
 
     def _initialize(self):
         """{name: item} of the input volumes; the name is the tsId (or volNNN)."""
@@ -237,7 +258,7 @@ class ProtDualApplyModel(ProtDualBase):
     def _engineJob(self, name, gpus):
         """The engine job that processes input `name` (subclasses add their options)."""
         item = self.inputItems[name]
-        return {'model': os.path.abspath(self.inputModel.get().getPath()),
+        return {'model': os.path.abspath(self._modelPath()),
                 'inputs': [self._engineInputFile(item, name)],
                 'outdir': os.path.abspath(self._getExtraPath()),
                 'voxel_size': item.getSamplingRate(),
@@ -275,8 +296,22 @@ class ProtDualApplyModel(ProtDualBase):
         outSet.setStreamState(Set.STREAM_OPEN)
         self._defineOutputs(**{outName: outSet})
         self._defineSourceRelation(self._getInputPointer(), outSet)
-        self._defineSourceRelation(self.inputModel, outSet)
+        self._defineSourceRelation(self._modelSource(), outSet)
         return outSet
+
+    def _appendTomogram(self, name, outFile, outName):
+        """Add the engine's output file for input tomogram `name` to the streaming set
+        `outName`, with the input's sampling rate (header too), tsId, acquisition,
+        origin and halves."""
+        inTomo = self.inputItems[name]
+        self._setHeaderSamplingRate(outFile, inTomo.getSamplingRate())
+        tomo = Tomogram()
+        tomo.copyInfo(inTomo)
+        tomo.setLocation(outFile)
+        with self._lock:
+            outSet = self._getOutputSet(outName, SetOfTomograms)
+            self._appendToOutput(outSet, tomo)
+            self._store(outSet)
 
     @staticmethod
     def _appendToOutput(outSet, item):
@@ -293,6 +328,10 @@ class ProtDualApplyModel(ProtDualBase):
         if not os.path.exists(model.getPath()):
             errors.append('The model file %s does not exist (moved or deleted?).'
                           % model.getPath())
+        if model.getTask() != self._modelTask:
+            errors.append('The model was trained for the "%s" task; this protocol needs a '
+                          'model trained for "%s" (%s).' % (model.getTask(), self._modelTask,
+                                                           TASK_SOURCES[self._modelTask]))
         ratio = self._voxelSizeRatio(inputSet.getSamplingRate(), model.getVoxelSize())
         if ratio > MAX_VOXEL_SIZE_RATIO:
             errors.append('The volumes are at %.2f A/px but the model was trained at %.2f '

@@ -2,7 +2,7 @@ from enum import Enum
 
 import pyworkflow.protocol.params as params
 from pyworkflow import BETA
-from tomo.objects import SetOfTomograms, Tomogram
+from tomo.objects import SetOfTomograms
 
 from dual.protocols.protocol_base import ProtDualApplyModel
 
@@ -36,12 +36,6 @@ class ProtDualDenoise(ProtDualApplyModel):
         self._defineRunParams(form)
 
     # --------------------------- steps -----------------------------------
-    def _getInputSet(self):
-        return self.inputTomograms.get()
-
-    def _getInputPointer(self):
-        return self.inputTomograms
-
     def _engineCommand(self):
         return 'denoise'
 
@@ -55,16 +49,7 @@ class ProtDualDenoise(ProtDualApplyModel):
         return self._getExtraPath('%s%s.mrc' % (name, DENOISED_SUFFIX))
 
     def createOutputStep(self, tsId):
-        inTomo = self.inputItems[tsId]
-        outFile = self._denoisedFile(tsId)
-        self._setHeaderSamplingRate(outFile, inTomo.getSamplingRate())
-        tomo = Tomogram()
-        tomo.copyInfo(inTomo)   # sampling rate, tsId, acquisition, origin, halves
-        tomo.setLocation(outFile)
-        with self._lock:
-            outSet = self._getOutputSet(DenoiseOutputs.tomograms.name, SetOfTomograms)
-            self._appendToOutput(outSet, tomo)
-            self._store(outSet)
+        self._appendTomogram(tsId, self._denoisedFile(tsId), DenoiseOutputs.tomograms.name)
 
     # --------------------------- info ------------------------------------
     def _summary(self):

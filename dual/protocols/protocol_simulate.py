@@ -30,6 +30,7 @@ class ProtDualSimulate(ProtDualApplyModel):
     _label = 'simulate tomograms'
     _devStatus = BETA
     _possibleOutputs = SimulateOutputs
+    _inputName = 'inputMaps'
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -56,12 +57,6 @@ class ProtDualSimulate(ProtDualApplyModel):
         self._defineRunParams(form)
 
     # --------------------------- steps -----------------------------------
-    def _getInputSet(self):
-        return self.inputMaps.get()
-
-    def _getInputPointer(self):
-        return self.inputMaps
-
     def _engineCommand(self):
         return 'simulate'
 

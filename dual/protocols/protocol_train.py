@@ -17,6 +17,94 @@ class TrainOutputs(Enum):
     model = DualModel
 
 
+def defineTrainingParams(form, condition, freshCondition):
+    """The 'Training' and 'Model' form sections (shared with "dual - missing wedge").
+    condition: when the iteration and logging settings show; freshCondition: when the
+    network settings show (only for a model trained from scratch)."""
+    form.addSection(label='Training')
+    form.addParam('iterations', params.IntParam, default=2000,
+                  validators=[params.Positive], condition=condition, label='Iterations',
+                  help='Training iterations of this run (added to the model\'s when '
+                       'continuing). Each iteration updates the discriminators and '
+                       'then the generators on one batch.')
+    form.addParam('batchSize', params.IntParam, default=4, validators=[params.GE(2)],
+                  condition=freshCondition, label='Batch size',
+                  help='Subvolumes per domain per iteration (and per GPU). At least 2: '
+                       'the noise-code KL term needs a batch covariance.')
+    form.addParam('seed', params.IntParam, default=0, condition=freshCondition,
+                  label='Random seed',
+                  help='Initial weights and subvolume sampling; the same seed and data '
+                       'give the same model on one device.')
+    form.addParam('checkpointEvery', params.IntParam, default=200,
+                  validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
+                  condition=condition,
+                  label='Checkpoint every (iterations)',
+                  help='An interrupted run continues from its last checkpoint.')
+    form.addParam('logEvery', params.IntParam, default=10, validators=[params.Positive],
+                  expertLevel=params.LEVEL_ADVANCED, condition=condition,
+                  label='Log every (iterations)',
+                  help='Iterations between progress lines (losses, ETA) and points of '
+                       'the training curves.')
+
+    form.addSection(label='Model')
+    form.addParam('voxelSize', params.FloatParam, default=10.0,
+                  validators=[params.Positive], condition=freshCondition,
+                  label='Working voxel size (A)',
+                  help='Both domains are resampled to this voxel size for training, and '
+                       'every tomogram the model processes later too (the paper: 10 A). '
+                       'Choose it close to the voxel size of the tomograms to denoise.')
+    form.addParam('subvolumeSize', params.IntParam, default=32,
+                  validators=[params.GE(8)], condition=freshCondition,
+                  label='Subvolume size (voxels)',
+                  help='Side of the cubic training subvolumes at the working voxel '
+                       'size, a multiple of 8 (the paper: 32).')
+    form.addParam('codeSize', params.IntParam, default=16, validators=[params.Positive],
+                  condition=freshCondition, label='Noise code size',
+                  help='Dimension K of the code the noise decoder turns into noise.')
+    line = form.addLine('U-Net width and depth', condition=freshCondition,
+                        expertLevel=params.LEVEL_ADVANCED,
+                        help='Channels of the first level and number of poolings of '
+                             'the denoiser and structural generator.')
+    line.addParam('unetWidth', params.IntParam, default=16, validators=[params.Positive],
+                  label='width')
+    line.addParam('unetDepth', params.IntParam, default=2, validators=[params.Positive],
+                  label='depth')
+    line = form.addLine('Other widths', condition=freshCondition,
+                        expertLevel=params.LEVEL_ADVANCED,
+                        help='Channels of the noise encoder/decoder and discriminators.')
+    line.addParam('noiseWidth', params.IntParam, default=16, validators=[params.Positive],
+                  label='noise nets')
+    line.addParam('discWidth', params.IntParam, default=16, validators=[params.Positive],
+                  label='discriminators')
+    line = form.addLine('Loss weights', condition=freshCondition,
+                        expertLevel=params.LEVEL_ADVANCED,
+                        help='L = w_rec L_rec + w_adv L_adv + w_KL L_KL (the paper: 1, 1, '
+                             '0.1).')
+    line.addParam('lambdaRec', params.FloatParam, default=1.0, label='reconstruction')
+    line.addParam('lambdaAdv', params.FloatParam, default=1.0, label='adversarial')
+    line.addParam('lambdaKl', params.FloatParam, default=0.1, label='KL')
+    form.addParam('learningRate', params.FloatParam, default=1e-4,
+                  validators=[params.Positive], condition=freshCondition,
+                  expertLevel=params.LEVEL_ADVANCED, label='Learning rate (AdamW)')
+
+
+def networkSettings(protocol):
+    """The engine's DualConfig values set in the form (fresh training only)."""
+    return {'voxel_size': protocol.voxelSize.get(),
+            'subvolume_size': protocol.subvolumeSize.get(),
+            'batch_size': protocol.batchSize.get(),
+            'seed': protocol.seed.get(),
+            'code_size': protocol.codeSize.get(),
+            'unet_width': protocol.unetWidth.get(),
+            'unet_depth': protocol.unetDepth.get(),
+            'noise_width': protocol.noiseWidth.get(),
+            'disc_width': protocol.discWidth.get(),
+            'lambda_rec': protocol.lambdaRec.get(),
+            'lambda_adv': protocol.lambdaAdv.get(),
+            'lambda_kl': protocol.lambdaKl.get(),
+            'lr': protocol.learningRate.get()}
+
+
 class ProtDualTrain(ProtDualBase):
     """Trains DUAL on unpaired noisy tomograms and clean volumes (no pairs, no labels).
 
@@ -55,69 +143,7 @@ class ProtDualTrain(ProtDualBase):
         form.addParam('inputModel', params.PointerParam, pointerClass='DualModel',
                       condition='continueTraining', label='Model to continue from')
 
-        form.addSection(label='Training')
-        form.addParam('iterations', params.IntParam, default=2000,
-                      validators=[params.Positive], label='Iterations',
-                      help='Training iterations of this run (added to the model\'s when '
-                           'continuing). Each iteration updates the discriminators and '
-                           'then the generators on one batch.')
-        form.addParam('batchSize', params.IntParam, default=4, validators=[params.GE(2)],
-                      condition=NOT_CONTINUING, label='Batch size',
-                      help='Subvolumes per domain per iteration (and per GPU). At least 2: '
-                           'the noise-code KL term needs a batch covariance.')
-        form.addParam('seed', params.IntParam, default=0, condition=NOT_CONTINUING,
-                      label='Random seed',
-                      help='Initial weights and subvolume sampling; the same seed and data '
-                           'give the same model on one device.')
-        form.addParam('checkpointEvery', params.IntParam, default=200,
-                      validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
-                      label='Checkpoint every (iterations)',
-                      help='An interrupted run continues from its last checkpoint.')
-        form.addParam('logEvery', params.IntParam, default=10, validators=[params.Positive],
-                      expertLevel=params.LEVEL_ADVANCED, label='Log every (iterations)',
-                      help='Iterations between progress lines (losses, ETA) and points of '
-                           'the training curves.')
-
-        form.addSection(label='Model')
-        form.addParam('voxelSize', params.FloatParam, default=10.0,
-                      validators=[params.Positive], condition=NOT_CONTINUING,
-                      label='Working voxel size (A)',
-                      help='Both domains are resampled to this voxel size for training, and '
-                           'every tomogram the model processes later too (the paper: 10 A). '
-                           'Choose it close to the voxel size of the tomograms to denoise.')
-        form.addParam('subvolumeSize', params.IntParam, default=32,
-                      validators=[params.GE(8)], condition=NOT_CONTINUING,
-                      label='Subvolume size (voxels)',
-                      help='Side of the cubic training subvolumes at the working voxel '
-                           'size, a multiple of 8 (the paper: 32).')
-        form.addParam('codeSize', params.IntParam, default=16, validators=[params.Positive],
-                      condition=NOT_CONTINUING, label='Noise code size',
-                      help='Dimension K of the code the noise decoder turns into noise.')
-        line = form.addLine('U-Net width and depth', condition=NOT_CONTINUING,
-                            expertLevel=params.LEVEL_ADVANCED,
-                            help='Channels of the first level and number of poolings of '
-                                 'the denoiser and structural generator.')
-        line.addParam('unetWidth', params.IntParam, default=16, validators=[params.Positive],
-                      label='width')
-        line.addParam('unetDepth', params.IntParam, default=2, validators=[params.Positive],
-                      label='depth')
-        line = form.addLine('Other widths', condition=NOT_CONTINUING,
-                            expertLevel=params.LEVEL_ADVANCED,
-                            help='Channels of the noise encoder/decoder and discriminators.')
-        line.addParam('noiseWidth', params.IntParam, default=16, validators=[params.Positive],
-                      label='noise nets')
-        line.addParam('discWidth', params.IntParam, default=16, validators=[params.Positive],
-                      label='discriminators')
-        line = form.addLine('Loss weights', condition=NOT_CONTINUING,
-                            expertLevel=params.LEVEL_ADVANCED,
-                            help='L = w_rec L_rec + w_adv L_adv + w_KL L_KL (the paper: 1, 1, '
-                                 '0.1).')
-        line.addParam('lambdaRec', params.FloatParam, default=1.0, label='reconstruction')
-        line.addParam('lambdaAdv', params.FloatParam, default=1.0, label='adversarial')
-        line.addParam('lambdaKl', params.FloatParam, default=0.1, label='KL')
-        form.addParam('learningRate', params.FloatParam, default=1e-4,
-                      validators=[params.Positive], condition=NOT_CONTINUING,
-                      expertLevel=params.LEVEL_ADVANCED, label='Learning rate (AdamW)')
+        defineTrainingParams(form, condition='True', freshCondition=NOT_CONTINUING)
 
         self._defineGpuParams(form)
         form.addParallelSection(threads=4, mpi=0)
@@ -167,24 +193,8 @@ class ProtDualTrain(ProtDualBase):
         if self.continueTraining:
             job['init_model'] = os.path.abspath(self.inputModel.get().getPath())
         else:
-            job.update(self._networkSettings())
+            job.update(networkSettings(self))
         self.runEngineJob('train', job, 'train', useGpu=bool(gpus))
-
-    def _networkSettings(self):
-        """The engine's DualConfig values set in the form (fresh training only)."""
-        return {'voxel_size': self.voxelSize.get(),
-                'subvolume_size': self.subvolumeSize.get(),
-                'batch_size': self.batchSize.get(),
-                'seed': self.seed.get(),
-                'code_size': self.codeSize.get(),
-                'unet_width': self.unetWidth.get(),
-                'unet_depth': self.unetDepth.get(),
-                'noise_width': self.noiseWidth.get(),
-                'disc_width': self.discWidth.get(),
-                'lambda_rec': self.lambdaRec.get(),
-                'lambda_adv': self.lambdaAdv.get(),
-                'lambda_kl': self.lambdaKl.get(),
-                'lr': self.learningRate.get()}
 
     def createOutputStep(self, targetIterations):
         model = self._dualModelFromFile(os.path.join(self._trainingDir(), MODEL_FILE))

@@ -58,7 +58,7 @@ class TestDualDenoise(DualWorkflowTest):
         # One engine job per tomogram, on the CPU, with the Scipion voxel size.
         with open(self.denoise._getExtraPath('denoise_TS_00.json')) as f:
             job = json.load(f)
-        self.assertEqual((job['device'], job['voxel_size'], job['tile']), ('cpu', 10.0, 96))
+        self.assertEqual((job['device'], job['voxel_size'], job['tile']), ('cpu', 10.0, 160))
         self.assertIn('2 of 2 tomograms denoised', ' '.join(self.denoise.summary()))
         self.assertIn('We denoised 2 tomograms', ' '.join(self.denoise.methods()))
 

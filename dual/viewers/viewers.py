@@ -7,9 +7,10 @@ from pwem.viewers import EmPlotter
 from pyworkflow.viewer import DESKTOP_TKINTER, ProtocolViewer, Viewer
 
 from dual.convert import readTrainingLog
-from dual.protocols import ProtDualDenoise, ProtDualSimulate, ProtDualTrain
+from dual.protocols import ProtDualDenoise, ProtDualSimulate, ProtDualTrain, ProtDualWedge
 from dual.protocols.protocol_denoise import DenoiseOutputs
 from dual.protocols.protocol_simulate import SimulateOutputs
+from dual.protocols.protocol_wedge import WedgeOutputs
 from dual.viewers import plots
 
 
@@ -23,13 +24,14 @@ def _plotter(draw, *args, windowTitle=''):
 class DualTrainingViewer(Viewer):
     """The losses of a DUAL training against the iteration (also while it runs)."""
     _label = 'training curves'
-    _targets = [ProtDualTrain]
+    _targets = [ProtDualTrain, ProtDualWedge]
     _environments = [DESKTOP_TKINTER]
 
     def _visualize(self, protocol, **kwargs):
         records = readTrainingLog(protocol.getTrainingLogFile())
         if not records:
-            return [self.infoMessage('The training has not logged any iteration yet.',
+            return [self.infoMessage('No training has logged any iteration (yet) in this '
+                                     'run.',
                                      'DUAL training curves')]
         return [_plotter(plots.plotTrainingCurves, records,
                          windowTitle='DUAL training curves')]
@@ -68,11 +70,10 @@ class DualVolumesViewer(ProtocolViewer):
         return [self.infoMessage('There is no output tomogram yet.', self._label)]
 
 
-class DualDenoiseViewer(DualVolumesViewer):
-    """Central slices and Fourier amplitudes of a tomogram before and after denoising."""
-    _label = 'before / after denoising'
-    _targets = [ProtDualDenoise]
-    _outputName = DenoiseOutputs.tomograms.name
+class DualBeforeAfterViewer(DualVolumesViewer):
+    """Base of the viewers that compare each output tomogram with its input."""
+    _afterTitle = None
+    _windowTitle = None
 
     def _defineParams(self, form):
         self._defineChoice(form, 'Tomogram (tsId)')
@@ -87,7 +88,17 @@ class DualDenoiseViewer(DualVolumesViewer):
         if tsId is None:
             return self._noOutput()
         return [self._slicesView(self.protocol.getInputFile(tsId), 'input',
-                                 self._outputFile(tsId), 'denoised', 'DUAL denoising: %s' % tsId)]
+                                 self._outputFile(tsId), self._afterTitle,
+                                 '%s: %s' % (self._windowTitle, tsId))]
+
+
+class DualDenoiseViewer(DualBeforeAfterViewer):
+    """Central slices and Fourier amplitudes of a tomogram before and after denoising."""
+    _label = 'before / after denoising'
+    _targets = [ProtDualDenoise]
+    _outputName = DenoiseOutputs.tomograms.name
+    _afterTitle = 'denoised'
+    _windowTitle = 'DUAL denoising'
 
 
 class DualSimulateViewer(DualVolumesViewer):
@@ -135,3 +146,13 @@ class DualSimulateViewer(DualVolumesViewer):
                          ['real', 'synthetic'], windowTitle=title),
                 _plotter(plots.plotRealVsSimulated, realVolume, realVoxel, synthetic,
                          syntheticVoxel, windowTitle=title)]
+
+
+class DualWedgeViewer(DualBeforeAfterViewer):
+    """Central XY and XZ slices and Fourier sections of a tomogram before and after
+    missing-wedge compensation: the XZ Fourier section shows the cone being filled."""
+    _label = 'before / after missing-wedge compensation'
+    _targets = [ProtDualWedge]
+    _outputName = WedgeOutputs.tomograms.name
+    _afterTitle = 'compensated'
+    _windowTitle = 'DUAL missing wedge'

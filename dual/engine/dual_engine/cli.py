@@ -53,7 +53,7 @@ def _pick(args):
 
 def _config_from_args(args):
     from dual_engine.model import DualConfig
-    overrides = {name: getattr(args, name) for name in _CONFIG_OPTIONS
+    overrides = {name: getattr(args, name) for name in list(_CONFIG_OPTIONS) + ['tilt_axis']
                  if getattr(args, name, None) is not None}
     return DualConfig(**overrides)
 
@@ -66,6 +66,29 @@ def _train(args):
                     noisy_voxel_size=args.noisy_voxel_size,
                     clean_voxel_size=args.clean_voxel_size)
     print(json.dumps(summary, indent=1))
+
+
+def _wedge_train(args):
+    from dual_engine.train import train
+    from dual_engine.wedge import wedge_config
+    cfg = wedge_config(_config_from_args(args), args.tomograms, args.tilt_range,
+                       args.tilt_axis)
+    summary = train(args.tomograms, args.tomograms, args.outdir, cfg, resume=args.resume,
+                    init_model=args.init_model, device=args.device, threads=args.threads,
+                    processes=args.processes, noisy_voxel_size=args.input_voxel_size,
+                    clean_voxel_size=args.input_voxel_size)
+    print(json.dumps(summary, indent=1))
+
+
+def _wedge(args):
+    from dual_engine.wedge import compensate
+    for path in args.inputs:
+        result = compensate(args.model, path, _output_path(args.outdir, path, args.suffix),
+                            tilt_range=args.tilt_range, tilt_axis=args.tilt_axis,
+                            transition=args.transition, tile=args.tile, overlap=args.overlap,
+                            device=args.device, threads=args.threads,
+                            voxel_size=args.voxel_size)
+        print(json.dumps(result), flush=True)
 
 
 def _output_path(outdir, input_path, suffix):
@@ -136,12 +159,22 @@ def _add_inference_options(p):
     p.add_argument('model', help='model file written by train (model.pt)')
     p.add_argument('inputs', nargs='+', help='MRC volumes')
     p.add_argument('--outdir', required=True)
-    p.add_argument('--tile', type=int, default=96,
-                   help='tile side in voxels (default 96); smaller tiles use less memory')
+    p.add_argument('--tile', type=int, default=160,
+                   help='tile side in voxels (default 160); smaller tiles use less memory')
     p.add_argument('--overlap', type=int, default=None,
                    help='voxels dropped at each tile border (default: the receptive radius)')
     p.add_argument('--voxel-size', type=float, default=None,
                    help='voxel size of the inputs in A, if their headers are wrong')
+    _add_run_options(p)
+
+
+def _add_training_options(p):
+    for name, (kind, text) in _CONFIG_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
+    p.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.pt if present")
+    p.add_argument("--init-model", default=None, help="start from this model file's weights and iteration")
+    p.add_argument("--processes", type=int, default=1,
+                   help="DistributedDataParallel processes (one per GPU; gloo on CPU)")
     _add_run_options(p)
 
 
@@ -184,19 +217,38 @@ def build_parser():
                    help="clean-domain MRC volumes (grand models or high-SNR tomograms)")
     p.add_argument("--noisy-voxel-size", type=float, default=None, help="override the noisy headers")
     p.add_argument("--clean-voxel-size", type=float, default=None, help="override the clean headers")
-    for name, (kind, text) in _CONFIG_OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
-    p.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.pt if present")
-    p.add_argument("--init-model", default=None, help="start from this model file's weights and iteration")
-    p.add_argument("--processes", type=int, default=1,
-                   help="DistributedDataParallel processes (one per GPU; gloo on CPU)")
-    _add_run_options(p)
+    p.add_argument("--tilt-axis", choices=["y", "x"], default=None,
+                   help="tilt axis of the noisy tomograms (default y); augmentation keeps "
+                        "their missing wedge")
+    _add_training_options(p)
     p.set_defaults(handler=_train)
+
+    p = commands.add_parser("wedge-train",
+                            help="train a missing-wedge model on the tomograms themselves")
+    p.add_argument("outdir", help="folder for model.pt, checkpoint.pt and training_log.jsonl")
+    p.add_argument("--tomograms", nargs="+", required=True, help="MRC tomograms (beam along Z)")
+    p.add_argument("--tilt-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="tilt range in degrees (default: estimated from the first tomogram)")
+    p.add_argument("--tilt-axis", choices=["y", "x"], default="y", help="default y")
+    p.add_argument("--input-voxel-size", type=float, default=None,
+                   help="voxel size of the tomograms in A, if their headers are wrong")
+    _add_training_options(p)
+    p.set_defaults(handler=_wedge_train)
 
     p = commands.add_parser("denoise", help="denoise tomograms with a trained model")
     _add_inference_options(p)
     p.add_argument("--suffix", default="_denoised", help="added to each output name")
     p.set_defaults(handler=_denoise)
+
+    p = commands.add_parser("wedge", help="fill the missing wedge of tomograms with a wedge model")
+    _add_inference_options(p)
+    p.add_argument("--tilt-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="the tomograms' tilt range in degrees (default: the model's)")
+    p.add_argument("--tilt-axis", choices=["y", "x"], default=None, help="default: the model's")
+    p.add_argument("--transition", type=float, default=5.0,
+                   help="degrees of smooth transition inside the cone's border (default 5)")
+    p.add_argument("--suffix", default="_wedge", help="added to each output name")
+    p.set_defaults(handler=_wedge)
 
     p = commands.add_parser("simulate", help="synthetic tomograms from clean density maps")
     _add_inference_options(p)

@@ -22,16 +22,43 @@ def load_for_model(path, working_voxel_size, voxel_size=None):
     return standardize(volume, name=os.path.basename(path)), voxel_size, data.shape
 
 
+TILT_AXES = {'x': 2, 'y': 1}   # tilt axis name -> array axis of a (Z, Y, X) volume
+
+
+def wedge_preserving_flips(tilt_axis):
+    """Groups of array axes that may be flipped together without changing the wedge.
+
+    Mirroring along the tilt axis keeps every tilt direction; mirroring the beam axis
+    and the other in-plane axis together is a 180-degree rotation about the tilt axis,
+    which keeps them too. Either of those two alone mirrors the tilt angles, turning an
+    asymmetric range such as -50..70 into -70..50.
+    """
+    if tilt_axis not in TILT_AXES:
+        raise InputError("tilt axis must be 'x' or 'y' (got %r)" % (tilt_axis,))
+    along = TILT_AXES[tilt_axis]
+    return ((along,), (0, 3 - along))
+
+
+def wedge_swap_axes(tilt_axis):
+    """The array axes the wedge task swaps: the beam axis (Z) and the in-plane axis
+    that is not the tilt axis. The swapped volume's missing cone lies where the
+    original was measured, and vice versa (paper, Fig. 6)."""
+    return (0, wedge_preserving_flips(tilt_axis)[1][1])
+
+
 class Domain:
     """The volumes of one domain, held in memory at the working voxel size."""
 
-    def __init__(self, name, paths, working_voxel_size, subvolume_size, voxel_size=None):
+    def __init__(self, name, paths, working_voxel_size, subvolume_size, voxel_size=None,
+                 tilt_axis='y', swap_axes=None):
         if not paths:
             raise InputError("the %s domain has no volumes" % name)
         self.name = name
         self.volumes = []
         for path in paths:
             volume = load_for_model(path, working_voxel_size, voxel_size)[0]
+            if swap_axes:   # the missing-wedge task's second domain (see wedge.py)
+                volume = np.ascontiguousarray(np.swapaxes(volume, *swap_axes))
             if min(volume.shape) < subvolume_size:
                 raise InputError(
                     "%s is %s voxels at %.2f A/voxel, smaller than the %d^3 subvolumes; "
@@ -40,6 +67,7 @@ class Domain:
                        subvolume_size))
             self.volumes.append(volume)
         self.size = subvolume_size
+        self.flip_groups = wedge_preserving_flips(tilt_axis)
         # Each volume is drawn in proportion to how many subvolumes it holds.
         counts = np.array([np.prod([s - subvolume_size + 1 for s in v.shape])
                            for v in self.volumes], dtype=np.float64)
@@ -48,9 +76,9 @@ class Domain:
     def sample(self, rng, count):
         """`count` random subvolumes, shape (count, 1, s, s, s), float32.
 
-        Augmentation is limited to flips along each axis: a 90-degree rotation would
-        move the tilt axis and with it the missing wedge, which the model must learn
-        as it is.
+        Augmentation is limited to the flips that keep the missing wedge as it is (see
+        wedge_preserving_flips): the model must learn the wedge of the data, asymmetric
+        tilt ranges included.
         """
         s = self.size
         batch = np.empty((count, 1, s, s, s), dtype=np.float32)
@@ -58,6 +86,7 @@ class Domain:
             volume = self.volumes[rng.choice(len(self.volumes), p=self.weights)]
             corner = [rng.integers(0, dim - s + 1) for dim in volume.shape]
             patch = volume[tuple(slice(c, c + s) for c in corner)]
-            flips = tuple(axis for axis in range(3) if rng.random() < 0.5)
+            flips = tuple(axis for group in self.flip_groups if rng.random() < 0.5
+                          for axis in group)
             batch[i, 0] = np.flip(patch, axis=flips) if flips else patch
         return batch

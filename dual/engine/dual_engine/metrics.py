@@ -143,6 +143,22 @@ def ssim(reference, volume, window=7):
     return _ssim_standardized(ref, vol, int(window), data_range(ref))
 
 
+def psnr_ssim_on_reference_scale(reference, volume, window=7):
+    """PSNR and SSIM where only the reference is standardised and the volume gets the
+    same shift and scale: a volume of the right shape but the wrong amplitude (an
+    all-zero fill, say) scores low, as it must when the amplitude is what is restored."""
+    _check_same_shape(reference, volume)
+    reference = np.asarray(reference, dtype=np.float64)
+    mean, std = float(reference.mean()), float(reference.std())
+    if std == 0:
+        raise InputError("the reference is constant: it carries no signal")
+    ref = ((reference - mean) / std).astype(np.float32)
+    vol = ((np.asarray(volume, dtype=np.float64) - mean) / std).astype(np.float32)
+    value_range = data_range(ref)
+    return {"psnr": _psnr_standardized(ref, vol, value_range),
+            "ssim": _ssim_standardized(ref, vol, int(window), value_range)}
+
+
 def pearson(a, b):
     """Pearson correlation coefficient of two same-shape arrays."""
     _check_same_shape(a, b, ("first array", "second array"))

@@ -36,10 +36,25 @@ class DualConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
+    # 'denoise': noisy tomograms <-> clean volumes (paper, Methods). 'wedge': tomograms
+    # <-> the same tomograms with the beam axis and the in-plane axis swapped, the
+    # missing-wedge translation of the paper's Fig. 6 (see wedge.py).
+    task: str = 'denoise'
+    tilt_axis: str = 'y'              # of the noisy domain's volumes: 'y' or 'x'
+    tilt_range: tuple = (-60.0, 60.0)  # degrees; used by the wedge task only
+
+    def __post_init__(self):
+        if self.task not in ('denoise', 'wedge'):
+            raise InputError("task must be 'denoise' or 'wedge' (got %r)" % (self.task,))
+        if self.tilt_axis not in ('x', 'y'):
+            raise InputError("tilt axis must be 'x' or 'y' (got %r)" % (self.tilt_axis,))
+        self.betas = tuple(self.betas)
+        self.tilt_range = tuple(float(t) for t in self.tilt_range)
 
     def to_dict(self):
         d = asdict(self)
         d['betas'] = list(self.betas)
+        d['tilt_range'] = list(self.tilt_range)
         return d
 
     @classmethod
@@ -48,9 +63,6 @@ class DualConfig:
         unknown = set(values) - known
         if unknown:
             raise InputError('unknown DUAL settings: %s' % ', '.join(sorted(unknown)))
-        values = dict(values)
-        if 'betas' in values:
-            values['betas'] = tuple(values['betas'])
         return cls(**values)
 
 

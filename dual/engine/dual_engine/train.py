@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from dual_engine import __version__
-from dual_engine.data import Domain
+from dual_engine.data import Domain, wedge_swap_axes
 from dual_engine.io import InputError, atomic_output
 from dual_engine.losses import (discriminator_loss, generator_adversarial_loss,
                                 noise_code_kl, reconstruction_loss)
@@ -146,7 +146,9 @@ def _prepare_config(outdir, cfg, resume, init_model):
         return saved_cfg, state, True
     if init_model:
         saved_cfg, state = load_model(init_model)
-        for name in ('iterations', 'log_every', 'checkpoint_every'):
+        # The weights (and architecture) come from the model; the task is this run's.
+        for name in ('iterations', 'log_every', 'checkpoint_every', 'task', 'tilt_axis',
+                     'tilt_range'):
             setattr(saved_cfg, name, getattr(cfg, name))
         return saved_cfg, state, False
     return cfg, None, False
@@ -174,8 +176,12 @@ def _worker(rank, world_size, init_file, noisy_paths, clean_paths, outdir, cfg_d
 def _train_process(rank, world_size, noisy_paths, clean_paths, outdir, cfg, resume,
                    init_model, device, noisy_voxel_size, clean_voxel_size):
     cfg, state, same_run = _prepare_config(outdir, cfg, resume, init_model)
-    noisy = Domain('noisy', noisy_paths, cfg.voxel_size, cfg.subvolume_size, noisy_voxel_size)
-    clean = Domain('clean', clean_paths, cfg.voxel_size, cfg.subvolume_size, clean_voxel_size)
+    noisy = Domain('noisy', noisy_paths, cfg.voxel_size, cfg.subvolume_size, noisy_voxel_size,
+                   tilt_axis=cfg.tilt_axis)
+    # The wedge task's second domain is the first one with two axes swapped (wedge.py).
+    swap = wedge_swap_axes(cfg.tilt_axis) if cfg.task == 'wedge' else None
+    clean = Domain('clean', clean_paths, cfg.voxel_size, cfg.subvolume_size, clean_voxel_size,
+                   tilt_axis=cfg.tilt_axis, swap_axes=swap)
     trainer = Trainer(cfg, noisy, clean, device, rank, world_size)
     log_path = os.path.join(outdir, LOG)
     if state is not None:

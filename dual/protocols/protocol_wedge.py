@@ -1,0 +1,242 @@
+import os
+from enum import Enum
+
+import pyworkflow.protocol.params as params
+from pyworkflow import BETA
+from pyworkflow.utils import Message
+from tomo.objects import SetOfTomograms
+
+from dual.constants import MODEL_FILE, TRAINING_DIR, TRAINING_LOG
+from dual.objects import DualModel
+from dual.protocols.protocol_base import ProtDualApplyModel, itemKey
+from dual.protocols.protocol_train import defineTrainingParams, networkSettings
+
+WEDGE_SUFFIX = '_wedge'
+TRAINING = 'not useModel'
+
+# Where the tilt range comes from.
+RANGE_ACQUISITION, RANGE_GIVEN, RANGE_ESTIMATED = 0, 1, 2
+TILT_AXES = ['y', 'x']
+# A domain swap cannot fill a cone wider than 45 degrees (engine: wedge.check_tilt_range).
+MIN_TILT_SPAN = 90.0
+
+
+class WedgeOutputs(Enum):
+    tomograms = SetOfTomograms
+    model = DualModel
+
+
+class ProtDualWedge(ProtDualApplyModel):
+    """Fills the missing wedge of tomograms with DUAL, trained on the tomograms themselves.
+
+    DUAL learns, without any ground truth, to translate the tomograms into copies of
+    themselves whose beam axis and in-plane axis are swapped: those copies lack other
+    Fourier directions, so the translation supplies what each tomogram's missing cone
+    lacks (paper, Fig. 6). Each output keeps its tomogram's measured Fourier
+    coefficients unchanged and takes only the missing cone from the translation, with
+    a smooth transition at the cone's border. The trained model is an output too, so
+    later runs (e.g. on new tomograms of the same kind) can skip the training.
+    """
+    _label = 'missing wedge'
+    _devStatus = BETA
+    _possibleOutputs = WedgeOutputs
+    _modelTask = 'wedge'
+
+    # --------------------------- form ------------------------------------
+    def _defineParams(self, form):
+        form.addSection(label=Message.LABEL_INPUT)
+        form.addParam('inputTomograms', params.PointerParam, pointerClass='SetOfTomograms',
+                      important=True, label='Tomograms',
+                      help='Tomograms (tilt axis along Y or X, beam along Z) whose missing '
+                           'wedge to fill. Without a model, the model is trained on them.')
+        form.addParam('useModel', params.BooleanParam, default=False,
+                      label='Use a model trained earlier?',
+                      help='Yes: apply a missing-wedge model from an earlier run of this '
+                           'protocol instead of training one.')
+        form.addParam('inputModel', params.PointerParam, pointerClass='DualModel',
+                      condition='useModel', allowsNull=True, label='Missing-wedge model')
+        form.addParam('tiltRangeSource', params.EnumParam, default=RANGE_ACQUISITION,
+                      choices=['tomograms\' acquisition', 'given below',
+                               'estimated from the data'],
+                      display=params.EnumParam.DISPLAY_HLIST, label='Tilt range from',
+                      help='The acquisition\'s minimum and maximum tilt angles, the values '
+                           'given here, or an estimate from the Fourier amplitudes of the '
+                           'first tomogram (within a few degrees; with a model trained '
+                           'earlier, the range it was trained for).')
+        line = form.addLine('Tilt range (degrees)', condition='tiltRangeSource == %d'
+                            % RANGE_GIVEN, help='Minimum and maximum tilt angle; asymmetric '
+                                                'ranges such as -50, 70 are fine.')
+        line.addParam('tiltMin', params.FloatParam, default=-60.0, label='min')
+        line.addParam('tiltMax', params.FloatParam, default=60.0, label='max')
+        form.addParam('tiltAxis', params.EnumParam, default=0, choices=['Y', 'X'],
+                      display=params.EnumParam.DISPLAY_HLIST, label='Tilt axis',
+                      help='The axis of the tomograms the specimen was tilted about (Y in '
+                           'most reconstructions).')
+        form.addParam('transition', params.FloatParam, default=5.0,
+                      validators=[params.Range(0, 20)], expertLevel=params.LEVEL_ADVANCED,
+                      label='Cone border transition (degrees)',
+                      help='Inside the cone\'s border the filled coefficients blend in over '
+                           'this angle, which avoids ringing; measured coefficients are '
+                           'never changed.')
+        defineTrainingParams(form, condition=TRAINING, freshCondition=TRAINING)
+        form.addSection(label='Run')
+        self._defineRunParams(form)
+
+    # --------------------------- steps -----------------------------------
+    def _engineCommand(self):
+        return 'wedge'
+
+    def _insertModelSteps(self):
+        if self.useModel:
+            return []
+        trainId = self._insertFunctionStep(self.trainStep, needsGPU=self.usesGpu())
+        return [self._insertFunctionStep(self.createModelStep, prerequisites=[trainId],
+                                         needsGPU=False)]
+
+    def _trainingDir(self):
+        return self._getExtraPath(TRAINING_DIR)
+
+    def _modelPath(self):
+        if self.useModel:
+            return super()._modelPath()
+        return os.path.join(self._trainingDir(), MODEL_FILE)
+
+    def _modelSource(self):
+        if self.useModel:
+            return self.inputModel
+        return getattr(self, WedgeOutputs.model.name)
+
+    def _tiltAxis(self):
+        return TILT_AXES[self.tiltAxis.get()]
+
+    def _tiltRange(self, tomo=None):
+        """(min, max) in degrees for a tomogram (or the set), None to let the engine use
+        the model's range or estimate it."""
+        source = self.tiltRangeSource.get()
+        if source == RANGE_GIVEN:
+            return self.tiltMin.get(), self.tiltMax.get()
+        if source == RANGE_ACQUISITION:
+            acquisition = (tomo or self._getInputSet()).getAcquisition()
+            return acquisition.getAngleMin(), acquisition.getAngleMax()
+        return None
+
+    def trainStep(self):
+        gpus = self._stepGpus()
+        job = {'outdir': os.path.abspath(self._trainingDir()),
+               'tomograms': [self._engineInputFile(item, name)
+                             for name, item in self.inputItems.items()],
+               'input_voxel_size': self._getInputSet().getSamplingRate(),
+               'tilt_axis': self._tiltAxis(),
+               'iterations': self.iterations.get(),
+               'log_every': self.logEvery.get(),
+               'checkpoint_every': self.checkpointEvery.get(),
+               'resume': True,   # a no-op on a fresh run; "Continue" resumes
+               'device': self._engineDevice(gpus),
+               'processes': max(1, len(gpus)),
+               'threads': self._engineThreads()}
+        tiltRange = self._tiltRange()
+        if tiltRange is not None:
+            job['tilt_range'] = list(tiltRange)
+        job.update(networkSettings(self))
+        self.runEngineJob('wedge-train', job, 'wedge_train', useGpu=bool(gpus))
+
+    def createModelStep(self):
+        model = self._dualModelFromFile(self._modelPath())
+        self._defineOutputs(**{WedgeOutputs.model.name: model})
+        self._defineSourceRelation(self.inputTomograms, model)
+
+    def _engineJob(self, name, gpus):
+        job = super()._engineJob(name, gpus)
+        tiltRange = self._tiltRange(self.inputItems[name])
+        if tiltRange is not None:
+            job['tilt_range'] = list(tiltRange)
+        job.update({'tilt_axis': self._tiltAxis(), 'transition': self.transition.get(),
+                    'suffix': WEDGE_SUFFIX})
+        return job
+
+    def getOutputFile(self, name):
+        """The engine names its output after the input link extra/inputs/<name>.mrc."""
+        return self._getExtraPath('%s%s.mrc' % (name, WEDGE_SUFFIX))
+
+    def createOutputStep(self, tsId):
+        self._appendTomogram(tsId, self.getOutputFile(tsId), WedgeOutputs.tomograms.name)
+
+    def getTrainingLogFile(self):
+        """The engine's training log (JSON lines) when this run trained the model."""
+        return os.path.join(self._trainingDir(), TRAINING_LOG)
+
+    # --------------------------- info ------------------------------------
+    def _validate(self):
+        if self.useModel:
+            if self.inputModel.get() is None:
+                return ['Choose the missing-wedge model to use.']
+            errors = super()._validate()
+        else:
+            errors = self._validateEngine()
+            errors += self._setErrors(self._getInputSet(), 'Tomograms')
+            if not errors:
+                errors += self._tooSmallErrors(self._getInputSet(), 'Tomograms',
+                                               self.voxelSize.get(), self.subvolumeSize.get())
+            if self.subvolumeSize.get() % 8:
+                errors.append('The subvolume size must be a multiple of 8 (it is %d).'
+                              % self.subvolumeSize.get())
+        if errors:
+            return errors
+        return self._tiltRangeErrors()
+
+    def _tiltRangeErrors(self):
+        source = self.tiltRangeSource.get()
+        if source == RANGE_ESTIMATED:
+            return []
+        tomos = list(self._getInputSet().iterItems()) if source == RANGE_ACQUISITION else [None]
+        errors = []
+        for tomo in tomos:
+            where = ('the acquisition of %s' % itemKey(tomo)) if tomo else 'the form'
+            tmin, tmax = self._tiltRange(tomo)
+            if tmin is None or tmax is None:
+                errors.append('%s has no tilt range: give it in the form, or choose '
+                              '"estimated from the data".' % where.capitalize())
+            elif not -90 < tmin < tmax < 90:
+                errors.append('The tilt range of %s (%s..%s) must satisfy -90 < min < max '
+                              '< 90 degrees.' % (where, tmin, tmax))
+            elif tmax - tmin < MIN_TILT_SPAN:
+                errors.append('The tilt range of %s (%g..%g) spans less than %g degrees: '
+                              'its missing cone is too wide for the swapped copy to fill.'
+                              % (where, tmin, tmax, MIN_TILT_SPAN))
+        return errors
+
+    def _warnings(self):
+        warnings = super()._warnings() if self.useModel else []
+        if not self.useModel and not self.usesGpu():
+            warnings.append('Training on the CPU is very slow: use it for small tests only.')
+        return warnings
+
+    def _summary(self):
+        inputSet = self._getInputSet()
+        if inputSet is None:
+            return []
+        outSet = getattr(self, WedgeOutputs.tomograms.name, None)
+        done = outSet.getSize() if outSet is not None else 0
+        lines = ['%d of %d tomograms compensated.' % (done, inputSet.getSize())]
+        model = getattr(self, WedgeOutputs.model.name, None) or (
+            self.inputModel.get() if self.useModel else None)
+        if model is not None:
+            lines.append('Model: %s.' % model)
+        return lines
+
+    def _methods(self):
+        inputSet = self._getInputSet()
+        if inputSet is None:
+            return []
+        if self.useModel:
+            how = 'a missing-wedge model trained earlier (%s)' % self.inputModel.get()
+        else:
+            how = ('a model trained on these tomograms for %d iterations at %.2f A/voxel '
+                   'against copies of themselves with the beam axis and the in-plane axis '
+                   'swapped' % (self.iterations.get(), self.voxelSize.get()))
+        return ['We filled the missing wedge of %d tomograms (%.2f A/voxel, tilt axis %s) '
+                'with DUAL [Zeng2023DUAL], using %s. The measured Fourier coefficients were '
+                'kept; the missing cone was taken from the translated tomogram with a %g-degree '
+                'transition at its border.' % (inputSet.getSize(), inputSet.getSamplingRate(),
+                                               self._tiltAxis().upper(), how,
+                                               self.transition.get())]
