@@ -211,8 +211,7 @@ def compensate(model_path, input_path, output_path, tilt_range=None, tilt_axis=N
     require_task(cfg, model_path, 'wedge')
     tilt_axis = tilt_axis or cfg.tilt_axis
     tilt_range = check_tilt_range(tilt_range if tilt_range is not None else cfg.tilt_range)
-    data, header_voxel_size = read_mrc(input_path)
-    data = np.array(data, dtype=np.float32)
+    data = np.array(read_mrc(input_path)[0], dtype=np.float32)
     mean, std = float(data.mean()), float(data.std())
     if not np.isfinite(std) or std == 0:
         raise InputError('%s is constant or not finite' % input_path)
@@ -227,13 +226,12 @@ def compensate(model_path, input_path, output_path, tilt_range=None, tilt_axis=N
             'transition_degrees': transition, 'translation_gain': gain}
 
 
-def wedge_config(cfg, tomogram_paths, tilt_range=None, tilt_axis='y', voxel_size=None):
+def wedge_config(cfg, tomogram_paths, tilt_range=None, tilt_axis='y'):
     """`cfg` set up for the wedge task; the tilt range estimated from the first tomogram
     when not given (printed, and stored in the model)."""
     from dataclasses import replace
     if tilt_range is None:
-        data, header_voxel_size = read_mrc(tomogram_paths[0])
-        tilt_range = estimate_tilt_range(np.array(data), tilt_axis)
+        tilt_range = estimate_tilt_range(np.array(read_mrc(tomogram_paths[0])[0]), tilt_axis)
         print('Estimated tilt range from %s: %.0f..%.0f degrees'
               % (tomogram_paths[0], tilt_range[0], tilt_range[1]), flush=True)
     return replace(cfg, task='wedge', tilt_axis=tilt_axis,
