@@ -35,7 +35,10 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import run_benchmark as rb  # noqa: E402
+import methods  # noqa: E402
+import report  # noqa: E402
+import study  # noqa: E402
+from run_benchmark import add_common_arguments  # noqa: E402
 from dual_engine import wedge  # noqa: E402
 from dual_engine.io import read_mrc, standardize, write_mrc  # noqa: E402
 
@@ -113,17 +116,17 @@ class Classifier:
         return float((ranks[:count].sum() - count * (count + 1) / 2) / (count * count))
 
 
-class Realism(rb.PhantomStudy):
+class Realism(study.PhantomStudy):
     def __init__(self, args):
         super().__init__(args, SET, "realism")
 
     def dual_model(self):
         outdir = os.path.join(os.path.abspath(self.args.work), "dual", SET)
-        record = rb.load_json(os.path.join(outdir, "bench_training.json"))
+        record = study.load_json(os.path.join(outdir, "bench_training.json"))
         if not record or "chosen_iteration" not in record:
             raise SystemExit("no DUAL model for the picking set: run "
                              "bench/run_benchmark.py --methods dual --sets picking first")
-        return rb.snapshot_path(outdir, record["chosen_iteration"])
+        return methods.snapshot_path(outdir, record["chosen_iteration"])
 
     def simulate(self, name, seed, snr):
         out = os.path.join(self.work, name, "seed%03d.mrc" % seed)
@@ -139,11 +142,11 @@ class Realism(rb.PhantomStudy):
         elif name == "gaussian":
             rng = np.random.default_rng(seed)
             noisy = standardize(gm) + rng.normal(0, 1 / np.sqrt(snr), gm.shape)
-            write_mrc(out, noisy.astype(np.float32), rb.VOXEL_SIZE)
+            write_mrc(out, noisy.astype(np.float32), study.VOXEL_SIZE)
         else:
             from dual_engine.synth.acquisition import acquire
-            volume = acquire(gm, rb.VOXEL_SIZE, rng=np.random.default_rng(seed)).reconstruction
-            write_mrc(out, volume, rb.VOXEL_SIZE)
+            volume = acquire(gm, study.VOXEL_SIZE, rng=np.random.default_rng(seed)).reconstruction
+            write_mrc(out, volume, study.VOXEL_SIZE)
         return np.array(read_mrc(out)[0], dtype=np.float32)
 
     def run(self):
@@ -162,14 +165,14 @@ class Realism(rb.PhantomStudy):
         results = {"benchmark": "realism of simulated tomograms (phantoms)",
                    "command": "python bench/run_realism.py " + " ".join(self.args.argv),
                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                   "machine": rb.machine(), "real_seeds": seeds,
+                   "machine": study.machine(), "real_seeds": seeds,
                    "classifier_train_seeds": TRAIN_SEEDS, "classifier_test_seeds": TEST_SEEDS,
                    "real_snr": snr, "real_wedge_power_ratio": float(np.mean(real_wedge)),
                    "simulators": {}}
         for name in self.args.simulators:
             os.makedirs(os.path.join(self.work, name), exist_ok=True)
             fake = {s: self.simulate(name, s, snr) for s in seeds}
-            rb.log("simulated %s" % name)
+            study.log("simulated %s" % name)
             spectrum = [float(np.sqrt(np.mean((radial_log_spectrum(fake[s]) - real_spectra[s])
                                               ** 2))) for s in seeds]
             ratios = [wedge_power_ratio(fake[s], tilt_range) for s in seeds]
@@ -195,10 +198,11 @@ class Realism(rb.PhantomStudy):
                 "wedge_abs_log10_ratio_to_real": {"mean": float(np.mean(log_ratio)),
                                                   "std": float(np.std(log_ratio, ddof=1))},
                 "classifier_auc": auc}
-            rb.log("  %s: spectrum %.3f, wedge ratio %.3f (real %.3f), AUC %s"
-                   % (name, np.mean(spectrum), np.mean(ratios), np.mean(real_wedge), auc))
-        rb.save_json(os.path.join(os.path.abspath(self.args.results), "realism.json"), results)
-        print(rb.write_tables(os.path.abspath(self.args.results)))
+            study.log("  %s: spectrum %.3f, wedge ratio %.3f (real %.3f), AUC %s"
+                      % (name, np.mean(spectrum), np.mean(ratios), np.mean(real_wedge), auc))
+        study.save_json(os.path.join(os.path.abspath(self.args.results), "realism.json"),
+                        results)
+        print(report.write_tables(os.path.abspath(self.args.results)))
 
 
 def parse(argv):
@@ -207,7 +211,7 @@ def parse(argv):
                     default=list(SIMULATORS))
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 200, 1500],
                     help="classifier training steps at which the AUC is measured")
-    rb.add_common_arguments(ap, threads=2)
+    add_common_arguments(ap, threads=2)
     args = ap.parse_args(argv)
     args.argv = list(argv)
     return args

@@ -73,7 +73,9 @@ def run_child(argv, timeout=None):
 
 def main(args):
     import numpy as np
-    import run_benchmark as rb
+    import methods
+    import report
+    import study
     from dual_engine.io import write_mrc
     work = os.path.join(os.path.abspath(args.work), "speed")
     os.makedirs(work, exist_ok=True)
@@ -83,13 +85,14 @@ def main(args):
         write_mrc(volume_path, rng.standard_normal(SHAPE, dtype=np.float32), VOXEL_SIZE)
     model = args.model
     if model is None:
-        record = rb.load_json(os.path.join(os.path.abspath(args.work), "dual", "denoise",
-                                           "bench_training.json"))
+        record = study.load_json(os.path.join(os.path.abspath(args.work), "dual", "denoise",
+                                              "bench_training.json"))
         if not record or "chosen_iteration" not in record:
             raise SystemExit("no DUAL model: run bench/run_benchmark.py --methods dual first, "
                              "or give --model")
-        model = rb.snapshot_path(os.path.join(os.path.abspath(args.work), "dual", "denoise"),
-                                 record["chosen_iteration"])
+        model = methods.snapshot_path(
+            os.path.join(os.path.abspath(args.work), "dual", "denoise"),
+            record["chosen_iteration"])
     runs = {"topaz": [], **{"dual_tile%d" % t: [] for t in args.tiles}}
     for repeat in range(args.repeats):
         for name in runs:
@@ -101,21 +104,21 @@ def main(args):
             seconds, gigabytes, finished = run_child(argv, args.timeout)
             runs[name].append({"seconds": round(seconds, 1), "peak_gb": round(gigabytes, 2),
                                "finished": finished})
-            rb.log("%s run %d: %.1f s%s, peak %.2f GB" % (
+            study.log("%s run %d: %.1f s%s, peak %.2f GB" % (
                 name, repeat + 1, seconds, "" if finished else " (stopped)", gigabytes))
     topaz_best = min(r["seconds"] for r in runs["topaz"])
     result = {"benchmark": "denoising time and peak memory, 200x512x512 voxels",
               "command": "python bench/run_speed.py " + " ".join(args.argv),
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": rb.machine(), "threads": args.threads, "model": model,
+              "machine": study.machine(), "threads": args.threads, "model": model,
               "runs": runs,
               # a stopped Topaz run makes its time, and so every ratio, a lower bound
               "ratio_is_lower_bound": not all(r["finished"] for r in runs["topaz"]),
               "ratio_topaz_over_dual": {name: round(topaz_best / min(r["seconds"] for r in rr), 2)
                                         for name, rr in runs.items() if name != "topaz"}}
-    rb.save_json(os.path.join(os.path.abspath(args.results), "speed.json"), result)
+    study.save_json(os.path.join(os.path.abspath(args.results), "speed.json"), result)
     print(json.dumps(result["ratio_topaz_over_dual"]))
-    print(rb.write_tables(os.path.abspath(args.results)))
+    print(report.write_tables(os.path.abspath(args.results)))
 
 
 def parse(argv):

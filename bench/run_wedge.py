@@ -16,7 +16,7 @@ Methods:
   lowpass  iterative low-pass fill (projection onto convex sets): smooth the whole
            volume with a Gaussian, put the measured coefficients back, repeat; sigma and
            the iteration count tuned on seed 9
-  dual     dual_engine.wedge.compensate with the model trained by dual_engine.train
+  dual     dual_engine.infer.compensate with the model trained by dual_engine.train
            (task 'wedge'), the bench's DUAL config (bench/dual_config.json)
 
 Scores, per test tomogram, mean and sample std reported:
@@ -34,7 +34,7 @@ Scores, per test tomogram, mean and sample std reported:
   share a scale).
 
 Outputs: bench/results/wedge.json and the Table 3 section of bench/results/tables.rst
-(written by run_benchmark.write_tables). Intermediates in bench/work/wedge/.
+(written by report.write_tables). Intermediates in bench/work/wedge/.
 """
 import argparse
 import datetime
@@ -52,8 +52,11 @@ from scipy import ndimage  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import run_benchmark as rb  # noqa: E402
-from dual_engine import wedge  # noqa: E402
+import methods  # noqa: E402
+import report  # noqa: E402
+import study  # noqa: E402
+from run_benchmark import add_common_arguments  # noqa: E402
+from dual_engine import infer, metrics, wedge  # noqa: E402
 from dual_engine.io import read_mrc, write_mrc  # noqa: E402
 
 SET = "denoise"
@@ -82,40 +85,41 @@ def turned(volume):
     return np.ascontiguousarray(np.swapaxes(volume, 0, 2))
 
 
-class WedgeBench(rb.PhantomStudy):
+class WedgeBench(study.PhantomStudy):
     def __init__(self, args):
         super().__init__(args, SET, "wedge" if args.volume == "reconstruction" else
                          os.path.join("wedge", args.volume))
         from dual_engine.model import DualConfig
-        self.cfg = DualConfig.from_dict(dict(self.bench.dual_cfg.to_dict(),
+        self.cfg = DualConfig.from_dict(dict(methods.dual_config().to_dict(),
                                              iterations=args.iterations, task="wedge",
                                              tilt_range=list(TILT_RANGE)))
 
     # ------------------------------------------------------------ methods
     def dual_model(self):
-        s = rb.SETS[SET]
+        s = study.SETS[SET]
         noisy = [self.path(k, self.args.volume) for k in s["noisy"]]
-        key = rb.canonical({"config": self.cfg.to_dict(), "noisy": s["noisy"],
-                            "select_every": self.args.select_every, "tune": s["tune"],
-                            "phantoms": [self.bench.phantom_params(SET, k)
-                                         for k in s["noisy"] + [s["tune"]]]})
+        key = study.canonical({"config": self.cfg.to_dict(), "noisy": s["noisy"],
+                               "select_every": self.args.select_every, "tune": s["tune"],
+                               "phantoms": [self.bench.phantom_params(SET, k)
+                                            for k in s["noisy"] + [s["tune"]]]})
         outdir = os.path.join(self.work, "dual")
 
         def score(snapshot):
             return self.ground_truth_scores(s["tune"], self.compensate_file(
                 "dual", snapshot, self.path(s["tune"], self.args.volume), "tune"))
 
-        record = rb.train_with_snapshots(noisy, noisy, outdir, self.cfg,
-                                         self.args.select_every, self.args.threads, key,
-                                         score, "fourier_correlation", self.args.force,
-                                         "DUAL wedge model", score_key=SCORE_KEY)
-        return rb.snapshot_path(outdir, record["chosen_iteration"]), record
+        record = methods.train_with_snapshots(noisy, noisy, outdir, self.cfg,
+                                              self.args.select_every, self.args.threads,
+                                              key, score, "fourier_correlation",
+                                              self.args.force, "DUAL wedge model",
+                                              score_key=SCORE_KEY)
+        return methods.snapshot_path(outdir, record["chosen_iteration"]), record
 
     def compensate_file(self, method, model, path, name, params=None):
         """Method output for the volume file `path` (written to work/<method>/<name>.mrc)."""
         out = os.path.join(self.work, method, name + ".mrc")
         if method == "dual":
-            wedge.compensate(model, path, out, tilt_range=TILT_RANGE, device="cpu",
+            infer.compensate(model, path, out, tilt_range=TILT_RANGE, device="cpu",
                              threads=self.args.threads)
             return np.array(read_mrc(out)[0], dtype=np.float32)
         volume = np.array(read_mrc(path)[0], dtype=np.float32)
@@ -124,13 +128,13 @@ class WedgeBench(rb.PhantomStudy):
         return lowpass_fill(volume, **params)
 
     def tune_lowpass(self):
-        seed = rb.SETS[SET]["tune"]
+        seed = study.SETS[SET]["tune"]
         rows = []
         for sigma, iterations in itertools.product(*LOWPASS_GRID.values()):
             params = {"sigma": sigma, "iterations": iterations}
             out = lowpass_fill(self.load(seed, self.args.volume), **params)
             rows.append(dict(params, **self.ground_truth_scores(seed, out)))
-            rb.log("  lowpass %s: %s" % (params, rows[-1]["fourier_correlation"]))
+            study.log("  lowpass %s: %s" % (params, rows[-1]["fourier_correlation"]))
         best = max(rows, key=lambda r: r["fourier_correlation"])
         return {"sigma": best["sigma"], "iterations": best["iterations"]}, rows
 
@@ -143,7 +147,7 @@ class WedgeBench(rb.PhantomStudy):
         method can restore it, yet its power would dominate the cone's."""
         cone = wedge.cone_mask(compensated.shape, TILT_RANGE, band=GT_BAND).copy()
         cone[:, 0, 0] = False
-        return wedge.fourier_region_scores(self.load(seed, "grandmodel"), compensated, cone,
+        return metrics.fourier_region_scores(self.load(seed, "grandmodel"), compensated, cone,
                                            same_scale=False)
 
     def table3_scores(self, method, model, params, seed, first):
@@ -151,19 +155,19 @@ class WedgeBench(rb.PhantomStudy):
         removed = turned(wedge.remove_wedge(turned(first), TILT_RANGE))
         name = "seed%03d_second_input" % seed
         path = os.path.join(self.work, method, name + ".mrc")
-        write_mrc(path, turned(removed), rb.VOXEL_SIZE)
+        write_mrc(path, turned(removed), study.VOXEL_SIZE)
         second = turned(self.compensate_file(method, model, path, "seed%03d_second" % seed,
                                              params))
-        return wedge.fourier_region_scores(first, second, wedge.turned_cone_mask(first.shape, TILT_RANGE))
+        return metrics.fourier_region_scores(first, second, wedge.turned_cone_mask(first.shape, TILT_RANGE))
 
     # ------------------------------------------------------------ run
     def run(self):
         self.bench.all_phantoms(SET)
-        s = rb.SETS[SET]
+        s = study.SETS[SET]
         results = {"benchmark": "DUAL paper Table 3 (missing wedge) on phantoms",
                    "command": "python bench/run_wedge.py " + " ".join(self.args.argv),
                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                   "machine": rb.machine(), "tilt_range": list(TILT_RANGE),
+                   "machine": study.machine(), "tilt_range": list(TILT_RANGE),
                    "ground_truth_band_cycles_per_voxel": list(GT_BAND),
                    "train_seeds": s["noisy"], "tuning_seed": s["tune"],
                    "test_seeds": s["test"], "methods": {}}
@@ -191,24 +195,24 @@ class WedgeBench(rb.PhantomStudy):
                 row.update({"t3_" + k: v for k, v in
                             self.table3_scores(method, model, params, seed, first).items()})
                 per.append(row)
-                rb.log("  %s seed %d: %s" % (method, seed, {k: round(v, 3) for k, v in
-                                                           row.items() if k != "seed"}))
+                study.log("  %s seed %d: %s" % (method, seed, {k: round(v, 3) for k, v in
+                                                              row.items() if k != "seed"}))
             keys = [k for k in per[0] if k != "seed"]
             entry["per_tomogram"] = per
             entry["mean"] = {k: float(np.mean([r[k] for r in per])) for k in keys}
             entry["std"] = {k: float(np.std([r[k] for r in per], ddof=1)) for k in keys}
             results["methods"][method] = entry
         path = os.path.join(os.path.abspath(self.args.results), "wedge.json")
-        old = rb.load_json(path, {}) or {}
+        old = study.load_json(path, {}) or {}
         conditions = dict(old.get("conditions", {}))
         merged = dict(conditions.get(self.args.volume, {}).get("methods", {}))
         merged.update(results["methods"])
         results["methods"] = {m: merged[m] for m in LABELS if m in merged}
         results["volume"] = self.args.volume
         conditions[self.args.volume] = results
-        rb.save_json(path, {"conditions": {v: conditions[v] for v in VOLUMES
-                                           if v in conditions}})
-        print(rb.write_tables(os.path.abspath(self.args.results)))
+        study.save_json(path, {"conditions": {v: conditions[v] for v in VOLUMES
+                                              if v in conditions}})
+        print(report.write_tables(os.path.abspath(self.args.results)))
 
 
 def parse(argv):
@@ -220,7 +224,7 @@ def parse(argv):
                     help="most iterations the wedge model trains (default 1000)")
     ap.add_argument("--select-every", type=int, default=250,
                     help="score a snapshot on the tuning tomogram every N iterations")
-    rb.add_common_arguments(ap, threads=2)
+    add_common_arguments(ap, threads=2)
     args = ap.parse_args(argv)
     args.argv = list(argv)
     return args

@@ -27,24 +27,15 @@ TORCH_VERSION = '2.7.1'
 TORCH_WHEELS_BY_CUDA_MAJOR = {11: 'cu118', 12: 'cu126'}
 TORCH_DEFAULT_WHEELS = 'cu126'
 
-# The file a protocol writes in its extra/ folder for each engine call.
-JOB_FILE = 'job.json'
 
-# What a training run leaves in the protocol's extra/<TRAINING_DIR>/ (see dual_engine.train).
+# A training protocol's engine folder: extra/<TRAINING_DIR>/ (file names: the contract).
 TRAINING_DIR = 'training'
-MODEL_FILE = 'model.pt'
-CHECKPOINT_FILE = 'checkpoint.pt'
-TRAINING_LOG = 'training_log.jsonl'
 
 # `dual-engine model-info` writes a model file's settings here (JSON).
 MODEL_INFO_FILE = 'model.json'
 
 # Files the engine reads as they are; anything else is converted to MRC first.
 MRC_EXTENSIONS = ('.mrc', '.mrcs', '.map', '.rec', '.st', '.ali')
-
-# Inference brings each volume to the model's working voxel size and back. Beyond this
-# factor the user should bin the data (or train a model at its voxel size) instead.
-MAX_VOXEL_SIZE_RATIO = 2.0
 
 # Models trained for fewer iterations are flagged as undertrained in the warnings.
 MIN_USEFUL_ITERATIONS = 500

@@ -1,12 +1,17 @@
-"""Readers of the files the engine writes, for protocols and viewers (no torch here)."""
+"""Readers of the files the engine writes and coordinate conversions, for protocols and
+viewers (no torch here)."""
 import json
+import math
 import os
 
+import numpy as np
+
 # Loss columns of the engine's training log (dual_engine.train), in display order.
-LOSS_KEYS = ('loss', 'rec_clean', 'rec_noisy', 'adv', 'kl', 'disc')
+LOSS_KEYS = ('loss', 'rec_clean', 'rec_noisy', 'adv', 'kl', 'polarity', 'disc')
 LOSS_LABELS = {'loss': 'total (generators)', 'rec_clean': 'reconstruction, clean cycle',
                'rec_noisy': 'reconstruction, noisy cycle', 'adv': 'adversarial (generators)',
-               'kl': 'noise-code KL', 'disc': 'discriminators'}
+               'kl': 'noise-code KL', 'polarity': 'polarity anchor',
+               'disc': 'discriminators'}
 
 
 def readTrainingLog(path):
@@ -33,3 +38,18 @@ def formatDuration(seconds):
     if seconds >= 60:
         return '%dm %02ds' % (seconds // 60, seconds % 60)
     return '%ds' % seconds
+
+
+def convertPositions(xyz, fromTomo, toTomo):
+    """BOTTOM_LEFT_CORNER pixel positions in `fromTomo` -> the same points in `toTomo`,
+    through Scipion's physical frame (origin shifts in A; the module doc of
+    dual/protocols/protocol_pick.py derives it)."""
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    fromShifts = np.array(fromTomo.getShiftsFromOrigin(), dtype=np.float64)
+    toShifts = np.array(toTomo.getShiftsFromOrigin(), dtype=np.float64)
+    return (xyz * fromTomo.getSamplingRate() + fromShifts - toShifts) / toTomo.getSamplingRate()
+
+
+def defaultBoxSize(diameter, samplingRate):
+    """The particle diameter in pixels, rounded up to an even number."""
+    return int(2 * math.ceil(round(diameter / samplingRate / 2.0, 6)))

@@ -265,7 +265,7 @@ def main():
 
     prepare_scipion_home(os.path.join(output, 'scipion'))
     from pyworkflow.project import Manager
-    from dual.templates import createProject, loadTemplate, runWorkflow
+    from dual.templates.runner import createProject, loadTemplate, runWorkflow
 
     projectName = 'dual_demo_quick' if args.quick else 'dual_demo'
     announce('2. Creating the Scipion project %r from the template "dual-denoise_pick"...'

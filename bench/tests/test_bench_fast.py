@@ -13,7 +13,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import baselines  # noqa: E402
-import run_benchmark  # noqa: E402
+import methods  # noqa: E402
+import report  # noqa: E402
+import study  # noqa: E402
 
 
 def _noisy_ball(shape=(24, 32, 32), seed=0):
@@ -74,18 +76,25 @@ def test_nlm_runs():  # scikit-image comes with Scipion's packages
 
 
 def test_grids_and_splits_are_consistent():
-    for name, spec in run_benchmark.METHODS.items():
+    for name, spec in methods.METHODS.items():
         assert spec["kind"] in ("method", "reference")
         if spec["grid"]:
             assert spec["region"] in ("full", "crop")
-    for s in run_benchmark.SETS.values():
+    for s in study.SETS.values():
         seeds = s["noisy"] + s["clean"] + [s["tune"]] + s["test"]
         assert len(seeds) == len(set(seeds)), "a seed is used twice in one set"
         assert s["tune"] not in s["test"]
-    assert len(run_benchmark.SETS["picking"]["test"]) >= 5
-    crop = run_benchmark.crop(np.zeros((64, 256, 256)))
+    assert len(study.SETS["picking"]["test"]) >= 5
+    crop = methods.crop(np.zeros((64, 256, 256)))
     assert crop.shape == (64, 128, 128)
 
+
+
+def test_command_line_method_selection():
+    import run_benchmark
+    assert run_benchmark.parse([]).methods == methods.ORDER
+    assert "dual" not in run_benchmark.parse(["--no-dual"]).methods
+    assert run_benchmark.parse(["--methods", "dual", "nad", "--no-dual"]).methods == ["nad"]
 
 def test_tables_from_results(tmp_path):
     entry = {"label": "Gaussian smoothing", "kind": "method", "params": {"sigma": 2.0},
@@ -101,7 +110,7 @@ def test_tables_from_results(tmp_path):
             "methods": {"gaussian": entry}}
     with open(tmp_path / "denoise.json", "w") as f:
         json.dump(data, f)
-    text = open(run_benchmark.write_tables(str(tmp_path))).read()
+    text = open(report.write_tables(str(tmp_path))).read()
     assert "Gaussian smoothing" in text and "28.00 ± 0.10" in text and "sigma=2.0" in text
 
 

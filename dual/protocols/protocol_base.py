@@ -12,14 +12,14 @@ from pwem.convert.headers import setMRCSamplingRate
 from pwem.emlib.image import ImageHandler
 from pwem.protocols import EMProtocol
 from pyworkflow.object import Set
-from pyworkflow.protocol import STEPS_PARALLEL
+from pyworkflow.protocol import STEPS_PARALLEL, Protocol
 from pyworkflow.utils import Message
 from tomo.objects import SetOfTomograms, Tomogram
 from tomo.protocols import ProtTomoBase
 
 from dual import Plugin
-from dual.constants import (MAX_VOXEL_SIZE_RATIO, MIN_USEFUL_ITERATIONS, MODEL_INFO_FILE,
-                            MRC_EXTENSIONS)
+from dual.constants import MIN_USEFUL_ITERATIONS, MODEL_INFO_FILE, MRC_EXTENSIONS
+from dual.contract import engine, firstError
 from dual.objects import DualModel
 
 
@@ -31,14 +31,22 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
     def runEngineJob(self, command, job, name, useGpu=False):
         """Write `job` to extra/<name>.json and run `dual-engine COMMAND --job` on it.
 
+        The job is checked by the engine's contract first (None values are left out),
+        so a bad value fails here with the engine's message, before the engine starts.
         The job file stays in extra/: a user can re-run the step by hand with
         `python -m dual_engine COMMAND --job extra/<name>.json`.
         useGpu: restrict the engine to the step's GPUs (CUDA_VISIBLE_DEVICES).
         """
+        job = engine.make_job(command, **job)
         jobFile = self._getExtraPath('%s.json' % name)
         with open(jobFile, 'w') as f:
             json.dump(job, f, indent=1)
         Plugin.runEngine(self, command, ['--job', os.path.abspath(jobFile)], useGpu=useGpu)
+
+    def getOutputContrast(self):
+        """'bright' or 'dark': the particle contrast of this protocol's output tomograms,
+        None when it is not known (the picker's "auto" contrast reads it)."""
+        return None
 
     def _validateEngine(self):
         """Errors if the engine environment does not work (see Plugin.validateEngine)."""
@@ -153,24 +161,45 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
 
     @staticmethod
     def _tooSmallErrors(inputSet, label, workingVoxelSize, subvolumeSize):
-        """Volumes that, brought to the working voxel size, are thinner than a subvolume."""
+        """Volumes that, brought to the working voxel size, are thinner than a subvolume
+        (the engine's rule, engine.check_fits_subvolume)."""
         errors = []
         for item in inputSet.iterItems():
-            dims = item.getDim()
-            side = min(dims) * item.getSamplingRate() / workingVoxelSize
-            if side < subvolumeSize:
-                errors.append('%s: %s is %s voxels at %.2f A/px, only %.0f voxels across at '
-                              'the working voxel size of %.2f A, smaller than the %d^3 '
-                              'subvolumes. Use a smaller subvolume size or a finer working '
-                              'voxel size.' % (label, itemKey(item), 'x'.join(map(str, dims)),
-                                               item.getSamplingRate(), side, workingVoxelSize,
-                                               subvolumeSize))
+            error = firstError(engine.check_fits_subvolume, '%s: %s' % (label, itemKey(item)),
+                               item.getDim(), item.getSamplingRate(), workingVoxelSize,
+                               subvolumeSize)
+            if error:
+                errors.append(error)
         return errors
 
     @staticmethod
     def _voxelSizeRatio(samplingRate, workingVoxelSize):
         """How far apart two voxel sizes are, as a factor >= 1."""
         return max(samplingRate, workingVoxelSize) / min(samplingRate, workingVoxelSize)
+
+
+def producerOf(protocol, pointer):
+    """The protocol that made the object `pointer` points to, or None when unknown."""
+    value = pointer.getObjValue()
+    if isinstance(value, Protocol):
+        return value
+    project = protocol.getProject()
+    parentId = value.getObjParentId() if value is not None else None
+    if project is None or not parentId:
+        return None
+    try:
+        producer = project.getProtocol(parentId)
+    except Exception:  # not in this project's database: unknown
+        return None
+    return producer if isinstance(producer, Protocol) else None
+
+
+def producedContrast(protocol, pointer):
+    """The particle contrast ('bright', 'dark') that the producer of `pointer`'s
+    tomograms declares, None when it declares none."""
+    producer = producerOf(protocol, pointer)
+    getter = getattr(producer, 'getOutputContrast', None)
+    return getter() if getter else None
 
 
 def itemKey(item):
@@ -205,14 +234,15 @@ class ProtDualApplyModel(ProtDualBase):
 
     @staticmethod
     def _defineRunParams(form):
-        form.addParam('tileSize', params.IntParam, default=160, validators=[params.GE(64)],
+        form.addParam('tileSize', params.IntParam, default=engine.DEFAULT_TILE,
+                      validators=[params.GE(engine.MIN_TILE)],
                       expertLevel=params.LEVEL_ADVANCED, label='Tile size (voxels)',
                       help='Volumes are processed in overlapping cubic tiles of this side, '
                            'at the model\'s working voxel size; the tile borders (the '
                            'network\'s receptive radius, 24 voxels for U-Net depth 2) are '
-                           'discarded. Smaller tiles need less memory (a 200x512x512 '
-                           'tomogram with 160: 2.7 GB in all); the result does not '
-                           'depend on it.')
+                           'discarded, so small tiles waste most of their work. Smaller '
+                           'tiles need less memory (bench/run_speed.py measures it); the '
+                           'result does not depend on it.')
         ProtDualBase._defineGpuParams(form)
         form.addParallelSection(threads=1, mpi=0)
 
@@ -263,6 +293,7 @@ class ProtDualApplyModel(ProtDualBase):
                 'outdir': os.path.abspath(self._getExtraPath()),
                 'voxel_size': item.getSamplingRate(),
                 'tile': self.tileSize.get(),
+                'overwrite': True,   # the step's own output: a re-run replaces it
                 'device': self._engineDevice(gpus),
                 'threads': self._engineThreads()}
 
@@ -332,13 +363,10 @@ class ProtDualApplyModel(ProtDualBase):
             errors.append('The model was trained for the "%s" task; this protocol needs a '
                           'model trained for "%s" (%s).' % (model.getTask(), self._modelTask,
                                                            TASK_SOURCES[self._modelTask]))
-        ratio = self._voxelSizeRatio(inputSet.getSamplingRate(), model.getVoxelSize())
-        if ratio > MAX_VOXEL_SIZE_RATIO:
-            errors.append('The volumes are at %.2f A/px but the model was trained at %.2f '
-                          'A/px, %.1fx apart (at most %gx is allowed): bin the volumes '
-                          'closer to %.2f A/px, or train a model at their voxel size.'
-                          % (inputSet.getSamplingRate(), model.getVoxelSize(), ratio,
-                             MAX_VOXEL_SIZE_RATIO, model.getVoxelSize()))
+        error = firstError(engine.check_voxel_size_ratio, inputSet.getSamplingRate(),
+                           model.getVoxelSize(), 'The input volumes')
+        if error:
+            errors.append(error)
         errors += self._tooSmallErrors(inputSet, 'Input volumes', model.getVoxelSize(),
                                        model.getSubvolumeSize())
         return errors

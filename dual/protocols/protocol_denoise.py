@@ -4,6 +4,7 @@ import pyworkflow.protocol.params as params
 from pyworkflow import BETA
 from tomo.objects import SetOfTomograms
 
+from dual.contract import engine
 from dual.protocols.protocol_base import ProtDualApplyModel
 
 DENOISED_SUFFIX = '_denoised'
@@ -39,6 +40,10 @@ class ProtDualDenoise(ProtDualApplyModel):
     def _engineCommand(self):
         return 'denoise'
 
+    def getOutputContrast(self):
+        """The denoiser maps tomograms to the clean (density) domain: dense = bright."""
+        return 'bright'
+
     def _engineJob(self, name, gpus):
         job = super()._engineJob(name, gpus)
         job['suffix'] = DENOISED_SUFFIX
@@ -46,7 +51,8 @@ class ProtDualDenoise(ProtDualApplyModel):
 
     def _denoisedFile(self, name):
         """The engine names its output after the input link extra/inputs/<name>.mrc."""
-        return self._getExtraPath('%s%s.mrc' % (name, DENOISED_SUFFIX))
+        return self._getExtraPath(engine.output_name(self._engineInputPath(name),
+                                                     DENOISED_SUFFIX))
 
     def createOutputStep(self, tsId):
         self._appendTomogram(tsId, self._denoisedFile(tsId), DenoiseOutputs.tomograms.name)

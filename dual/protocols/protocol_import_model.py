@@ -7,7 +7,7 @@ import pyworkflow.utils as pwutils
 from pwem.protocols import ProtImport
 from pyworkflow import BETA
 
-from dual.constants import MODEL_FILE
+from dual.contract import engine
 from dual.objects import DualModel
 from dual.protocols.protocol_base import ProtDualBase
 
@@ -41,7 +41,7 @@ class ProtDualImportModel(ProtImport, ProtDualBase):
         self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def _importedFile(self):
-        return self._getExtraPath(MODEL_FILE)
+        return self._getExtraPath(engine.MODEL_FILE)
 
     def importStep(self):
         source = os.path.abspath(self.modelFile.get().strip())

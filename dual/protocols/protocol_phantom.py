@@ -5,6 +5,7 @@ from pyworkflow.protocol import STEPS_PARALLEL
 import pyworkflow.protocol.params as params
 from tomo.objects import SetOfTomograms, Tomogram, TomoAcquisition
 
+from dual.contract import engine, sentence
 from dual.protocols.protocol_base import ProtDualBase
 
 
@@ -28,6 +29,10 @@ class ProtDualPhantom(ProtDualBase):
     _devStatus = BETA
     _possibleOutputs = {OUT_TOMOGRAMS: SetOfTomograms, OUT_GRAND_MODELS: SetOfTomograms}
     stepsExecutionMode = STEPS_PARALLEL
+
+    def getOutputContrast(self):
+        """The simulator writes density contrast: dense = bright."""
+        return 'bright'
 
     def _defineParams(self, form):
         form.addSection(label='Phantoms')
@@ -72,9 +77,13 @@ class ProtDualPhantom(ProtDualBase):
         return self._getExtraPath(self.getTsId(index))
 
     def simulateStep(self, index):
-        job = {
-            'outdir': os.path.abspath(self._phantomDir(index)),
-            'seed': self.seed.get() + index,
+        job = dict(self._phantomSettings(), outdir=os.path.abspath(self._phantomDir(index)),
+                   seed=self.seed.get() + index)
+        self.runEngineJob('phantom', job, 'phantom_%s' % self.getTsId(index))
+
+    def _phantomSettings(self):
+        """The engine's phantom options set in the form."""
+        return {
             'shape': [self.sizeZ.get(), self.sizeY.get(), self.sizeX.get()],
             'voxel_size': self.voxelSize.get(),
             'tilt_range': [self.tiltMin.get(), self.tiltMax.get()],
@@ -85,7 +94,6 @@ class ProtDualPhantom(ProtDualBase):
             'cs': self.sphericalAberration.get(),
             'amplitude_contrast': self.amplitudeContrast.get(),
         }
-        self.runEngineJob('phantom', job, 'phantom_%s' % self.getTsId(index))
 
     def _acquisition(self):
         acq = TomoAcquisition(angleMin=self.tiltMin.get(), angleMax=self.tiltMax.get(),
@@ -119,6 +127,9 @@ class ProtDualPhantom(ProtDualBase):
     # --------------------------- INFO ------------------------------------
     def _validate(self):
         errors = []
+        error = engine.check_values('phantom', **self._phantomSettings())
+        if error:
+            errors.append(sentence(error))
         if self.tiltMin.get() >= self.tiltMax.get():
             errors.append('The minimum tilt must be below the maximum tilt.')
         if self.tiltMin.get() <= -90 or self.tiltMax.get() >= 90:

@@ -21,36 +21,26 @@ binned 2x with default (centred) origins on both sides.
 """
 import math
 import os
-import re
 from enum import Enum
 
 import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow import BETA
 from pyworkflow.object import Set, String
-from pyworkflow.protocol import STEPS_PARALLEL, Protocol
+from pyworkflow.protocol import STEPS_PARALLEL
 from pyworkflow.utils import Message
 from tomo.constants import BOTTOM_LEFT_CORNER
 from tomo.objects import Coordinate3D, SetOfCoordinates3D
 from tomo.protocols import ProtTomoPicking
 
-from dual.protocols.protocol_base import ProtDualBase, itemKey
+from dual.contract import engine, firstError, sentence
+from dual.convert import convertPositions, defaultBoxSize
+from dual.protocols.protocol_base import ProtDualBase, itemKey, producedContrast
 
 # Polarity choices of the form; AUTO resolves to DARK or BRIGHT (see _polarityHelp).
 POLARITY_AUTO, POLARITY_DARK, POLARITY_BRIGHT = 0, 1, 2
 POLARITY_CHOICES = ['auto', 'dark', 'bright']
-# Protocols whose output tomograms show particles brighter than the background:
-# DUAL's denoiser maps tomograms to the clean-density domain (dense = bright), and the
-# engine's phantoms are simulated with dense = bright. Anything else is taken as a raw
-# cryo-ET reconstruction (dense = dark). Class names, so nothing is imported for it.
-BRIGHT_PRODUCERS = ('ProtDualDenoise', 'ProtDualPhantom')
-
 SELECT_TOP, SELECT_THRESHOLD = 0, 1
-
-# Engine limits, repeated here so that _validate can reject input early (the plugin
-# never imports the engine): a particle must span at least this many voxels.
-MIN_DIAMETER_VOXELS = 2.0
-PICKS_SUFFIX = '_picks.tsv'
 # A picked and an original tomogram of one tsId should span the same physical size;
 # beyond this many original voxels apart, _warnings flags the pair.
 EXTENT_TOLERANCE_VOXELS = 4
@@ -60,41 +50,10 @@ class PickOutputs(Enum):
     coordinates = SetOfCoordinates3D
 
 
-# --------------------------------------------------------------------------- helpers
-def readPicksTable(path):
-    """(xyz [N, 3], scores [N]) of an engine picks table (x y z score, one header line)."""
-    with open(path) as f:
-        header = f.readline().split()
-    if header[:4] != ['x', 'y', 'z', 'score']:
-        raise ValueError('%s is not a picks table (header %s)' % (path, ' '.join(header)))
-    table = np.loadtxt(path, skiprows=1, ndmin=2)
-    if table.size == 0:
-        return np.zeros((0, 3)), np.zeros(0)
-    return table[:, :3], table[:, 3]
-
-
-def convertPositions(xyz, fromTomo, toTomo):
-    """BOTTOM_LEFT_CORNER pixel positions in `fromTomo` -> the same points in `toTomo`,
-    through Scipion's physical frame (origin shifts in A, see the module doc)."""
-    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-    fromShifts = np.array(fromTomo.getShiftsFromOrigin(), dtype=np.float64)
-    toShifts = np.array(toTomo.getShiftsFromOrigin(), dtype=np.float64)
-    return (xyz * fromTomo.getSamplingRate() + fromShifts - toShifts) / toTomo.getSamplingRate()
-
-
-def defaultBoxSize(diameter, samplingRate):
-    """The particle diameter in pixels, rounded up to an even number."""
-    return int(2 * math.ceil(round(diameter / samplingRate / 2.0, 6)))
-
-
 def engineName(key):
     """The file prefix and rlnTomoName the engine gets for tomogram `key` (its tsId):
-    the tsId itself unless a STAR file could not hold it (spaces, a leading _ # or
-    quote, data_/loop_), then a close variant."""
-    name = re.sub(r'\s+', '_', key)
-    if not name or name[0] in '#_\'"' or name.startswith(('data_', 'loop_')):
-        name = 'tomo' + name
-    return name
+    the tsId itself when the engine accepts it as a name, else the closest such name."""
+    return engine.safe_tomo_name(key)
 
 
 class ProtDualPick(ProtTomoPicking, ProtDualBase):
@@ -239,7 +198,7 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         return {itemKey(item): item.clone() for item in inputSet.iterItems(orderBy='id')}
 
     def _picksFile(self, key):
-        return self._getExtraPath(engineName(key), engineName(key) + PICKS_SUFFIX)
+        return self._getExtraPath(engineName(key), engineName(key) + engine.PICKS_SUFFIX)
 
     def getPicksFile(self, key):
         """The engine's picks table of tomogram `key` (picked tomogram's voxels)."""
@@ -252,29 +211,27 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
     def pickStep(self, key, index, polarity):
         tomo = self.pickedItems[key]
         name = engineName(key)
-        job = {'tomogram': self._engineInputFile(tomo, name),
-               'outdir': os.path.abspath(self._getExtraPath(name)),
-               'diameter': self.particleDiameter.get(),
-               'polarity': polarity,
-               'voxel_size': tomo.getSamplingRate(),
-               'tomo_name': name,
-               'tomo_index': index,
-               'threads': self._engineThreads()}
-        if self.selection.get() == SELECT_TOP:
-            job['top'] = self.numberOfPicks.get()
-        else:
-            job['threshold'] = self.scoreThreshold.get()
-        if self.minDistance.get() is not None:
-            job['min_distance'] = self.minDistance.get()
-        if self.margin.get() is not None:
-            job['margin'] = self.margin.get()
+        job = dict(tomogram=self._engineInputFile(tomo, name),
+                   outdir=os.path.abspath(self._getExtraPath(name)),
+                   polarity=polarity, voxel_size=tomo.getSamplingRate(), tomo_name=name,
+                   tomo_index=index, threads=self._engineThreads(),
+                   overwrite=True,   # the step's own tables: a re-run replaces them
+                   **self._pickSettings())
         if key in self.maskItems:
             job['mask'] = self._engineInputFile(self.maskItems[key], name + '_mask')
         os.makedirs(self._getExtraPath(name), exist_ok=True)
         self.runEngineJob('pick', job, 'pick_%s' % name)
 
+    def _pickSettings(self):
+        """The engine's pick options set in the form (None: the engine's default)."""
+        top = self.selection.get() == SELECT_TOP
+        return dict(diameter=self.particleDiameter.get(),
+                    top=self.numberOfPicks.get() if top else None,
+                    threshold=None if top else self.scoreThreshold.get(),
+                    min_distance=self.minDistance.get(), margin=self.margin.get())
+
     def createOutputStep(self, key):
-        xyz, scores = readPicksTable(self._picksFile(key))
+        xyz, scores = engine.read_picks_table(self._picksFile(key))
         target = self.targetItems[key]
         positions = convertPositions(xyz, self.pickedItems[key], target)
         with self._lock:
@@ -323,29 +280,14 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         return outSet
 
     # --------------------------- polarity --------------------------------
-    def _inputProducer(self):
-        """The protocol that made the picked tomograms, or None when unknown."""
-        value = self.inputTomograms.getObjValue()
-        if isinstance(value, Protocol):
-            return value
-        project = self.getProject()
-        parentId = value.getObjParentId() if value is not None else None
-        if project is None or not parentId:
-            return None
-        try:
-            producer = project.getProtocol(parentId)
-        except Exception:  # not in this project's database: unknown
-            return None
-        return producer if isinstance(producer, Protocol) else None
-
     def _resolvePolarity(self):
-        """'dark' or 'bright': the form's choice, auto resolved (see the param help)."""
+        """'dark' or 'bright': the form's choice; auto takes the contrast the producing
+        protocol declares (getOutputContrast: DUAL's denoiser and phantoms give bright
+        particles) and dark, the contrast of raw reconstructions, otherwise."""
         choice = self.polarity.get()
         if choice != POLARITY_AUTO:
             return POLARITY_CHOICES[choice]
-        producer = self._inputProducer()
-        bright = producer is not None and type(producer).__name__ in BRIGHT_PRODUCERS
-        return 'bright' if bright else 'dark'
+        return producedContrast(self, self.inputTomograms) or 'dark'
 
     def _polarityText(self):
         polarity = self.usedPolarity.get() or self._resolvePolarity()
@@ -373,30 +315,23 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
                           'needs its own tsId.' % ', '.join(duplicated))
         names = [engineName(k) for k in set(keys)]
         if len(set(names)) < len(names):
-            errors.append('Tomograms to pick: some tsIds only differ by spaces or a '
-                          'leading underscore; rename them.')
+            errors.append('Tomograms to pick: some tsIds differ only by characters that '
+                          'file names and STAR files cannot hold; rename them.')
 
-        diameter = self.particleDiameter.get()
-        if diameter is None or not diameter > 0:
-            errors.append('The particle diameter must be a positive number of Angstrom '
-                          '(now %s).' % diameter)
-        else:
-            samplingRate = picked.getSamplingRate()
-            if diameter / samplingRate < MIN_DIAMETER_VOXELS:
-                errors.append('A %g A particle spans only %.2f voxels of the picked '
-                              'tomograms (%.2f A/px); it must span at least %g voxels: '
-                              'pick on less binned tomograms.'
-                              % (diameter, diameter / samplingRate, samplingRate,
-                                 MIN_DIAMETER_VOXELS))
-        if self.selection.get() == SELECT_TOP and not (self.numberOfPicks.get() or 0) >= 1:
-            errors.append('The number of picks per tomogram must be at least 1.')
-        if self.selection.get() == SELECT_THRESHOLD and self.scoreThreshold.get() is None:
+        settings = self._pickSettings()
+        if settings['diameter'] is None:
+            errors.append('Give the particle diameter (A).')
+        elif self.selection.get() == SELECT_THRESHOLD and settings['threshold'] is None:
             errors.append('Give a score threshold.')
-        for label, value in (('minimum distance', self.minDistance.get()),
-                             ('margin', self.margin.get())):
-            if value is not None and value < 0:
-                errors.append('The %s must be >= 0 A (or empty for the default), not %g.'
-                              % (label, value))
+        else:
+            error = engine.check_values('pick', **settings)
+            if error:
+                errors.append(sentence(error))
+            else:
+                error = firstError(engine.check_diameter, settings['diameter'],
+                                   picked.getSamplingRate())
+                if error:
+                    errors.append(error + ' Pick on less binned tomograms.')
         if self.boxSize.get() is not None and self.boxSize.get() < 1:
             errors.append('The box size must be a positive number of pixels (or empty '
                           'for the default), not %d.' % self.boxSize.get())

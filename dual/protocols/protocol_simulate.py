@@ -1,14 +1,13 @@
+import os
 from enum import Enum
 
 import pyworkflow.protocol.params as params
 from pyworkflow import BETA
 from tomo.objects import SetOfTomograms, SetOfTomoMasks, Tomogram, TomoMask
 
+from dual.contract import engine
 from dual.protocols.protocol_base import ProtDualApplyModel
 
-# Map number i (in the input set's order) is simulated with engine seed
-# seed * SEED_STRIDE + i, so every map gets its own noise draws and a run is reproducible.
-SEED_STRIDE = 100000
 SIM_TAG = '_sim'
 
 
@@ -62,15 +61,16 @@ class ProtDualSimulate(ProtDualApplyModel):
 
     def _engineJob(self, name, gpus):
         job = super()._engineJob(name, gpus)
-        job['variants'] = self.variants.get()
-        job['seed'] = self.seed.get() * SEED_STRIDE + list(self.inputItems).index(name)
+        # Map i of the set draws the engine's streams (seed, map i, variant): its own noise,
+        # whichever step simulates it.
+        job.update(variants=self.variants.get(), seed=self.seed.get(),
+                   first_index=list(self.inputItems).index(name))
         return job
 
-    @staticmethod
-    def _simulatedName(name, variant):
-        """tsId and file stem of a synthetic tomogram. The engine writes <input stem>_simNN.mrc,
-        and the input is extra/inputs/<name>.mrc."""
-        return '%s%s%02d' % (name, SIM_TAG, variant)
+    def _simulatedName(self, name, variant):
+        """tsId and file stem of a synthetic tomogram: the engine's output name for the
+        input extra/inputs/<name>.mrc, without .mrc."""
+        return os.path.splitext(engine.simulated_name(self._engineInputPath(name), variant))[0]
 
     def getMapFile(self, simulatedTsId):
         """The map a synthetic tomogram was simulated from (for the viewers)."""

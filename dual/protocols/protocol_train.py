@@ -1,108 +1,159 @@
 import os
+import re
 from enum import Enum
 
 import pyworkflow.protocol.params as params
 from pyworkflow import BETA
 from pyworkflow.utils import Message
 
-from dual.constants import MAX_VOXEL_SIZE_RATIO, MODEL_FILE, TRAINING_DIR, TRAINING_LOG
+from dual.constants import TRAINING_DIR
+from dual.contract import engine, sentence
 from dual.convert import formatDuration, readTrainingLog
 from dual.objects import DualModel
 from dual.protocols.protocol_base import ProtDualBase, itemKey
 
 NOT_CONTINUING = 'not continueTraining'
+DEFAULTS = engine.DualConfig()   # the engine's defaults, shown in the forms
 
 
 class TrainOutputs(Enum):
     model = DualModel
 
 
+def formName(setting):
+    """The form parameter of an engine setting: lambda_rec -> lambdaRec."""
+    return re.sub(r'_(\w)', lambda m: m.group(1).upper(), setting)
+
+
 def defineTrainingParams(form, condition, freshCondition):
     """The 'Training' and 'Model' form sections (shared with "dual - missing wedge").
     condition: when the iteration and logging settings show; freshCondition: when the
-    network settings show (only for a model trained from scratch)."""
+    network settings show (only for a model trained from scratch). Each parameter is
+    named after its engine setting (formName) and takes the engine's default."""
     form.addSection(label='Training')
-    form.addParam('iterations', params.IntParam, default=2000,
+    form.addParam('iterations', params.IntParam, default=DEFAULTS.iterations,
                   validators=[params.Positive], condition=condition, label='Iterations',
                   help='Training iterations of this run (added to the model\'s when '
                        'continuing). Each iteration updates the discriminators and '
                        'then the generators on one batch.')
-    form.addParam('batchSize', params.IntParam, default=4, validators=[params.GE(2)],
+    form.addParam('batchSize', params.IntParam, default=DEFAULTS.batch_size,
+                  validators=[params.GE(engine.MIN_BATCH)],
                   condition=freshCondition, label='Batch size',
-                  help='Subvolumes per domain per iteration (and per GPU). At least 2: '
-                       'the noise-code KL term needs a batch covariance.')
-    form.addParam('seed', params.IntParam, default=0, condition=freshCondition,
+                  help='Subvolumes per domain per iteration (and per GPU). At least %d: '
+                       'the noise-code KL term needs a batch covariance.' % engine.MIN_BATCH)
+    form.addParam('seed', params.IntParam, default=DEFAULTS.seed, condition=freshCondition,
                   label='Random seed',
                   help='Initial weights and subvolume sampling; the same seed and data '
                        'give the same model on one device.')
-    form.addParam('checkpointEvery', params.IntParam, default=200,
+    form.addParam('checkpointEvery', params.IntParam, default=DEFAULTS.checkpoint_every,
                   validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
                   condition=condition,
                   label='Checkpoint every (iterations)',
                   help='An interrupted run continues from its last checkpoint.')
-    form.addParam('logEvery', params.IntParam, default=10, validators=[params.Positive],
+    form.addParam('logEvery', params.IntParam, default=DEFAULTS.log_every,
+                  validators=[params.Positive],
                   expertLevel=params.LEVEL_ADVANCED, condition=condition,
                   label='Log every (iterations)',
                   help='Iterations between progress lines (losses, ETA) and points of '
                        'the training curves.')
 
     form.addSection(label='Model')
-    form.addParam('voxelSize', params.FloatParam, default=10.0,
+    form.addParam('voxelSize', params.FloatParam, default=DEFAULTS.voxel_size,
                   validators=[params.Positive], condition=freshCondition,
                   label='Working voxel size (A)',
                   help='Both domains are resampled to this voxel size for training, and '
                        'every tomogram the model processes later too (the paper: 10 A). '
                        'Choose it close to the voxel size of the tomograms to denoise.')
-    form.addParam('subvolumeSize', params.IntParam, default=32,
-                  validators=[params.GE(8)], condition=freshCondition,
+    form.addParam('subvolumeSize', params.IntParam, default=DEFAULTS.subvolume_size,
+                  validators=[params.GE(engine.SUBVOLUME_MULTIPLE)], condition=freshCondition,
                   label='Subvolume size (voxels)',
                   help='Side of the cubic training subvolumes at the working voxel '
-                       'size, a multiple of 8 (the paper: 32).')
-    form.addParam('codeSize', params.IntParam, default=16, validators=[params.Positive],
+                       'size, a multiple of %d (the paper: 32).' % engine.SUBVOLUME_MULTIPLE)
+    form.addParam('noisyContrast', params.EnumParam, choices=list(engine.CONTRASTS),
+                  default=engine.CONTRASTS.index(DEFAULTS.noisy_contrast),
+                  display=params.EnumParam.DISPLAY_HLIST, condition=freshCondition,
+                  label='Particle contrast of the noisy tomograms',
+                  help='Against the clean volumes. same: particles look alike in both '
+                       '(e.g. phantoms, or tomograms with inverted contrast against '
+                       'density maps). inverted: dark particles in raw reconstructions '
+                       'against bright density maps. free: no constraint, as in the '
+                       'paper (the output may come out with inverted contrast). auto: '
+                       'estimated from both inputs when training starts (free when '
+                       'unclear; the log says what was chosen).')
+    form.addParam('codeSize', params.IntParam, default=DEFAULTS.code_size,
+                  validators=[params.Positive],
                   condition=freshCondition, label='Noise code size',
                   help='Dimension K of the code the noise decoder turns into noise.')
     line = form.addLine('U-Net width and depth', condition=freshCondition,
                         expertLevel=params.LEVEL_ADVANCED,
                         help='Channels of the first level and number of poolings of '
                              'the denoiser and structural generator.')
-    line.addParam('unetWidth', params.IntParam, default=16, validators=[params.Positive],
-                  label='width')
-    line.addParam('unetDepth', params.IntParam, default=2, validators=[params.Positive],
-                  label='depth')
+    line.addParam('unetWidth', params.IntParam, default=DEFAULTS.unet_width,
+                  validators=[params.Positive], label='width')
+    line.addParam('unetDepth', params.IntParam, default=DEFAULTS.unet_depth,
+                  validators=[params.Positive], label='depth')
     line = form.addLine('Other widths', condition=freshCondition,
                         expertLevel=params.LEVEL_ADVANCED,
                         help='Channels of the noise encoder/decoder and discriminators.')
-    line.addParam('noiseWidth', params.IntParam, default=16, validators=[params.Positive],
-                  label='noise nets')
-    line.addParam('discWidth', params.IntParam, default=16, validators=[params.Positive],
-                  label='discriminators')
+    line.addParam('noiseWidth', params.IntParam, default=DEFAULTS.noise_width,
+                  validators=[params.Positive], label='noise nets')
+    line.addParam('discWidth', params.IntParam, default=DEFAULTS.disc_width,
+                  validators=[params.Positive], label='discriminators')
     line = form.addLine('Loss weights', condition=freshCondition,
                         expertLevel=params.LEVEL_ADVANCED,
                         help='L = w_rec L_rec + w_adv L_adv + w_KL L_KL (the paper: 1, 1, '
                              '0.1).')
-    line.addParam('lambdaRec', params.FloatParam, default=1.0, label='reconstruction')
-    line.addParam('lambdaAdv', params.FloatParam, default=1.0, label='adversarial')
-    line.addParam('lambdaKl', params.FloatParam, default=0.1, label='KL')
-    form.addParam('learningRate', params.FloatParam, default=1e-4,
+    line.addParam('lambdaRec', params.FloatParam, default=DEFAULTS.lambda_rec,
+                  label='reconstruction')
+    line.addParam('lambdaAdv', params.FloatParam, default=DEFAULTS.lambda_adv,
+                  label='adversarial')
+    line.addParam('lambdaKl', params.FloatParam, default=DEFAULTS.lambda_kl, label='KL')
+    form.addParam('lr', params.FloatParam, default=DEFAULTS.lr,
                   validators=[params.Positive], condition=freshCondition,
                   expertLevel=params.LEVEL_ADVANCED, label='Learning rate (AdamW)')
 
 
-def networkSettings(protocol):
-    """The engine's DualConfig values set in the form (fresh training only)."""
-    return {'voxel_size': protocol.voxelSize.get(),
-            'subvolume_size': protocol.subvolumeSize.get(),
-            'batch_size': protocol.batchSize.get(),
-            'seed': protocol.seed.get(),
-            'code_size': protocol.codeSize.get(),
-            'unet_width': protocol.unetWidth.get(),
-            'unet_depth': protocol.unetDepth.get(),
-            'noise_width': protocol.noiseWidth.get(),
-            'disc_width': protocol.discWidth.get(),
-            'lambda_rec': protocol.lambdaRec.get(),
-            'lambda_adv': protocol.lambdaAdv.get(),
-            'lambda_kl': protocol.lambdaKl.get(),
-            'lr': protocol.learningRate.get()}
+def trainingSettings(protocol, fresh):
+    """{engine setting: form value} of the DualConfig settings a training form sets:
+    all of them for a fresh model, only the schedule (iterations, intervals) when
+    continuing one. A setting without a form parameter keeps the engine's default."""
+    settings = {}
+    for field in engine.settable_config_fields():
+        role = field.metadata.get('role')
+        param = getattr(protocol, formName(field.name), None)
+        if param is None or role == 'task' or (not fresh and role != 'schedule'):
+            continue
+        value = param.get()
+        if field.metadata.get('choices') and isinstance(value, int):   # an EnumParam
+            value = field.metadata['choices'][value]
+        settings[field.name] = value
+    return settings
+
+
+def trainingErrors(protocol, fresh, command='train'):
+    """The engine's refusals of the form's training settings (a list of messages)."""
+    settings = trainingSettings(protocol, fresh)
+    error = engine.check_values(command, **settings)
+    if error is None and fresh:
+        try:
+            engine.DualConfig(**settings)
+        except engine.InputError as err:
+            error = str(err)
+    return [sentence(error)] if error else []
+
+
+def trainingJob(protocol, outdir, gpus, fresh, iterations=None):
+    """The part of a training job that "dual - train" and "dual - missing wedge" share:
+    output folder, settings, resume and compute resources."""
+    job = dict(trainingSettings(protocol, fresh),
+               outdir=os.path.abspath(outdir),
+               resume=True,   # a no-op without a checkpoint, i.e. on a fresh run
+               device=protocol._engineDevice(gpus),
+               processes=max(1, len(gpus)),
+               threads=protocol._engineThreads())
+    if iterations is not None:
+        job['iterations'] = iterations
+    return job
 
 
 class ProtDualTrain(ProtDualBase):
@@ -178,26 +229,18 @@ class ProtDualTrain(ProtDualBase):
 
     def trainStep(self, targetIterations):
         gpus = self._stepGpus()
-        job = {'outdir': os.path.abspath(self._trainingDir()),
-               'iterations': targetIterations,
-               'log_every': self.logEvery.get(),
-               'checkpoint_every': self.checkpointEvery.get(),
-               'resume': True,   # a no-op without a checkpoint, i.e. on a fresh run
-               'device': self._engineDevice(gpus),
-               'processes': max(1, len(gpus)),
-               'threads': self._engineThreads()}
+        job = trainingJob(self, self._trainingDir(), gpus, fresh=not self.continueTraining,
+                          iterations=targetIterations)
         for prefix, inputSet in self._domains():
             job[prefix] = [self._engineInputPath(self._domainInputName(prefix, item))
                            for item in inputSet.iterItems()]
             job['%s_voxel_size' % prefix] = inputSet.getSamplingRate()
         if self.continueTraining:
             job['init_model'] = os.path.abspath(self.inputModel.get().getPath())
-        else:
-            job.update(networkSettings(self))
         self.runEngineJob('train', job, 'train', useGpu=bool(gpus))
 
     def createOutputStep(self, targetIterations):
-        model = self._dualModelFromFile(os.path.join(self._trainingDir(), MODEL_FILE))
+        model = self._dualModelFromFile(os.path.join(self._trainingDir(), engine.MODEL_FILE))
         self._defineOutputs(**{TrainOutputs.model.name: model})
         self._defineSourceRelation(self.inputTomograms, model)
         self._defineSourceRelation(self.cleanVolumes, model)
@@ -206,7 +249,7 @@ class ProtDualTrain(ProtDualBase):
 
     def getTrainingLogFile(self):
         """The engine's training log (JSON lines), read by the summary and the viewer."""
-        return os.path.join(self._trainingDir(), TRAINING_LOG)
+        return os.path.join(self._trainingDir(), engine.TRAINING_LOG)
 
     # --------------------------- info ------------------------------------
     def _workingGeometry(self):
@@ -228,9 +271,7 @@ class ProtDualTrain(ProtDualBase):
             if not os.path.exists(model.getPath()):
                 errors.append('The model file %s does not exist (moved or deleted?).'
                               % model.getPath())
-        elif self.subvolumeSize.get() % 8:
-            errors.append('The subvolume size must be a multiple of 8 (it is %d).'
-                          % self.subvolumeSize.get())
+        errors += trainingErrors(self, fresh=not self.continueTraining)
         if errors:
             return errors
         voxelSize, subvolumeSize = self._workingGeometry()
@@ -246,7 +287,7 @@ class ProtDualTrain(ProtDualBase):
             if geometry is None or inputSet is None or not inputSet.getSamplingRate():
                 continue
             ratio = self._voxelSizeRatio(inputSet.getSamplingRate(), geometry[0])
-            if ratio > MAX_VOXEL_SIZE_RATIO:
+            if ratio > engine.MAX_VOXEL_SIZE_RATIO:
                 warnings.append('The %s (%.2f A/px) are resampled %.1fx to the working voxel '
                                 'size of %.2f A.' % (label, inputSet.getSamplingRate(), ratio,
                                                      geometry[0]))
@@ -299,7 +340,7 @@ class ProtDualTrain(ProtDualBase):
                 % (self.voxelSize.get(), self.iterations.get(), self.batchSize.get(),
                    self.subvolumeSize.get(), self.unetWidth.get(), self.unetDepth.get(),
                    self.codeSize.get(), self.lambdaRec.get(), self.lambdaAdv.get(),
-                   self.lambdaKl.get(), self.learningRate.get(), self.seed.get())]
+                   self.lambdaKl.get(), self.lr.get(), self.seed.get())]
 
     def _citations(self):
         return ['Zeng2023DUAL']

@@ -6,19 +6,18 @@ from pyworkflow import BETA
 from pyworkflow.utils import Message
 from tomo.objects import SetOfTomograms
 
-from dual.constants import MODEL_FILE, TRAINING_DIR, TRAINING_LOG
+from dual.constants import TRAINING_DIR
+from dual.contract import engine, firstError
 from dual.objects import DualModel
-from dual.protocols.protocol_base import ProtDualApplyModel, itemKey
-from dual.protocols.protocol_train import defineTrainingParams, networkSettings
+from dual.protocols.protocol_base import ProtDualApplyModel, itemKey, producedContrast
+from dual.protocols.protocol_train import defineTrainingParams, trainingErrors, trainingJob
 
 WEDGE_SUFFIX = '_wedge'
 TRAINING = 'not useModel'
 
 # Where the tilt range comes from.
 RANGE_ACQUISITION, RANGE_GIVEN, RANGE_ESTIMATED = 0, 1, 2
-TILT_AXES = ['y', 'x']
-# A domain swap cannot fill a cone wider than 45 degrees (engine: wedge.check_tilt_range).
-MIN_TILT_SPAN = 90.0
+TILT_AXES = engine.TILT_AXES   # the form's choices, in this order
 
 
 class WedgeOutputs(Enum):
@@ -86,6 +85,10 @@ class ProtDualWedge(ProtDualApplyModel):
     def _engineCommand(self):
         return 'wedge'
 
+    def getOutputContrast(self):
+        """Compensation keeps the measured coefficients: the input's contrast."""
+        return producedContrast(self, self.inputTomograms)
+
     def _insertModelSteps(self):
         if self.useModel:
             return []
@@ -99,7 +102,7 @@ class ProtDualWedge(ProtDualApplyModel):
     def _modelPath(self):
         if self.useModel:
             return super()._modelPath()
-        return os.path.join(self._trainingDir(), MODEL_FILE)
+        return os.path.join(self._trainingDir(), engine.MODEL_FILE)
 
     def _modelSource(self):
         if self.useModel:
@@ -122,22 +125,11 @@ class ProtDualWedge(ProtDualApplyModel):
 
     def trainStep(self):
         gpus = self._stepGpus()
-        job = {'outdir': os.path.abspath(self._trainingDir()),
-               'tomograms': [self._engineInputFile(item, name)
-                             for name, item in self.inputItems.items()],
-               'input_voxel_size': self._getInputSet().getSamplingRate(),
-               'tilt_axis': self._tiltAxis(),
-               'iterations': self.iterations.get(),
-               'log_every': self.logEvery.get(),
-               'checkpoint_every': self.checkpointEvery.get(),
-               'resume': True,   # a no-op on a fresh run; "Continue" resumes
-               'device': self._engineDevice(gpus),
-               'processes': max(1, len(gpus)),
-               'threads': self._engineThreads()}
-        tiltRange = self._tiltRange()
-        if tiltRange is not None:
-            job['tilt_range'] = list(tiltRange)
-        job.update(networkSettings(self))
+        job = trainingJob(self, self._trainingDir(), gpus, fresh=True)
+        job.update(tomograms=[self._engineInputFile(item, name)
+                              for name, item in self.inputItems.items()],
+                   input_voxel_size=self._getInputSet().getSamplingRate(),
+                   tilt_axis=self._tiltAxis(), tilt_range=self._tiltRange())
         self.runEngineJob('wedge-train', job, 'wedge_train', useGpu=bool(gpus))
 
     def createModelStep(self):
@@ -147,23 +139,22 @@ class ProtDualWedge(ProtDualApplyModel):
 
     def _engineJob(self, name, gpus):
         job = super()._engineJob(name, gpus)
-        tiltRange = self._tiltRange(self.inputItems[name])
-        if tiltRange is not None:
-            job['tilt_range'] = list(tiltRange)
-        job.update({'tilt_axis': self._tiltAxis(), 'transition': self.transition.get(),
-                    'suffix': WEDGE_SUFFIX})
+        job.update(tilt_range=self._tiltRange(self.inputItems[name]),
+                   tilt_axis=self._tiltAxis(), transition=self.transition.get(),
+                   suffix=WEDGE_SUFFIX)
         return job
 
     def getOutputFile(self, name):
         """The engine names its output after the input link extra/inputs/<name>.mrc."""
-        return self._getExtraPath('%s%s.mrc' % (name, WEDGE_SUFFIX))
+        return self._getExtraPath(engine.output_name(self._engineInputPath(name),
+                                                     WEDGE_SUFFIX))
 
     def createOutputStep(self, tsId):
         self._appendTomogram(tsId, self.getOutputFile(tsId), WedgeOutputs.tomograms.name)
 
     def getTrainingLogFile(self):
         """The engine's training log (JSON lines) when this run trained the model."""
-        return os.path.join(self._trainingDir(), TRAINING_LOG)
+        return os.path.join(self._trainingDir(), engine.TRAINING_LOG)
 
     # --------------------------- info ------------------------------------
     def _validate(self):
@@ -174,12 +165,10 @@ class ProtDualWedge(ProtDualApplyModel):
         else:
             errors = self._validateEngine()
             errors += self._setErrors(self._getInputSet(), 'Tomograms')
+            errors += trainingErrors(self, fresh=True, command='wedge-train')
             if not errors:
                 errors += self._tooSmallErrors(self._getInputSet(), 'Tomograms',
                                                self.voxelSize.get(), self.subvolumeSize.get())
-            if self.subvolumeSize.get() % 8:
-                errors.append('The subvolume size must be a multiple of 8 (it is %d).'
-                              % self.subvolumeSize.get())
         if errors:
             return errors
         return self._tiltRangeErrors()
@@ -196,13 +185,10 @@ class ProtDualWedge(ProtDualApplyModel):
             if tmin is None or tmax is None:
                 errors.append('%s has no tilt range: give it in the form, or choose '
                               '"estimated from the data".' % where.capitalize())
-            elif not -90 < tmin < tmax < 90:
-                errors.append('The tilt range of %s (%s..%s) must satisfy -90 < min < max '
-                              '< 90 degrees.' % (where, tmin, tmax))
-            elif tmax - tmin < MIN_TILT_SPAN:
-                errors.append('The tilt range of %s (%g..%g) spans less than %g degrees: '
-                              'its missing cone is too wide for the swapped copy to fill.'
-                              % (where, tmin, tmax, MIN_TILT_SPAN))
+            else:
+                error = firstError(engine.check_tilt_range, (tmin, tmax))
+                if error:
+                    errors.append('The tilt range of %s: %s' % (where, error[0].lower() + error[1:]))
         return errors
 
     def _warnings(self):

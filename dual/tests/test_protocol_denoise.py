@@ -105,7 +105,7 @@ class TestDualDenoise(DualWorkflowTest):
 
     def test_validate_rejects_a_model_at_another_voxel_size(self):
         self.assertError(self.newDenoise(self.modelLike(voxelSize=25.0)),
-                         'the model was trained at 25.00 A/px, 2.5x apart')
+                         'but the model works at 25 A/voxel, 2.5x apart')
 
     def test_validate_rejects_volumes_smaller_than_a_subvolume(self):
         self.assertError(self.newDenoise(self.modelLike(subvolumeSize=64)),

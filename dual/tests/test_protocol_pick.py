@@ -32,8 +32,9 @@ from dual_engine.metrics import DEFAULT_EXCLUDE, match_picks
 
 from dual.protocols import ProtDualDenoise, ProtDualPhantom, ProtDualPick
 from dual.protocols.protocol_phantom import OUT_TOMOGRAMS
-from dual.protocols.protocol_pick import (POLARITY_BRIGHT, SELECT_THRESHOLD, PickOutputs,
-                                          convertPositions, defaultBoxSize, readPicksTable)
+from dual.contract import engine
+from dual.convert import convertPositions, defaultBoxSize
+from dual.protocols.protocol_pick import POLARITY_BRIGHT, SELECT_THRESHOLD, PickOutputs
 from dual.tests.phantoms import makePhantoms
 from dual.viewers import DualPicksViewer
 from dual.viewers.viewer_picks import plotPicks
@@ -112,7 +113,7 @@ class TestDualPick(TestBaseCentralizedLayer):
     @staticmethod
     def enginePicks(prot, tsId):
         """The engine's table of tsId: (xyz in picked voxels, scores)."""
-        return readPicksTable(prot._getExtraPath(tsId, '%s_picks.tsv' % tsId))
+        return engine.read_picks_table(prot._getExtraPath(tsId, '%s_picks.tsv' % tsId))
 
     @staticmethod
     def scipionPicks(coords):
@@ -291,12 +292,12 @@ class TestDualPick(TestBaseCentralizedLayer):
                                            originals=originals, **values).validate())
 
         self.assertEqual(errorsOf(), '')
-        self.assertIn('particle diameter must be a positive', errorsOf(particleDiameter=0))
+        self.assertIn('Diameter must be > 0', errorsOf(particleDiameter=0))
         self.assertIn('must span at least 2 voxels',
                       errorsOf(tomograms=self.binned, particleDiameter=30))
-        self.assertIn('minimum distance must be >= 0', errorsOf(minDistance=-5))
+        self.assertIn('Min_distance must be >= 0', errorsOf(minDistance=-5))
         self.assertIn('box size must be a positive', errorsOf(boxSize=0))
-        self.assertIn('at least 1', errorsOf(numberOfPicks=0))
+        self.assertIn('Top must be >= 1', errorsOf(numberOfPicks=0))
         # Originals that miss a tsId.
         folder = self.getOutputPath('one_original')
         os.makedirs(folder, exist_ok=True)

@@ -6,8 +6,9 @@ import os
 import matplotlib.pyplot as plt
 from pyworkflow.plugin import Domain
 
-from dual.constants import DUAL_ENV_ACTIVATION, MODEL_FILE
-from dual.convert import readTrainingLog
+from dual.constants import DUAL_ENV_ACTIVATION
+from dual.contract import engine
+from dual.convert import LOSS_KEYS, readTrainingLog
 from dual.objects import DualModel
 from dual.tests.workflow import DualWorkflowTest, unsavedTomogramSet
 from dual.viewers import DualTrainingViewer
@@ -35,14 +36,13 @@ class TestDualTrain(DualWorkflowTest):
     def test_training_outputs_a_model(self):
         model = self.model
         self.assertIsInstance(model, DualModel)
-        self.assertEqual(model.getPath(), self.train._getExtraPath('training', MODEL_FILE))
+        self.assertEqual(model.getPath(), self.train._getExtraPath('training', engine.MODEL_FILE))
         self.assertTrue(os.path.exists(model.getPath()))
         # The values come from the model file, read by the engine.
         self.assertEqual((model.getVoxelSize(), model.getSubvolumeSize(), model.getIterations()),
                          (10.0, 16, 4))
         info = model.getTrainingInfo()
-        self.assertEqual(set(info['final_losses']),
-                         {'loss', 'rec_clean', 'rec_noisy', 'adv', 'kl', 'disc'})
+        self.assertEqual(set(info['final_losses']), set(LOSS_KEYS))
         self.assertEqual(len(info['noisy_volumes']), 2)
         self.assertEqual(info['device'], 'cpu')
         # Progress: one log record per iteration, with losses and ETA.
@@ -81,7 +81,7 @@ class TestDualTrain(DualWorkflowTest):
     def test_viewer_draws_the_training_curves(self):
         views = DualTrainingViewer(project=self.proj)._visualize(self.train)
         figure = views[0].getFigure()
-        self.assertEqual(len(figure.axes), 6)
+        self.assertEqual(len(figure.axes), len(LOSS_KEYS))
         self.assertEqual(list(figure.axes[0].lines[0].get_xdata()), [1, 2, 3, 4])
         plt.close(figure)
 

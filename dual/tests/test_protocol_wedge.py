@@ -121,7 +121,7 @@ class TestDualWedge(DualWorkflowTest):
         self.assertEqual(self.newWedge().validate(), [])
         self.assertEqual(self.newWedge(tiltRangeSource=RANGE_ESTIMATED).validate(), [])
         self.assertError(self.newWedge(tiltRangeSource=RANGE_GIVEN, tiltMin=-40.0,
-                                       tiltMax=40.0), 'spans less than 90 degrees')
+                                       tiltMax=40.0), 'needs min <= -45 and max >= 45')
         self.assertError(self.newWedge(tiltRangeSource=RANGE_GIVEN, tiltMin=30.0,
                                        tiltMax=-30.0), 'must satisfy')
         self.assertError(self.newWedge(subvolumeSize=20), 'multiple of 8')

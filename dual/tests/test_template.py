@@ -18,9 +18,11 @@ from pyworkflow.template import TemplateList
 from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
 
 from dual.objects import DualModel
-from dual.protocols.protocol_pick import PickOutputs, readPicksTable
-from dual.templates import (DENOISE_PICK, createProject, fillTemplate, loadTemplate,
-                            runWorkflow, templateAliases, templateNames, templatePath)
+from dual.contract import engine
+from dual.protocols.protocol_pick import PickOutputs
+from dual.templates import DENOISE_PICK, templateNames, templatePath
+from dual.templates.runner import (createProject, fillTemplate, loadTemplate, runWorkflow,
+                                   templateAliases)
 from dual.tests.phantoms import SMALL_SHAPE, SMALL_VOXEL_SIZE, makePhantoms
 from dual.tests.workflow import TINY_TRAINING
 
@@ -191,7 +193,7 @@ class TestDualTemplateRun(TestBaseCentralizedLayer):
     def test_picks_refer_to_the_imported_tomograms(self):
         pick = self.runs[PICK]
         coords = self.output(PICK, PickOutputs.coordinates.name)
-        tables = {t: readPicksTable(pick.getPicksFile(t))[0] for t in NOISY_IDS}
+        tables = {t: engine.read_picks_table(pick.getPicksFile(t))[0] for t in NOISY_IDS}
         self.assertTrue(all(0 < len(xyz) <= PICKS for xyz in tables.values()), tables)
         self.checkCoordinates(coords, expectedSetSize=sum(map(len, tables.values())),
                               expectedBoxSize=BOX, expectedSRate=SMALL_VOXEL_SIZE)

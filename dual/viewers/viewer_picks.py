@@ -21,7 +21,8 @@ from tomo.constants import BOTTOM_LEFT_CORNER
 
 from dual.protocols import ProtDualPick
 from dual.protocols.protocol_base import itemKey
-from dual.protocols.protocol_pick import PickOutputs, readPicksTable
+from dual.contract import engine
+from dual.protocols.protocol_pick import PickOutputs
 
 SHOW_PICKED, SHOW_OUTPUT = 0, 1
 SCORE_COLORMAP = 'plasma'
@@ -160,7 +161,7 @@ class DualPicksViewer(ProtocolViewer):
         table = self.protocol.getPicksFile(key)
         if not os.path.exists(table):
             return '%s has not been picked yet.' % key
-        xyz, scores = readPicksTable(table)
+        xyz, scores = engine.read_picks_table(table)
         tomo = next(t for t in self.protocol.inputTomograms.get().iterItems()
                     if itemKey(t) == key)
         picked = self.protocol.getPickedFile(key)  # what the engine read (MRC)

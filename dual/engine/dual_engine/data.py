@@ -4,8 +4,10 @@ drawn independently from each domain)."""
 import os
 
 import numpy as np
+from scipy import ndimage, stats
 
-from dual_engine.io import InputError, read_mrc, rescale, standardize
+from dual_engine.contract import InputError, check_fits_subvolume
+from dual_engine.io import read_mrc, rescale, standardize
 
 
 def load_for_model(path, working_voxel_size, voxel_size=None):
@@ -22,7 +24,31 @@ def load_for_model(path, working_voxel_size, voxel_size=None):
     return standardize(volume, name=os.path.basename(path)), voxel_size, data.shape
 
 
-TILT_AXES = {'x': 2, 'y': 1}   # tilt axis name -> array axis of a (Z, Y, X) volume
+# Contrast estimate (DualConfig.noisy_contrast 'auto'): skewness of the volumes after a
+# Gaussian low-pass of this many voxels; below MIN_CONTRAST_SKEW it is unclear. Dense
+# matter (particles, membranes, gold) is rare and strong, so its sign shows in the skew.
+CONTRAST_SIGMA = 2.0
+MIN_CONTRAST_SKEW = 0.25
+
+
+def low_pass_skewness(volumes):
+    """Skewness of the volumes' voxels after a Gaussian low-pass (CONTRAST_SIGMA)."""
+    values = np.concatenate([ndimage.gaussian_filter(v, CONTRAST_SIGMA).ravel()
+                             for v in volumes])
+    return float(stats.skew(values))
+
+
+def estimate_contrast(noisy, clean):
+    """'same', 'inverted' or 'free' (unclear): the particle contrast of the noisy
+    domain's volumes against the clean domain's, from the sign of their low-pass
+    skewness. Returns (contrast, (noisy skewness, clean skewness))."""
+    skews = low_pass_skewness(noisy.volumes), low_pass_skewness(clean.volumes)
+    if min(abs(s) for s in skews) < MIN_CONTRAST_SKEW:
+        return 'free', skews
+    return ('same' if skews[0] * skews[1] > 0 else 'inverted'), skews
+
+
+ARRAY_AXIS_OF_TILT_AXIS = {'x': 2, 'y': 1}   # tilt axis name -> array axis of a (Z, Y, X) volume
 
 
 def wedge_preserving_flips(tilt_axis):
@@ -33,9 +59,9 @@ def wedge_preserving_flips(tilt_axis):
     which keeps them too. Either of those two alone mirrors the tilt angles, turning an
     asymmetric range such as -50..70 into -70..50.
     """
-    if tilt_axis not in TILT_AXES:
+    if tilt_axis not in ARRAY_AXIS_OF_TILT_AXIS:
         raise InputError("tilt axis must be 'x' or 'y' (got %r)" % (tilt_axis,))
-    along = TILT_AXES[tilt_axis]
+    along = ARRAY_AXIS_OF_TILT_AXIS[tilt_axis]
     return ((along,), (0, 3 - along))
 
 
@@ -56,15 +82,13 @@ class Domain:
         self.name = name
         self.volumes = []
         for path in paths:
+            data, header_voxel_size = read_mrc(path)
+            if (voxel_size or header_voxel_size) > 0:   # else load_for_model says so
+                check_fits_subvolume(path, data.shape, voxel_size or header_voxel_size,
+                                     working_voxel_size, subvolume_size)
             volume = load_for_model(path, working_voxel_size, voxel_size)[0]
             if swap_axes:   # the missing-wedge task's second domain (see wedge.py)
                 volume = np.ascontiguousarray(np.swapaxes(volume, *swap_axes))
-            if min(volume.shape) < subvolume_size:
-                raise InputError(
-                    "%s is %s voxels at %.2f A/voxel, smaller than the %d^3 subvolumes; "
-                    "use a smaller subvolume size or a finer working voxel size"
-                    % (path, 'x'.join(map(str, volume.shape)), working_voxel_size,
-                       subvolume_size))
             self.volumes.append(volume)
         self.size = subvolume_size
         self.flip_groups = wedge_preserving_flips(tilt_axis)

@@ -45,7 +45,8 @@ import shlex
 import numpy as np
 
 from dual_engine import __version__
-from dual_engine.io import InputError, atomic_output
+from dual_engine.contract import InputError, check_tomo_name
+from dual_engine.io import atomic_output
 
 STAR_BLOCK = "particles"
 DYNAMO_COLUMNS = 35
@@ -69,16 +70,6 @@ def _positive(value, name):
     if value is None or not (math.isfinite(float(value)) and float(value) > 0):
         raise InputError("%s must be > 0 A, not %s" % (name, value))
     return float(value)
-
-
-def check_tomo_name(name):
-    name = str(name)
-    if not name or any(c.isspace() for c in name) or name[0] in "#_'\"" \
-            or name.startswith(("data_", "loop_")):
-        raise InputError("tomogram name %r cannot be written to a STAR file: it must be "
-                         "non-empty, without spaces, and not start with #, _, a quote, "
-                         "data_ or loop_" % name)
-    return name
 
 
 # --------------------------------------------------------------------------- RELION

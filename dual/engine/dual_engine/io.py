@@ -16,9 +16,7 @@ import mrcfile
 import numpy as np
 from scipy import ndimage
 
-
-class InputError(ValueError):
-    """Bad user input (missing file, wrong voxel size, NaNs...): the message is for the user."""
+from dual_engine.contract import InputError, read_picks_table  # noqa: F401 (re-exported)
 
 
 @contextlib.contextmanager
@@ -37,28 +35,37 @@ def atomic_output(path):
 
 
 def read_mrc(path, mmap=True):
-    """Return (data, voxel_size). With mmap the data is a read-only memory map."""
+    """Return (data, voxel_size). With mmap the data is a read-only memory map.
+
+    Refused with a message: files that are not MRC, not 3-D, complex-valued (the
+    imaginary part would be lost), or whose voxels are not cubic (the engine works on
+    isotropic grids; resample first)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise InputError("MRC file not found: %s" % path)
     try:
         if mmap:
             mrc = mrcfile.mmap(path, mode="r", permissive=True)
-            data, voxel_size = mrc.data, float(mrc.voxel_size.x)
+            data, size = mrc.data, mrc.voxel_size
         else:
             with mrcfile.open(path, mode="r", permissive=True) as mrc:
-                data, voxel_size = np.array(mrc.data), float(mrc.voxel_size.x)
-    except (ValueError, OSError) as err:
+                data, size = np.array(mrc.data), mrc.voxel_size
+    except (ValueError, OSError, EOFError) as err:
         raise InputError("cannot read %s as MRC: %s" % (path, err)) from err
     if data is None or data.ndim != 3:
         raise InputError("%s is not a 3-D volume (shape %s)"
                          % (path, None if data is None else data.shape))
-    return data, voxel_size
+    if np.iscomplexobj(data):
+        raise InputError("%s holds complex values; the engine reads real volumes only" % path)
+    return data, _isotropic_voxel_size(path, size)
 
 
-def read_voxel_size(path):
-    with mrcfile.open(os.fspath(path), mode="r", permissive=True, header_only=True) as mrc:
-        return float(mrc.voxel_size.x)
+def _isotropic_voxel_size(path, size):
+    sizes = [float(size.x), float(size.y), float(size.z)]
+    if max(sizes) > 0 and (max(sizes) - min(sizes)) > 1e-3 * max(sizes):
+        raise InputError("%s has non-cubic voxels (%g x %g x %g A): resample it to an "
+                         "isotropic grid first" % (path, *sizes))
+    return sizes[0]
 
 
 def write_mrc(path, data, voxel_size):
@@ -168,11 +175,7 @@ def read_coordinates(path):
     with open(path) as f:
         first = f.readline().split()
     if first[:3] == ["x", "y", "z"]:
-        table = np.loadtxt(path, skiprows=1, ndmin=2)
-        if table.size == 0:
-            return np.zeros((0, 3)), np.zeros(0)
-        scores = table[:, 3] if table.shape[1] > 3 else np.ones(len(table))
-        return table[:, :3], scores
+        return read_picks_table(path)
     particles = read_particle_locations(path)
     xyz = np.array([p.xyz for p in particles]).reshape(-1, 3)
     return xyz, np.ones(len(xyz))

@@ -1,19 +1,44 @@
-"""DUAL's losses (paper, eqs. 3-9), each written once."""
+"""DUAL's losses (paper, eqs. 3-9), each written once, and the polarity anchor."""
 import torch
 import torch.nn.functional as F
 
 EPS = 1e-6
 
 
+def _pearson(a, b):
+    """Pearson correlation of each pair of batch samples."""
+    a, b = a.flatten(1), b.flatten(1)
+    ac = a - a.mean(dim=1, keepdim=True)
+    bc = b - b.mean(dim=1, keepdim=True)
+    return (ac * bc).sum(dim=1) / (ac.norm(dim=1) * bc.norm(dim=1) + EPS)
+
+
 def reconstruction_loss(target, estimate):
     """Eqs. 4-5: log(MSE) + log(1 - Pearson), per volume, averaged over the batch."""
-    t = target.flatten(1)
-    e = estimate.flatten(1)
-    mse = ((t - e) ** 2).mean(dim=1)
-    tc = t - t.mean(dim=1, keepdim=True)
-    ec = e - e.mean(dim=1, keepdim=True)
-    pearson = (tc * ec).sum(dim=1) / (tc.norm(dim=1) * ec.norm(dim=1) + EPS)
-    return (torch.log(mse + EPS) + torch.log(1 - pearson + EPS)).mean()
+    mse = ((target.flatten(1) - estimate.flatten(1)) ** 2).mean(dim=1)
+    return (torch.log(mse + EPS) + torch.log(1 - _pearson(target, estimate) + EPS)).mean()
+
+
+# Polarity anchor: correlation measured on POLARITY_POOL^3 block means, where the
+# particles stand out of the noise, and asked to reach POLARITY_MARGIN with its sign.
+POLARITY_POOL = 4
+POLARITY_MARGIN = 0.2
+
+
+def polarity_loss(denoised, noisy, sign):
+    """Anchor of the output's contrast (not in the paper): relu(margin - sign * r), r
+    the batch mean correlation of Dn(t) with t after POLARITY_POOL^3 block averaging.
+
+    Nothing in eqs. 3-9 tells a denoiser that keeps the particles' contrast from one
+    that inverts it (the cycle undoes either), so an unanchored run picks one by chance.
+    sign +1: the noisy volumes show particles with the clean volumes' contrast; -1: the
+    opposite (raw reconstructions against density maps); 0: no anchor. The term is
+    zero once the sign is right with a small margin, so it only breaks the tie.
+    """
+    if not sign:
+        return denoised.new_zeros(())
+    pooled = [F.avg_pool3d(v, POLARITY_POOL) for v in (denoised, noisy)]
+    return torch.relu(POLARITY_MARGIN - sign * _pearson(*pooled).mean())
 
 
 def _bce(logits, real):

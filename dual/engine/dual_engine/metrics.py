@@ -160,7 +160,11 @@ def psnr_ssim_on_reference_scale(reference, volume, window=7):
 
 
 def pearson(a, b):
-    """Pearson correlation coefficient of two same-shape arrays."""
+    """Pearson correlation coefficient of two same-shape arrays.
+
+    It is 0/0, i.e. undefined, when either array is constant: that raises InputError
+    (as psnr and ssim do), rather than returning a number that would look like a score.
+    """
     _check_same_shape(a, b, ("first array", "second array"))
     return _mean_product(standardize(a, "first array"), standardize(b, "second array"))
 
@@ -434,4 +438,33 @@ def evaluate_picks(picks_path, truth_path, voxel_size, distance=None, occupancy=
 def _with_angstrom(scores, voxel_size):
     d = scores["mean_distance_voxels"]
     scores["mean_distance_angstrom"] = None if d is None else d * float(voxel_size)
+    return scores
+
+
+# --------------------------------------------------------------------------- Fourier regions
+
+def fourier_region_scores(reference, volume, region, same_scale=True):
+    """How well `volume` restores `reference` inside a Fourier region (rfftn-grid mask):
+    PSNR and SSIM of the two volumes made of that region's coefficients only, and the
+    normalised correlation of the region's complex coefficients.
+
+    same_scale: the volumes share units (a tomogram before and after), so PSNR/SSIM
+    use the reference's scale for both (psnr_ssim_on_reference_scale: a zero
+    fill scores low); False standardises each region-only volume on its own (against a
+    density map, say)."""
+    a, b = np.fft.rfftn(reference), np.fft.rfftn(volume)
+    ref_part = np.fft.irfftn(np.where(region, a, 0), s=reference.shape)
+    vol_part = np.fft.irfftn(np.where(region, b, 0), s=reference.shape)
+    energy_a, energy_b = (float(np.sum(np.abs(f[region]) ** 2)) for f in (a, b))
+    if same_scale:
+        scores = psnr_ssim_on_reference_scale(ref_part, vol_part)
+    else:
+        scores = {'psnr': psnr(ref_part, vol_part),
+                  'ssim': ssim(ref_part, vol_part)}
+    # A region left empty (up to float32 round-off, e.g. a zero fill) correlates 0.
+    if energy_b <= 1e-8 * energy_a or energy_a == 0:
+        scores['fourier_correlation'] = 0.0
+    else:
+        cross = np.sum(a[region] * np.conj(b[region]))
+        scores['fourier_correlation'] = float(np.real(cross) / np.sqrt(energy_a * energy_b))
     return scores

@@ -1,69 +1,15 @@
 """DUAL's two cycles (paper, eqs. 1-2) and the model file that holds a trained model."""
-from dataclasses import asdict, dataclass, fields
+import os
 
 import torch
 from torch import nn
 
-from dual_engine.io import InputError
+from dual_engine.contract import DualConfig, InputError, torch_seed
 from dual_engine.nets import (DomainDiscriminator, NoiseDecoder, NoiseEncoder, UNet3D,
                               orthogonal_init)
 from dual_engine.nets.noise import permute_voxels
 
 MODEL_FORMAT = 'dual-model-1'
-
-
-@dataclass
-class DualConfig:
-    """Everything that defines a DUAL model and its training. Defaults: the paper where
-    it gives a value (optimiser, loss weights, 32^3 subvolumes, 1 nm voxels); measured
-    choices elsewhere (see README, "Engine defaults")."""
-    voxel_size: float = 10.0          # working voxel size, A (paper: 1 nm)
-    subvolume_size: int = 32          # paper: 32^3
-    unet_width: int = 16
-    unet_depth: int = 2
-    code_size: int = 16               # K, the noise code dimension
-    noise_width: int = 16
-    disc_width: int = 16
-    batch_size: int = 4
-    iterations: int = 2000
-    lr: float = 1e-4
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 1e-6
-    lambda_rec: float = 1.0
-    lambda_adv: float = 1.0
-    lambda_kl: float = 0.1
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 200
-    # 'denoise': noisy tomograms <-> clean volumes (paper, Methods). 'wedge': tomograms
-    # <-> the same tomograms with the beam axis and the in-plane axis swapped, the
-    # missing-wedge translation of the paper's Fig. 6 (see wedge.py).
-    task: str = 'denoise'
-    tilt_axis: str = 'y'              # of the noisy domain's volumes: 'y' or 'x'
-    tilt_range: tuple = (-60.0, 60.0)  # degrees; used by the wedge task only
-
-    def __post_init__(self):
-        if self.task not in ('denoise', 'wedge'):
-            raise InputError("task must be 'denoise' or 'wedge' (got %r)" % (self.task,))
-        if self.tilt_axis not in ('x', 'y'):
-            raise InputError("tilt axis must be 'x' or 'y' (got %r)" % (self.tilt_axis,))
-        self.betas = tuple(self.betas)
-        self.tilt_range = tuple(float(t) for t in self.tilt_range)
-
-    def to_dict(self):
-        d = asdict(self)
-        d['betas'] = list(self.betas)
-        d['tilt_range'] = list(self.tilt_range)
-        return d
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise InputError('unknown DUAL settings: %s' % ', '.join(sorted(unknown)))
-        return cls(**values)
 
 
 class DualGenerators(nn.Module):
@@ -110,21 +56,36 @@ class DualDiscriminators(nn.Module):
 
 
 def build(cfg):
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(torch_seed(cfg.seed, 'weights'))
     return orthogonal_init(DualGenerators(cfg)), orthogonal_init(DualDiscriminators(cfg))
 
 
+# What a model file must hold besides the config (train.Trainer.state writes them).
+MODEL_KEYS = ('format', 'config', 'iteration')
+
+
 def load_model(path, map_location='cpu'):
-    """Read a model file (or a training checkpoint) -> (config, state dict)."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
+    """Read a model file (or a training checkpoint) -> (config, state dict).
+
+    Model files are untrusted: they are unpickled with weights_only=True, which refuses
+    anything but tensors and plain containers, so a crafted file cannot run code."""
+    if not os.path.isfile(path):
         raise InputError('model file not found: %s' % path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise InputError('%s is not a DUAL model file: %s' % (path, err))
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError('%s is not a DUAL model file, or holds more than weights and '
+                         'settings (refused without running it): %s' % (path, reason))
     if not isinstance(state, dict) or state.get('format') != MODEL_FORMAT:
         raise InputError('%s is not a DUAL model file (format %r)'
                          % (path, state.get('format') if isinstance(state, dict) else None))
+    missing = [k for k in MODEL_KEYS if k not in state]
+    if missing:
+        raise InputError('%s is an incomplete DUAL model file (missing %s)'
+                         % (path, ', '.join(missing)))
+    if not isinstance(state['iteration'], int) or state['iteration'] < 0:
+        raise InputError('%s has an invalid iteration count %r' % (path, state['iteration']))
     return DualConfig.from_dict(state['config']), state
 
 
@@ -132,7 +93,13 @@ def load_generators(path, device='cpu'):
     """The trained generator networks of a model file, in eval mode."""
     cfg, state = load_model(path)
     generators = DualGenerators(cfg)
-    generators.load_state_dict(state['generators'])
+    if not isinstance(state.get('generators'), dict):
+        raise InputError('%s holds no trained networks' % path)
+    try:
+        generators.load_state_dict(state['generators'])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise InputError('%s: its weights do not fit its settings (%s)'
+                         % (path, str(err).splitlines()[0]))
     return cfg, generators.to(device).eval()
 
 

@@ -41,12 +41,10 @@ Speed: the two Gaussians are one linear filter, applied either in real space
 (scipy.ndimage.gaussian_filter, cost proportional to sigma) or by one real FFT of the
 volume padded by symmetric reflection (the boundary rule of gaussian_filter's
 'reflect' mode) by 4 sigma2, multiplied by exp(-2 pi^2 s1^2 f^2) - exp(-2 pi^2 s2^2 f^2)
-(cost independent of sigma). Measured on one core: 200x512x512 voxels, sigma1 = 8.1
-voxels (280 A at 10 A): FFT 3.0 s, real space 10.9 s; 64x256x256 voxels: FFT 0.1 s,
-real space 0.2-0.6 s for sigma 1.5-8. method='auto' therefore takes the FFT, except when
-sigma2 < FFT_MIN_SIGMA voxels: there the continuous Gaussian transfer function no longer
-matches the sampled kernel (10% apart at sigma 0.8) and the real-space filter is cheap.
-A whole pick of 200x512x512 voxels took 4-5.5 s on one core (peak memory ~1.5 GB).
+(cost independent of sigma), which is faster at the particle scales of picking.
+method='auto' therefore takes the FFT, except when sigma2 < FFT_MIN_SIGMA voxels: there
+the continuous Gaussian transfer function no longer matches the sampled kernel (10%
+apart at sigma 0.8) and the real-space filter is cheap.
 """
 import math
 import os
@@ -57,7 +55,10 @@ from scipy import fft as sfft
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from dual_engine.io import InputError, check_finite, read_mrc
+from dual_engine.contract import (DYNAMO_SUFFIX, PICK_FORMATS, PICKS_SUFFIX, POLARITIES,
+                                  STAR_SUFFIX, InputError, check_diameter, check_outputs,
+                                  check_tomo_name)
+from dual_engine.io import check_finite, read_mrc
 
 SIGMA_RATIO = 1.1                 # sigma2 / sigma1 (paper, after Voss et al. 2009)
 SIGMA_PER_RADIUS = 1.0 / math.sqrt(3.0)
@@ -66,8 +67,6 @@ DEFAULT_TOP = 500
 PEAK_FLOOR = 1e-4                 # peaks need DoG > PEAK_FLOOR * max(DoG)
 TRUNCATE = 4.0                    # Gaussian support (sigmas), real-space and FFT padding
 FFT_MIN_SIGMA = 1.5               # voxels (sigma2): real-space filter below
-MIN_DIAMETER_VOXELS = 2.0
-POLARITIES = ("bright", "dark")
 METHODS = ("auto", "fft", "spatial")
 
 
@@ -205,10 +204,7 @@ def _check_options(volume, voxel_size, diameter, top, threshold, min_distance, p
                          "if the MRC header has none)" % voxel_size)
     if not (diameter is not None and math.isfinite(diameter) and diameter > 0):
         raise InputError("the particle diameter must be > 0 A, not %s" % diameter)
-    if diameter / voxel_size < MIN_DIAMETER_VOXELS:
-        raise InputError("a %g A particle is only %.2f voxels of %g A: the diameter must "
-                         "span at least %g voxels" % (diameter, diameter / voxel_size,
-                                                      voxel_size, MIN_DIAMETER_VOXELS))
+    check_diameter(diameter, voxel_size)
     if top is not None and (int(top) != top or top < 1):
         raise InputError("top must be a positive integer, not %s" % top)
     if threshold is not None and not math.isfinite(threshold):
@@ -293,41 +289,44 @@ def dog_pick(volume, voxel_size, diameter, top=None, threshold=None, min_distanc
 
 def pick_file(tomogram, outdir, diameter, top=None, threshold=None, min_distance=None,
               polarity="bright", mask=None, margin=None, voxel_size=None, tomo_name=None,
-              formats=("tsv", "star", "tbl"), tomo_index=1, workers=1):
+              formats=PICK_FORMATS, tomo_index=1, workers=1, overwrite=False):
     """Pick one MRC tomogram and write the requested tables into `outdir`.
 
     Files: <name>_picks.tsv (io.write_coordinates: x y z score, voxels), <name>_picks.star
     (export.write_relion_star) and <name>.tbl (export.write_dynamo_tbl), with <name> =
-    tomo_name or the tomogram's file stem. Returns a JSON-able summary.
+    tomo_name or the tomogram's file stem. Every check is made before anything is
+    written; existing tables are replaced only with `overwrite`. Returns a JSON-able
+    summary.
     """
     from dual_engine import export
     from dual_engine.io import write_coordinates
 
     started = time.perf_counter()
-    unknown = sorted(set(formats) - {"tsv", "star", "tbl"})
+    unknown = sorted(set(formats) - set(PICK_FORMATS))
     if unknown or not formats:
-        raise InputError("formats must be among tsv, star, tbl (got %s)"
-                         % ", ".join(unknown or ["none"]))
+        raise InputError("formats must be among %s (got %s)"
+                         % (", ".join(PICK_FORMATS), ", ".join(unknown or ["none"])))
     if voxel_size is not None and not (math.isfinite(voxel_size) and voxel_size > 0):
         raise InputError("the voxel size must be > 0 A, not %s" % voxel_size)
+    if int(tomo_index) != tomo_index or tomo_index < 1:
+        raise InputError("tomo_index must be a positive integer, not %s" % tomo_index)
     data, header_voxel = read_mrc(tomogram)
     voxel = float(voxel_size) if voxel_size is not None else header_voxel
     if not voxel > 0:
         raise InputError("%s has no voxel size in its header: give --voxel-size" % tomogram)
-    name = export.check_tomo_name(
+    name = check_tomo_name(
         tomo_name or os.path.splitext(os.path.basename(os.fspath(tomogram)))[0])
+    suffixes = {"tsv": PICKS_SUFFIX, "star": STAR_SUFFIX, "tbl": DYNAMO_SUFFIX}
+    files = {f: os.path.join(outdir, name + suffixes[f]) for f in formats}
+    check_outputs([(tomogram, path) for path in files.values()], overwrite)
     xyz, scores, info = dog_pick(data, voxel, diameter, top=top, threshold=threshold,
                                  min_distance=min_distance, polarity=polarity, mask=mask,
                                  margin=margin, workers=workers, return_info=True)
-    files = {}
-    if "tsv" in formats:
-        files["tsv"] = os.path.join(outdir, name + "_picks.tsv")
+    if "tsv" in files:
         write_coordinates(files["tsv"], xyz, scores)
-    if "star" in formats:
-        files["star"] = os.path.join(outdir, name + "_picks.star")
+    if "star" in files:
         export.write_relion_star(files["star"], xyz, scores, name, voxel, shape=data.shape)
-    if "tbl" in formats:
-        files["tbl"] = os.path.join(outdir, name + ".tbl")
+    if "tbl" in files:
         export.write_dynamo_tbl(files["tbl"], xyz, scores, tomo_index=tomo_index)
     return {
         "tomogram": os.fspath(tomogram), "tomo_name": name, "shape": list(data.shape),

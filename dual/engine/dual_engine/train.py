@@ -6,8 +6,12 @@ Files in the output folder:
   checkpoint.pt        the latest checkpoint (written every `checkpoint_every` iterations)
   training_log.jsonl   one JSON object per logged iteration (losses, seconds, ETA)
   model.pt             the trained model, written once training reaches its iterations
+  .training.lock       held while a run trains, so a second run in the folder is refused
 """
+import contextlib
+import fcntl
 import json
+import math
 import os
 import tempfile
 import time
@@ -18,15 +22,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from dual_engine import __version__
-from dual_engine.data import Domain, wedge_swap_axes
-from dual_engine.io import InputError, atomic_output
+from dual_engine.contract import (CHECKPOINT_FILE, MODEL_FILE, TRAINING_LOCK, TRAINING_LOG,
+                                  DualConfig, InputError, RunError, numpy_rng,
+                                  settable_config_fields, torch_seed)
+from dual_engine.data import Domain, estimate_contrast, wedge_swap_axes
+from dual_engine.io import atomic_output
 from dual_engine.losses import (discriminator_loss, generator_adversarial_loss,
-                                noise_code_kl, reconstruction_loss)
-from dual_engine.model import MODEL_FORMAT, DualConfig, build, load_model, resolve_device
+                                noise_code_kl, polarity_loss, reconstruction_loss)
+from dual_engine.model import MODEL_FORMAT, build, load_model, resolve_device
 
-CHECKPOINT = 'checkpoint.pt'
-MODEL = 'model.pt'
-LOG = 'training_log.jsonl'
+# A generator loss above this (or not finite) means the GAN has diverged.
+DIVERGED_LOSS = 1e6
 
 
 def _unwrap(module):
@@ -50,12 +56,16 @@ class Trainer:
             self.generators = DistributedDataParallel(self.generators, device_ids=ids)
             self.discriminators = DistributedDataParallel(self.discriminators, device_ids=ids)
         self.iteration = 0
+        # The polarity anchor's sign (losses.polarity_loss); 0: no anchor.
+        self.contrast_sign = {'same': 1.0, 'inverted': -1.0}.get(cfg.noisy_contrast, 0.0)
         self._reseed(cfg.seed)
 
     def _reseed(self, seed):
-        # Each process samples its own subvolumes, noise codes and permutations.
-        self.rng = np.random.default_rng([seed, self.rank, self.iteration])
-        self.torch_rng = torch.Generator().manual_seed(seed * 1000 + self.rank + self.iteration)
+        # Each process, and each point a run starts from, samples its own subvolumes,
+        # noise codes and permutations (streams keyed by rank and iteration).
+        self.rng = numpy_rng(seed, 'train', self.rank, self.iteration)
+        self.torch_rng = torch.Generator().manual_seed(
+            torch_seed(seed, 'train', self.rank, self.iteration))
 
     # ------------------------------------------------------------------ one iteration
     def step(self):
@@ -86,15 +96,16 @@ class Trainer:
         loss_rec_clean = reconstruction_loss(clean, out['rec_clean'])
         loss_rec_noisy = reconstruction_loss(noisy, out['rec_noisy'])
         loss_kl = noise_code_kl(out['code'])
+        loss_pol = polarity_loss(out['fake_clean'], noisy, self.contrast_sign)
         loss_g = (cfg.lambda_rec * (loss_rec_clean + loss_rec_noisy) +
-                  cfg.lambda_adv * loss_adv + cfg.lambda_kl * loss_kl)
+                  cfg.lambda_adv * loss_adv + cfg.lambda_kl * loss_kl + loss_pol)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
         self.iteration += 1
         return {'loss': loss_g.item(), 'rec_clean': loss_rec_clean.item(),
                 'rec_noisy': loss_rec_noisy.item(), 'adv': loss_adv.item(),
-                'kl': loss_kl.item(), 'disc': loss_d.item()}
+                'kl': loss_kl.item(), 'polarity': loss_pol.item(), 'disc': loss_d.item()}
 
     # ------------------------------------------------------------------ state
     def state(self, extra=None):
@@ -127,35 +138,71 @@ def save(state, path):
 
 
 def _truncate_log(path, iteration):
-    """Keep the log lines up to `iteration`, so a resumed run does not repeat entries."""
+    """Keep the log lines up to `iteration`, so a resumed run does not repeat entries;
+    a line torn by a crash (not JSON) is dropped."""
     if not os.path.exists(path):
         return
+    lines = []
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)['iteration'] <= iteration]
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get('iteration', math.inf) <= iteration:
+                lines.append(line if line.endswith('\n') else line + '\n')
     with atomic_output(path) as tmp, open(tmp, 'w') as f:
         f.writelines(lines)
 
 
-def _prepare_config(outdir, cfg, resume, init_model):
-    """The run's config and the state to start from (None for a fresh start)."""
-    checkpoint = os.path.join(outdir, CHECKPOINT)
+def _prepare_config(outdir, cfg, resume, init_model, given=frozenset()):
+    """The run's config and the state to start from (None for a fresh start).
+
+    given: the settings the caller set explicitly. Continuing (a checkpoint or a model)
+    keeps the saved network and training settings; one given with another value is
+    refused rather than silently ignored."""
+    checkpoint = os.path.join(outdir, CHECKPOINT_FILE)
     if resume and os.path.exists(checkpoint):
         saved_cfg, state = load_model(checkpoint)
-        # Architecture and sampling come from the checkpoint; the target may grow.
-        saved_cfg.iterations = cfg.iterations
+        _refuse_changes(saved_cfg, cfg, given, ('schedule',), checkpoint)
+        for f in settable_config_fields('schedule'):
+            setattr(saved_cfg, f.name, getattr(cfg, f.name))
         return saved_cfg, state, True
     if init_model:
         saved_cfg, state = load_model(init_model)
+        _refuse_changes(saved_cfg, cfg, given, ('schedule', 'task'), init_model)
         # The weights (and architecture) come from the model; the task is this run's.
-        for name in ('iterations', 'log_every', 'checkpoint_every', 'task', 'tilt_axis',
-                     'tilt_range'):
-            setattr(saved_cfg, name, getattr(cfg, name))
+        for f in settable_config_fields('schedule') + [
+                f for f in _all_fields() if f.metadata.get('role') == 'task']:
+            setattr(saved_cfg, f.name, getattr(cfg, f.name))
+        if state['iteration'] >= saved_cfg.iterations:
+            raise InputError('%s has trained %d iterations already, not fewer than the %d '
+                             'asked for: ask for more iterations' % (
+                                 init_model, state['iteration'], saved_cfg.iterations))
         return saved_cfg, state, False
     return cfg, None, False
 
 
+def _all_fields():
+    import dataclasses
+    return list(dataclasses.fields(DualConfig))
+
+
+def _refuse_changes(saved, cfg, given, kept_roles, source):
+    changed = [f.name for f in settable_config_fields() if f.name in given
+               and f.metadata.get('role') not in kept_roles
+               and getattr(cfg, f.name) != 'auto'   # resolved when the run began
+               and getattr(saved, f.name) != getattr(cfg, f.name)]
+    if changed:
+        raise InputError('%s was trained with other settings (%s): a continued run keeps '
+                         'them; leave them out, or train afresh in another folder'
+                         % (source, ', '.join('%s %s, not %s' % (n, getattr(saved, n),
+                                                                 getattr(cfg, n))
+                                              for n in changed)))
+
+
 def _worker(rank, world_size, init_file, noisy_paths, clean_paths, outdir, cfg_dict,
-            resume, init_model, device, threads, noisy_voxel_size, clean_voxel_size):
+            resume, init_model, device, threads, noisy_voxel_size, clean_voxel_size, given):
     if threads:
         torch.set_num_threads(threads)
     if device.startswith('cuda') and world_size > 1:
@@ -167,23 +214,28 @@ def _worker(rank, world_size, init_file, noisy_paths, clean_paths, outdir, cfg_d
     try:
         return _train_process(rank, world_size, noisy_paths, clean_paths, outdir,
                               DualConfig.from_dict(cfg_dict), resume, init_model, device,
-                              noisy_voxel_size, clean_voxel_size)
+                              noisy_voxel_size, clean_voxel_size, given)
     finally:
         if world_size > 1:
             dist.destroy_process_group()
 
 
 def _train_process(rank, world_size, noisy_paths, clean_paths, outdir, cfg, resume,
-                   init_model, device, noisy_voxel_size, clean_voxel_size):
-    cfg, state, same_run = _prepare_config(outdir, cfg, resume, init_model)
+                   init_model, device, noisy_voxel_size, clean_voxel_size, given):
+    cfg, state, same_run = _prepare_config(outdir, cfg, resume, init_model, given)
     noisy = Domain('noisy', noisy_paths, cfg.voxel_size, cfg.subvolume_size, noisy_voxel_size,
                    tilt_axis=cfg.tilt_axis)
     # The wedge task's second domain is the first one with two axes swapped (wedge.py).
     swap = wedge_swap_axes(cfg.tilt_axis) if cfg.task == 'wedge' else None
     clean = Domain('clean', clean_paths, cfg.voxel_size, cfg.subvolume_size, clean_voxel_size,
                    tilt_axis=cfg.tilt_axis, swap_axes=swap)
+    if cfg.noisy_contrast == 'auto':   # resolved once, then stored with the model
+        cfg.noisy_contrast, skews = estimate_contrast(noisy, clean)
+        if rank == 0:
+            print('Particle contrast of the noisy volumes: %s (low-pass skewness %.2f noisy, '
+                  '%.2f clean)' % (cfg.noisy_contrast, skews[0], skews[1]), flush=True)
     trainer = Trainer(cfg, noisy, clean, device, rank, world_size)
-    log_path = os.path.join(outdir, LOG)
+    log_path = os.path.join(outdir, TRAINING_LOG)
     if state is not None:
         trainer.load_state(state, restore_rng=same_run and world_size == 1)
         if rank == 0:
@@ -194,7 +246,7 @@ def _train_process(rank, world_size, noisy_paths, clean_paths, outdir, cfg, resu
     start, first = time.time(), trainer.iteration
     losses = {}
     while trainer.iteration < cfg.iterations:
-        losses = trainer.step()
+        losses = _checked_step(trainer, outdir)
         it = trainer.iteration
         if rank != 0:
             continue
@@ -211,16 +263,32 @@ def _train_process(rank, world_size, noisy_paths, clean_paths, outdir, cfg, resu
                               losses['rec_noisy'], losses['adv'], losses['kl'],
                               losses['disc'], _hms(record['eta_seconds'])), flush=True)
         if it % cfg.checkpoint_every == 0 and it < cfg.iterations:
-            save(trainer.state(), os.path.join(outdir, CHECKPOINT))
+            save(trainer.state(), os.path.join(outdir, CHECKPOINT_FILE))
     spread = _replica_spread(trainer.generators) if world_size > 1 else 0.0
     if rank == 0:
         summary = {'iterations': trainer.iteration, 'seconds': round(time.time() - start, 1),
                    'final_losses': losses, 'noisy_volumes': list(noisy_paths),
                    'clean_volumes': list(clean_paths), 'processes': world_size,
                    'device': device, 'replica_weight_spread': spread}
-        save(trainer.state({'training': summary}), os.path.join(outdir, MODEL))
-        save(trainer.state(), os.path.join(outdir, CHECKPOINT))
+        # Checkpoint first: a crash between the two writes leaves a final checkpoint,
+        # from which --resume writes the model without training again.
+        save(trainer.state(), os.path.join(outdir, CHECKPOINT_FILE))
+        save(trainer.state({'training': summary}), os.path.join(outdir, MODEL_FILE))
         return summary
+
+
+def _checked_step(trainer, outdir):
+    """One iteration; a diverged GAN stops the run with a clear message (the last
+    checkpoint, written before the divergence, is kept)."""
+    try:
+        losses = trainer.step()
+    except torch.linalg.LinAlgError:
+        losses = {'loss': math.nan}
+    if not all(math.isfinite(v) for v in losses.values()) or losses['loss'] > DIVERGED_LOSS:
+        raise RunError('training diverged at iteration %d (generator loss %s): the last '
+                       'checkpoint in %s is from before; try a lower learning rate or '
+                       'other loss weights' % (trainer.iteration, losses['loss'], outdir))
+    return losses
 
 
 def _replica_spread(generators):
@@ -239,32 +307,82 @@ def _hms(seconds):
 
 def train(noisy_paths, clean_paths, outdir, cfg=None, resume=False, init_model=None,
           device='auto', threads=None, processes=1, noisy_voxel_size=None,
-          clean_voxel_size=None):
+          clean_voxel_size=None, overwrite=False, given=None):
     """Train DUAL on unpaired noisy and clean volumes; returns the training summary.
 
     processes > 1 runs DistributedDataParallel: one process per GPU on CUDA, or CPU
     processes with the gloo backend. resume continues from outdir/checkpoint.pt if there
     is one; init_model starts from the weights and iteration count of a model file.
+    An earlier run in outdir is never replaced unless overwrite is set; given: the
+    settings the caller set (default: all of cfg), see _prepare_config.
     """
     cfg = cfg or DualConfig()
+    given = frozenset(f.name for f in _all_fields()) if given is None else frozenset(given)
     device = resolve_device(device)
-    if processes < 1:
-        raise InputError('processes must be at least 1')
     if device.startswith('cuda') and processes > torch.cuda.device_count():
         raise InputError('%d processes requested but only %d GPU(s) are visible'
                          % (processes, torch.cuda.device_count()))
-    if cfg.subvolume_size % 8:
-        raise InputError('the subvolume size must be a multiple of 8 (got %d)' % cfg.subvolume_size)
-    if cfg.batch_size < 2:
-        raise InputError('the batch size must be at least 2 (the noise-code KL term '
-                         'needs a batch covariance)')
-    os.makedirs(outdir, exist_ok=True)
-    args = (noisy_paths, clean_paths, outdir, cfg.to_dict(), resume, init_model, device,
-            threads, noisy_voxel_size, clean_voxel_size)
-    if processes == 1:
-        return _worker(0, 1, None, *args)
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, 'ddp_init')
-        torch.multiprocessing.spawn(_worker, args=(processes, init_file) + args,
-                                    nprocs=processes, join=True)
-    return load_model(os.path.join(outdir, MODEL))[1]['training']
+    if resume and init_model and os.path.exists(os.path.join(outdir, CHECKPOINT_FILE)):
+        init_model = None   # the checkpoint is further along than the model it started from
+    _check_outdir(outdir, resume, overwrite)
+    if not threads:   # processes on one CPU share its cores
+        threads = default_threads() if device.startswith('cuda') else \
+            max(1, default_threads() // processes)
+    args = (list(noisy_paths), list(clean_paths), outdir, cfg.to_dict(), resume, init_model,
+            device, threads, noisy_voxel_size, clean_voxel_size, given)
+    with training_lock(outdir):
+        if overwrite:
+            for name in (CHECKPOINT_FILE, MODEL_FILE, TRAINING_LOG):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(outdir, name))
+        if processes == 1:
+            return _worker(0, 1, None, *args)
+        with tempfile.TemporaryDirectory() as tmp:
+            init_file = os.path.join(tmp, 'ddp_init')
+            torch.multiprocessing.spawn(_worker, args=(processes, init_file) + args,
+                                        nprocs=processes, join=True)
+    return load_model(os.path.join(outdir, MODEL_FILE))[1]['training']
+
+
+def _check_outdir(outdir, resume, overwrite):
+    """A training folder must be new, or be continued (resume), or be replaced on
+    request (overwrite); anything else would erase a finished model and its log."""
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise InputError('%s exists and is not a folder' % outdir)
+    earlier = [n for n in (MODEL_FILE, CHECKPOINT_FILE, TRAINING_LOG)
+               if os.path.exists(os.path.join(outdir, n))]
+    if earlier and not (resume or overwrite):
+        raise InputError('%s holds an earlier run (%s): continue it with --resume, replace '
+                         'it with --overwrite, or choose another folder'
+                         % (outdir, ', '.join(earlier)))
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as err:
+        raise InputError('cannot create the output folder %s: %s' % (outdir, err.strerror))
+    if not os.access(outdir, os.W_OK):
+        raise InputError('the output folder %s is not writable' % outdir)
+
+
+@contextlib.contextmanager
+def training_lock(outdir):
+    """Hold outdir's lock for the whole run; a second run in the folder is refused."""
+    path = os.path.join(outdir, TRAINING_LOCK)
+    with open(path, 'a') as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError('another training is running in %s (it holds %s); wait for it '
+                             'or train in another folder' % (outdir, path))
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def default_threads():
+    """CPU threads for torch: the CPUs this process may actually use (its affinity mask,
+    which containers and batch systems set), not every core of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

@@ -16,30 +16,11 @@ handedness, give the tilt range negated and swapped (-70..50 for 50..-70).
 """
 import numpy as np
 
-from dual_engine.data import TILT_AXES
-from dual_engine.io import InputError, read_mrc, write_mrc
+from dual_engine.data import ARRAY_AXIS_OF_TILT_AXIS
+from dual_engine.contract import InputError, check_tilt_range
+from dual_engine.io import read_mrc
 
 TRANSITION_DEGREES = 5.0
-
-
-def check_tilt_range(tilt_range):
-    tmin, tmax = (float(t) for t in tilt_range)
-    if not -90 < tmin < tmax < 90:
-        raise InputError('the tilt range must satisfy -90 < min < max < 90 degrees '
-                         '(got %g..%g)' % (tmin, tmax))
-    # B's missing directions are A's mirrored about the diagonal; they must not meet
-    # A's, or some directions are missing in both domains and nothing can fill them.
-    angles = np.arange(-90.0, 90.0, 0.25)
-    rad = np.radians(angles)
-    k_perp, k_z = np.cos(rad), -np.sin(rad)
-    missing_a = _distance_outside(_direction_angle(k_perp, k_z), tmin, tmax) > 0
-    missing_b = _distance_outside(_direction_angle(k_z, k_perp), tmin, tmax) > 0
-    if np.any(missing_a & missing_b):
-        raise InputError('a tilt range of %g..%g degrees leaves directions that the swapped '
-                         'copy is missing too; missing-wedge compensation by domain swap '
-                         'needs at least 90 degrees of tilt range, roughly centred on 0'
-                         % (tmin, tmax))
-    return tmin, tmax
 
 
 def _direction_angle(k_perp, k_z):
@@ -59,7 +40,7 @@ def _frequency_grids(shape, tilt_axis):
     """(k_perp, k_z) broadcastable to the rfftn grid of a (Z, Y, X) volume."""
     nz, ny, nx = shape
     kz = np.fft.fftfreq(nz)[:, None, None]
-    if TILT_AXES[tilt_axis] == 1:      # tilt about Y: k_perp is k_x, the rfft axis
+    if ARRAY_AXIS_OF_TILT_AXIS[tilt_axis] == 1:      # tilt about Y: k_perp is k_x, the rfft axis
         k_perp = np.fft.rfftfreq(nx)[None, None, :]
     else:                               # tilt about X: k_perp is k_y
         k_perp = np.fft.fftfreq(ny)[None, :, None]
@@ -72,7 +53,7 @@ def measured_weight(shape, tilt_range, tilt_axis='y', transition=TRANSITION_DEGR
     `transition` degrees just inside the cone's border. The tilt axis line (k_perp =
     k_z = 0), which every tilt measures, has weight 1."""
     tmin, tmax = check_tilt_range(tilt_range)
-    if tilt_axis not in TILT_AXES:
+    if tilt_axis not in ARRAY_AXIS_OF_TILT_AXIS:
         raise InputError("tilt axis must be 'x' or 'y' (got %r)" % (tilt_axis,))
     k_perp, kz = _frequency_grids(shape, tilt_axis)
     distance = _distance_outside(_direction_angle(k_perp, kz), tmin, tmax)
@@ -195,37 +176,6 @@ def estimate_tilt_range(volume, tilt_axis='y', band=(0.05, 0.3), step=1.0):
     return float(centres[lo] - step / 2), float(centres[hi] + step / 2)
 
 
-def compensate(model_path, input_path, output_path, tilt_range=None, tilt_axis=None,
-               transition=TRANSITION_DEGREES, tile=None, overlap=None, device='cpu',
-               threads=None, voxel_size=None):
-    """Fill the missing wedge of one tomogram with a wedge model's translation.
-
-    tilt_range: the tomogram's, in degrees; None takes the model's training range.
-    tilt_axis: None takes the model's. The output (written atomically) has the input's
-    grid, voxel size and intensity scale; outside the missing cone its Fourier
-    coefficients are the input's.
-    """
-    from dual_engine.infer import (DEFAULT_TILE, denoise_on_input_grid, load_network,
-                                   require_task)
-    cfg, generators, device = load_network(model_path, device, threads)
-    require_task(cfg, model_path, 'wedge')
-    tilt_axis = tilt_axis or cfg.tilt_axis
-    tilt_range = check_tilt_range(tilt_range if tilt_range is not None else cfg.tilt_range)
-    data = np.array(read_mrc(input_path)[0], dtype=np.float32)
-    mean, std = float(data.mean()), float(data.std())
-    if not np.isfinite(std) or std == 0:
-        raise InputError('%s is constant or not finite' % input_path)
-    translated, input_voxel_size = denoise_on_input_grid(cfg, generators, input_path,
-                                                         tile or DEFAULT_TILE,
-                                                         overlap, device, voxel_size)
-    result, gain = combine((data - mean) / std, translated, tilt_range, tilt_axis,
-                           transition, match_gain=True)
-    write_mrc(output_path, result * std + mean, input_voxel_size)
-    return {'input': input_path, 'output': output_path, 'voxel_size': input_voxel_size,
-            'tilt_range': list(tilt_range), 'tilt_axis': tilt_axis,
-            'transition_degrees': transition, 'translation_gain': gain}
-
-
 def wedge_config(cfg, tomogram_paths, tilt_range=None, tilt_axis='y'):
     """`cfg` set up for the wedge task; the tilt range estimated from the first tomogram
     when not given (printed, and stored in the model)."""
@@ -234,33 +184,7 @@ def wedge_config(cfg, tomogram_paths, tilt_range=None, tilt_axis='y'):
         tilt_range = estimate_tilt_range(np.array(read_mrc(tomogram_paths[0])[0]), tilt_axis)
         print('Estimated tilt range from %s: %.0f..%.0f degrees'
               % (tomogram_paths[0], tilt_range[0], tilt_range[1]), flush=True)
-    return replace(cfg, task='wedge', tilt_axis=tilt_axis,
+    # Both domains are the same tomograms: the translation keeps their contrast.
+    contrast = 'same' if cfg.noisy_contrast == 'auto' else cfg.noisy_contrast
+    return replace(cfg, task='wedge', tilt_axis=tilt_axis, noisy_contrast=contrast,
                    tilt_range=check_tilt_range(tilt_range))
-
-
-def fourier_region_scores(reference, volume, region, same_scale=True):
-    """How well `volume` restores `reference` inside a Fourier region (rfftn-grid mask):
-    PSNR and SSIM of the two volumes made of that region's coefficients only, and the
-    normalised correlation of the region's complex coefficients.
-
-    same_scale: the volumes share units (a tomogram before and after), so PSNR/SSIM
-    use the reference's scale for both (metrics.psnr_ssim_on_reference_scale: a zero
-    fill scores low); False standardises each region-only volume on its own (against a
-    density map, say)."""
-    from dual_engine import metrics
-    a, b = np.fft.rfftn(reference), np.fft.rfftn(volume)
-    ref_part = np.fft.irfftn(np.where(region, a, 0), s=reference.shape)
-    vol_part = np.fft.irfftn(np.where(region, b, 0), s=reference.shape)
-    energy_a, energy_b = (float(np.sum(np.abs(f[region]) ** 2)) for f in (a, b))
-    if same_scale:
-        scores = metrics.psnr_ssim_on_reference_scale(ref_part, vol_part)
-    else:
-        scores = {'psnr': metrics.psnr(ref_part, vol_part),
-                  'ssim': metrics.ssim(ref_part, vol_part)}
-    # A region left empty (up to float32 round-off, e.g. a zero fill) correlates 0.
-    if energy_b <= 1e-8 * energy_a or energy_a == 0:
-        scores['fourier_correlation'] = 0.0
-    else:
-        cross = np.sum(a[region] * np.conj(b[region]))
-        scores['fourier_correlation'] = float(np.real(cross) / np.sqrt(energy_a * energy_b))
-    return scores

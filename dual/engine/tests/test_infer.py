@@ -10,7 +10,8 @@ from dual_engine.infer import apply_tiled, denoise, simulate
 from dual_engine.io import InputError, read_mrc, write_mrc
 from dual_engine.metrics import pearson
 from dual_engine.nets import UNet3D, orthogonal_init
-from dual_engine.train import MODEL, train
+from dual_engine.contract import MODEL_FILE as MODEL
+from dual_engine.train import train
 
 from test_train import phantom_domains, tiny_config
 

@@ -10,9 +10,10 @@ import pytest
 
 from dual_engine import cli
 from dual_engine.io import InputError, read_mrc, read_particle_locations
+from dual_engine.metrics import pearson
 from dual_engine.synth.acquisition import AcquisitionParams, acquire
 from dual_engine.synth.packing import CLASS_IDS, MACROMOLECULES, euler_zxz_matrix, rotate_box
-from dual_engine.synth.phantom import make_phantom, pearson
+from dual_engine.synth.phantom import make_phantom
 
 ENGINE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (48, 128, 128)

@@ -9,7 +9,8 @@ import torch
 from dual_engine.io import InputError, write_mrc
 from dual_engine.model import DualConfig, load_model
 from dual_engine.synth.phantom import make_phantom
-from dual_engine.train import CHECKPOINT, LOG, MODEL, train
+from dual_engine.contract import CHECKPOINT_FILE as CHECKPOINT, MODEL_FILE as MODEL, TRAINING_LOG as LOG
+from dual_engine.train import train
 
 SHAPE = (48, 96, 96)
 
@@ -108,7 +109,7 @@ def test_bad_inputs(domains, tmp_path):
     write_mrc(tmp_path / "nan.mrc", nan, 10.0)
     with pytest.raises(InputError, match="NaN"):
         train([str(tmp_path / "nan.mrc")], clean, str(tmp_path), tiny_config())
-    with pytest.raises(InputError, match="batch size"):
+    with pytest.raises(InputError, match="batch_size must be >= 2"):
         train(noisy, clean, str(tmp_path), tiny_config(batch_size=1))
     with pytest.raises(InputError, match="no volumes"):
         train([], clean, str(tmp_path), tiny_config())

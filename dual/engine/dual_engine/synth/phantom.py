@@ -9,8 +9,9 @@ Files written to `outdir` (every MRC carries the voxel size in its header):
   particle_locations.txt        `class x y z rot_Z1 rot_X rot_Z2` (voxels, ZXZ degrees)
   class_conversion_table.txt    `name id`, background 0
   tilt_angles.txt               one angle (degrees) per line
-  phantom.json                  parameters, seed, version, counts, Pearson, SNR, seconds;
-                                written last, so its presence marks a complete phantom.
+  phantom.json                  parameters, seed, version, counts, Pearson, SNR, seconds
+                                (Pearson and SNR are null where undefined); written
+                                last, so its presence marks a complete phantom.
 """
 import json
 import os
@@ -20,19 +21,23 @@ import numpy as np
 
 from dual_engine import __version__
 from dual_engine.io import InputError, atomic_output, write_mrc, write_particle_locations
+from dual_engine.metrics import pearson
 from dual_engine.synth.acquisition import AcquisitionParams, acquire
 from dual_engine.synth.packing import CLASS_IDS, pack
 
 MIN_SHAPE = (16, 32, 32)
 
 
-def pearson(a, b):
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    a = a - a.mean()
-    b = b - b.mean()
-    denominator = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+def _correlation(volume, density):
+    """Pearson r of a tomogram with the grand model (metrics.pearson), or None where it
+    is undefined because one of them is constant."""
+    if np.ptp(volume) == 0 or np.ptp(density) == 0:
+        return None
+    return pearson(volume, density)
+
+
+def _rounded(value):
+    return None if value is None else round(value, 4)
 
 
 def _validate(shape, voxel_size, seed):
@@ -75,8 +80,8 @@ def make_phantom(outdir, shape=(64, 256, 256), voxel_size=10.0, seed=0,
                  n_vesicles=n_vesicles, n_fiducials=n_fiducials)
     tomogram = acquire(model.density, voxel_size, params, acquire_rng)
     noisy, clean = tomogram.reconstruction, tomogram.reconstruction_noisefree
-    correlation = pearson(noisy, model.density)
-    correlation_clean = pearson(clean, model.density)
+    correlation = _correlation(noisy, model.density)
+    correlation_clean = _correlation(clean, model.density)
     noise_variance = float(np.var(noisy - clean, dtype=np.float64))
     snr = float(np.var(clean, dtype=np.float64)) / noise_variance if noise_variance > 0 else None
 
@@ -111,9 +116,9 @@ def make_phantom(outdir, shape=(64, 256, 256), voxel_size=10.0, seed=0,
         "counts": counts,
         "requested": model.requested,
         "n_tilts": len(tomogram.tilt_angles),
-        "pearson": round(correlation, 4),
-        "pearson_noisefree": round(correlation_clean, 4),
-        "snr": None if snr is None else round(snr, 4),
+        "pearson": _rounded(correlation),
+        "pearson_noisefree": _rounded(correlation_clean),
+        "snr": _rounded(snr),
     }
     record = {
         "engine": "dual-engine", "engine_version": __version__,
