@@ -225,4 +225,9 @@ def main(argv=None):
     except RunError as err:
         print('dual-engine: error: %s' % err, file=sys.stderr)
         return 1
+    except OSError as err:   # a full disk or a vanished folder while writing
+        print('dual-engine: error: %s%s' % (err.strerror or err,
+                                           ': %s' % err.filename if err.filename else ''),
+              file=sys.stderr)
+        return 1
     return 0

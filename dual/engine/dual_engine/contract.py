@@ -250,7 +250,8 @@ def simulated_name(input_path, variant):
 
 
 def check_outputs(paths, overwrite=False):
-    """Refuse outputs that collide with each other, or that exist (unless `overwrite`)."""
+    """Refuse outputs that collide with each other, that exist (unless `overwrite`), or
+    whose folder cannot be created or written. paths: [(source, output path)]."""
     seen = {}
     for source, path in paths:
         real = os.path.realpath(path)
@@ -261,6 +262,26 @@ def check_outputs(paths, overwrite=False):
         if os.path.exists(path) and not overwrite:
             raise InputError('%s exists already: remove it, choose another output folder, '
                              'or give --overwrite' % path)
+    for folder in sorted({os.path.dirname(os.path.abspath(p)) for _, p in paths}):
+        check_writable_folder(folder)
+
+
+def check_writable_folder(folder, create=False):
+    """Refuse a folder that cannot be written, or created (nearest existing parent not
+    writable); create it only when asked, so a refused run leaves nothing behind."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError('cannot create the output folder %s: %s is not a folder'
+                         % (folder, existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError('cannot write to %s: %s is not writable' % (folder, existing))
+    if create:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise InputError('cannot create the output folder %s: %s' % (folder, err.strerror))
 
 
 def read_picks_table(path):

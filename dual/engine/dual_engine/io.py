@@ -21,17 +21,35 @@ from dual_engine.contract import InputError, read_picks_table  # noqa: F401 (re-
 
 @contextlib.contextmanager
 def atomic_output(path):
-    """Yield a temporary path next to `path`; move it into place only on success."""
+    """Yield a temporary path next to `path`; move it into place only on success.
+    Temporary files left by killed writers of the same path are removed first."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    prefix = ".%s." % os.path.basename(path)
+    _remove_stale_temporaries(directory, prefix)
+    tmp = os.path.join(directory, "%s%d.tmp" % (prefix, os.getpid()))
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _remove_stale_temporaries(directory, prefix):
+    """Remove <prefix><pid>.tmp files whose writer process no longer exists."""
+    for name in os.listdir(directory):
+        pid = name[len(prefix):-len(".tmp")]
+        if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, name))
+        except PermissionError:   # alive, someone else's
+            pass
 
 
 def read_mrc(path, mmap=True):
@@ -105,9 +123,27 @@ def resize_to_shape(volume, shape, order=1):
     return out
 
 
+# A value this many times the spread of the central 99.8% of a volume away from its
+# median is a corrupt voxel, not data: one such voxel would set the scale of the whole
+# volume and flatten everything else.
+OUTLIER_SPREADS = 1e4
+
+
 def check_finite(volume, name="volume"):
+    """Refuse NaN, infinite and absurdly extreme values (a corrupt voxel at 3e38, say)."""
+    volume = np.asarray(volume)
     if not np.all(np.isfinite(volume)):
         raise InputError("%s contains NaN or infinite values" % name)
+    sample = volume.ravel()[::max(1, volume.size // 1000000)]
+    low, median, high = np.percentile(sample, [0.1, 50, 99.9])
+    spread = float(high - low)
+    extreme = max(abs(float(volume.max()) - median), abs(float(volume.min()) - median))
+    if spread > 0 and extreme > OUTLIER_SPREADS * spread:
+        raise InputError("%s has extreme values (%.3g, while 99.8%% of it lies within %.3g "
+                         "of %.3g): a corrupt voxel? Clip or fix the volume first"
+                         % (name, float(volume.max()) if abs(float(volume.max()) - median)
+                            >= abs(float(volume.min()) - median) else float(volume.min()),
+                            spread, median))
 
 
 def standardize(volume, name="volume"):

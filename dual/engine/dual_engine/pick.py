@@ -18,7 +18,7 @@ Conventions (all lengths given to the public functions are in Angstrom):
 - the volume is standardised (zero mean, unit standard deviation) before filtering, so
   the score of a pick, the DoG value at its peak voxel, is in units of the input's
   standard deviation and does not depend on the tomogram's grey scale. A constant
-  volume has no peaks (empty result, not an error).
+  volume, or a margin that leaves no room, is refused (InputError).
 - peaks are voxels equal to the maximum of their 3x3x3 neighbourhood whose DoG is
   above PEAK_FLOOR times the largest DoG value (this drops flat background and FFT
   round-off plateaus); each position is refined to sub-voxel precision with a
@@ -48,6 +48,7 @@ apart at sigma 0.8) and the real-space filter is cheap.
 """
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -247,13 +248,17 @@ def dog_pick(volume, voxel_size, diameter, top=None, threshold=None, min_distanc
     info = {"sigma1_voxels": sigma1, "sigma2_voxels": sigma2,
             "min_distance_voxels": min_distance_vox, "margin_voxels": margin_vox,
             "polarity": polarity, "n_candidates": 0}
-    empty = (np.zeros((0, 3)), np.zeros(0))
     std = float(data.std(dtype=np.float64))
     lo = np.full(3, int(math.ceil(margin_vox - 1e-9)))
     hi = np.array(data.shape) - 1 - lo
-    if std == 0 or np.any(hi < lo):
-        info["seconds"] = time.perf_counter() - started
-        return empty + ((info,) if return_info else ())
+    if std == 0:
+        raise InputError("the tomogram is constant: there is nothing to pick")
+    if np.any(hi < lo):
+        raise InputError("the %.0f A margin leaves nothing of a %s-voxel tomogram to pick in "
+                         "(a particle of %g A is %.0f voxels across): check the diameter, "
+                         "margin and voxel size" % (margin_vox * voxel_size,
+                                                    "x".join(map(str, data.shape)), diameter,
+                                                    diameter / voxel_size))
     # The filter is linear: DoG of the standardised, polarity-corrected volume is
     # sign / std times the DoG of (volume - mean); no standardised copy is made.
     t0 = time.perf_counter()
@@ -328,6 +333,11 @@ def pick_file(tomogram, outdir, diameter, top=None, threshold=None, min_distance
         export.write_relion_star(files["star"], xyz, scores, name, voxel, shape=data.shape)
     if "tbl" in files:
         export.write_dynamo_tbl(files["tbl"], xyz, scores, tomo_index=tomo_index)
+    if top is not None and len(scores) < top:
+        print("%s: %d picks, fewer than the %d asked for (no more peaks at least %.0f A apart "
+              "and %.0f A from the faces)" % (name, len(scores), top,
+                                             info["min_distance_voxels"] * voxel,
+                                             info["margin_voxels"] * voxel), file=sys.stderr)
     return {
         "tomogram": os.fspath(tomogram), "tomo_name": name, "shape": list(data.shape),
         "voxel_size": voxel, "diameter": float(diameter), "polarity": polarity,

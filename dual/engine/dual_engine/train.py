@@ -23,7 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dual_engine import __version__
 from dual_engine.contract import (CHECKPOINT_FILE, MODEL_FILE, TRAINING_LOCK, TRAINING_LOG,
-                                  DualConfig, InputError, RunError, numpy_rng,
+                                  DualConfig, InputError, RunError, check_writable_folder,
+                                  numpy_rng,
                                   settable_config_fields, torch_seed)
 from dual_engine.data import Domain, estimate_contrast, wedge_swap_axes
 from dual_engine.io import atomic_output
@@ -355,12 +356,7 @@ def _check_outdir(outdir, resume, overwrite):
         raise InputError('%s holds an earlier run (%s): continue it with --resume, replace '
                          'it with --overwrite, or choose another folder'
                          % (outdir, ', '.join(earlier)))
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as err:
-        raise InputError('cannot create the output folder %s: %s' % (outdir, err.strerror))
-    if not os.access(outdir, os.W_OK):
-        raise InputError('the output folder %s is not writable' % outdir)
+    check_writable_folder(outdir, create=True)
 
 
 @contextlib.contextmanager

@@ -166,3 +166,29 @@ def test_job_file_booleans_are_not_strings(volumes, tmp_path, capsys):
                                "clean": paths, "resume": "false", "iterations": 6}))
     code, err = run(["train", "--job", job], capsys)
     assert code == 2 and "resume must be true or false" in err
+
+
+def test_output_folders_that_cannot_be_made_are_refused_before_any_work(volumes, tmp_path,
+                                                                       capsys):
+    """A file where the output folder should be (permissions mean nothing to root, who
+    runs CI, so a file in the way stands for every folder that cannot be written)."""
+    paths, model, _ = volumes
+    (tmp_path / "file").write_text("x")
+    blocked = tmp_path / "file"
+    for argv in (["denoise", model, paths[0], "--outdir", blocked / "out"],
+                 ["pick", paths[0], blocked / "picks", "--diameter", 60],
+                 ["train", blocked / "run", "--noisy", paths[0], "--clean", paths[0]]):
+        code, err = run(argv, capsys)
+        assert code == 2 and "is not a folder" in err, (argv, err)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_stale_temporary_files_of_killed_writers_are_cleaned(tmp_path):
+    from dual_engine.io import atomic_output
+    target = tmp_path / "volume.mrc"
+    stale = tmp_path / ".volume.mrc.999999999.tmp"   # no such process
+    stale.write_text("half a volume")
+    with atomic_output(target) as tmp, open(tmp, "w") as f:
+        f.write("whole")
+    assert target.read_text() == "whole" and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["volume.mrc"]

@@ -124,13 +124,23 @@ def test_default_top_is_500():
     assert len(scores) == DEFAULT_TOP
 
 
-def test_empty_results_are_valid():
+def test_nothing_to_pick_is_said_not_returned_empty():
     for volume in (np.zeros(SHAPE, np.float32), np.full(SHAPE, 3.0, np.float32)):
-        xyz, scores = dog_pick(volume, VOXEL, DIAMETER)
-        assert xyz.shape == (0, 3) and scores.shape == (0,)
+        with pytest.raises(InputError, match="constant"):
+            dog_pick(volume, VOXEL, DIAMETER)
     # margins that leave no room at all
-    xyz, scores = dog_pick(blob_volume(), VOXEL, DIAMETER, margin=300.0)
-    assert xyz.shape == (0, 3)
+    with pytest.raises(InputError, match="leaves nothing"):
+        dog_pick(blob_volume(), VOXEL, DIAMETER, margin=300.0)
+    # A threshold above every peak is a valid empty result.
+    xyz, scores = dog_pick(blob_volume(), VOXEL, DIAMETER, threshold=1e9)
+    assert xyz.shape == (0, 3) and scores.shape == (0,)
+
+
+def test_an_extreme_voxel_is_refused():
+    volume = blob_volume()
+    volume[3, 4, 5] = 3e38
+    with pytest.raises(InputError, match="extreme values"):
+        dog_pick(volume, VOXEL, DIAMETER)
 
 
 def test_non_maximum_suppression():
