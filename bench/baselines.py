@@ -19,6 +19,7 @@ References (ceilings, not competitors):
                         denoiser) trained with MSE on PAIRED (tomogram, grand model)
                         subvolumes of the training split
 """
+
 import json
 import os
 import time
@@ -34,6 +35,7 @@ def _f32(volume):
 
 
 # --------------------------------------------------------------------------- classical
+
 
 def identity(volume):
     return _f32(volume).copy()
@@ -64,7 +66,7 @@ def anisotropic_diffusion(volume, kappa, iterations, step=1.0 / 7.0, conduction=
     for _ in range(int(iterations)):
         update.fill(0)
         for axis in range(3):
-            d = np.diff(u, axis=axis)                  # u[i+1] - u[i], on the n-1 faces
+            d = np.diff(u, axis=axis)  # u[i+1] - u[i], on the n-1 faces
             if conduction == "exp":
                 flux = np.exp(-(d * d) / k2) * d
             else:
@@ -73,8 +75,8 @@ def anisotropic_diffusion(volume, kappa, iterations, step=1.0 / 7.0, conduction=
             upper = [slice(None)] * 3
             lower[axis] = slice(0, -1)
             upper[axis] = slice(1, None)
-            update[tuple(lower)] += flux               # flux into voxel i from i+1
-            update[tuple(upper)] -= flux               # and out of voxel i+1
+            update[tuple(lower)] += flux  # flux into voxel i from i+1
+            update[tuple(upper)] -= flux  # and out of voxel i+1
         u += step * update
     return u
 
@@ -88,9 +90,15 @@ def nlm(volume, h, patch_size=3, patch_distance=5):
     Cost grows with (2 patch_distance + 1)^3, independent of patch_size in fast mode.
     """
     from skimage.restoration import denoise_nl_means
-    out = denoise_nl_means(_f32(volume), h=float(h), patch_size=int(patch_size),
-                           patch_distance=int(patch_distance), fast_mode=True,
-                           channel_axis=None)
+
+    out = denoise_nl_means(
+        _f32(volume),
+        h=float(h),
+        patch_size=int(patch_size),
+        patch_distance=int(patch_distance),
+        fast_mode=True,
+        channel_axis=None,
+    )
     return _f32(out)
 
 
@@ -102,8 +110,8 @@ def bm4d(volume, sigma, stages="all"):
     stages: 'all' (hard thresholding, then Wiener) or 'hard' (hard thresholding only).
     """
     import bm4d as _bm4d
-    stage = (_bm4d.BM4DStages.ALL_STAGES if stages == "all"
-             else _bm4d.BM4DStages.HARD_THRESHOLDING)
+
+    stage = _bm4d.BM4DStages.ALL_STAGES if stages == "all" else _bm4d.BM4DStages.HARD_THRESHOLDING
     out = _bm4d.bm4d(_f32(volume), float(sigma), profile="np", stage_arg=stage)
     return _f32(out)
 
@@ -126,6 +134,7 @@ def _topaz_network(model):
         raise ValueError("Topaz model must be one of %s, not %r" % (TOPAZ_MODELS, model))
     if model not in _TOPAZ_CACHE:
         from topaz.denoise import Denoise3D
+
         _TOPAZ_CACHE[model] = Denoise3D(model, use_cuda=False, dims=3).model.eval()
     return _TOPAZ_CACHE[model]
 
@@ -147,20 +156,24 @@ def _yx_tiled(volume, network, core=128, overlap=16):
     (reflect padding in y and x) and keep each tile's central core. Tomograms are thin
     in z, so full-z tiles cost less than cubic ones: no padded z to pay for."""
     import torch
+
     nz, ny, nx = volume.shape
     pad_y = -ny % core
     pad_x = -nx % core
-    padded = np.pad(volume, ((0, 0), (overlap, overlap + pad_y), (overlap, overlap + pad_x)),
-                    mode="reflect")
+    padded = np.pad(
+        volume, ((0, 0), (overlap, overlap + pad_y), (overlap, overlap + pad_x)), mode="reflect"
+    )
     out = np.empty(volume.shape, dtype=np.float32)
     with torch.no_grad():
         for y in range(0, ny, core):
             for x in range(0, nx, core):
-                block = padded[:, y:y + core + 2 * overlap, x:x + core + 2 * overlap]
+                block = padded[:, y : y + core + 2 * overlap, x : x + core + 2 * overlap]
                 result = network(torch.from_numpy(np.ascontiguousarray(block))[None, None])
                 result = result[0, 0].numpy()
                 h, w = min(core, ny - y), min(core, nx - x)
-                out[:, y:y + h, x:x + w] = result[:, overlap:overlap + h, overlap:overlap + w]
+                out[:, y : y + h, x : x + w] = result[
+                    :, overlap : overlap + h, overlap : overlap + w
+                ]
     return out
 
 
@@ -186,6 +199,7 @@ def topaz(volume, model="unet-3d-10a", polarity="dark", core=128, overlap=16):
 
 # --------------------------------------------------------------------------- supervised
 
+
 def _paired_batch(rng, noisy, clean, weights, size, count):
     x = np.empty((count, 1, size, size, size), dtype=np.float32)
     y = np.empty_like(x)
@@ -201,9 +215,21 @@ def _paired_batch(rng, noisy, clean, weights, size, count):
     return x, y
 
 
-def train_supervised(noisy_paths, clean_paths, out_path, minutes=10.0, width=16, depth=2,
-                     size=32, batch_size=4, lr=1e-3, seed=0, voxel_size=10.0,
-                     max_iterations=None, log=print):
+def train_supervised(
+    noisy_paths,
+    clean_paths,
+    out_path,
+    minutes=10.0,
+    width=16,
+    depth=2,
+    size=32,
+    batch_size=4,
+    lr=1e-3,
+    seed=0,
+    voxel_size=10.0,
+    max_iterations=None,
+    log=print,
+):
     """Train the supervised ceiling: UNet3D(width, depth) with MSE on random PAIRED
     size^3 subvolumes (tomogram k, grand model k), same corner and flips in both.
 
@@ -243,18 +269,34 @@ def train_supervised(noisy_paths, clean_paths, out_path, minutes=10.0, width=16,
         iteration += 1
         running.append(loss.item())
         if iteration % 50 == 0:
-            history.append({"iteration": iteration, "mse": float(np.mean(running)),
-                            "seconds": round(time.perf_counter() - started, 1)})
+            history.append(
+                {
+                    "iteration": iteration,
+                    "mse": float(np.mean(running)),
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
             running = []
             if log and iteration % 250 == 0:
-                log("  supervised U-Net: iteration %d, mse %.4f, %.0f s"
-                    % (iteration, history[-1]["mse"], history[-1]["seconds"]))
-    summary = {"iterations": iteration, "seconds": round(time.perf_counter() - started, 1),
-               "minutes_budget": float(minutes), "width": int(width), "depth": int(depth),
-               "subvolume_size": int(size), "batch_size": int(batch_size), "lr": float(lr),
-               "seed": int(seed), "voxel_size": float(voxel_size),
-               "noisy": [os.fspath(p) for p in noisy_paths],
-               "clean": [os.fspath(p) for p in clean_paths], "history": history}
+                log(
+                    "  supervised U-Net: iteration %d, mse %.4f, %.0f s"
+                    % (iteration, history[-1]["mse"], history[-1]["seconds"])
+                )
+    summary = {
+        "iterations": iteration,
+        "seconds": round(time.perf_counter() - started, 1),
+        "minutes_budget": float(minutes),
+        "width": int(width),
+        "depth": int(depth),
+        "subvolume_size": int(size),
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "seed": int(seed),
+        "voxel_size": float(voxel_size),
+        "noisy": [os.fspath(p) for p in noisy_paths],
+        "clean": [os.fspath(p) for p in clean_paths],
+        "history": history,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp"
     torch.save({"state_dict": net.state_dict(), "summary": summary}, tmp)
@@ -265,6 +307,7 @@ def train_supervised(noisy_paths, clean_paths, out_path, minutes=10.0, width=16,
 def load_supervised(model_path):
     import torch
     from dual_engine.nets import UNet3D
+
     state = torch.load(model_path, map_location="cpu", weights_only=False)
     summary = state["summary"]
     net = UNet3D(summary["width"], summary["depth"])
@@ -276,10 +319,12 @@ def supervised(volume, model_path, tile=64, overlap=16):
     """Apply the supervised U-Net (overlap-tile, as DUAL's own inference)."""
     import torch
     from dual_engine.infer import apply_tiled
+
     net, _ = load_supervised(model_path)
     with torch.no_grad():
-        out = apply_tiled(standardize(volume), net, tile=tile, overlap=overlap,
-                          multiple=net.multiple)
+        out = apply_tiled(
+            standardize(volume), net, tile=tile, overlap=overlap, multiple=net.multiple
+        )
     return _f32(out)
 
 

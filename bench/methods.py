@@ -3,6 +3,7 @@
 on the set's tuning tomogram, DUAL's iteration count by scoring training snapshots on it,
 the supervised ceiling on the noisy domain's tomograms paired with their grand models.
 """
+
 import datetime
 import itertools
 import os
@@ -23,24 +24,51 @@ DUAL_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dual_con
 # region: "full" tuning tomogram or its central "crop" (64 x 128 x 128) for slow methods.
 METHODS = {
     "none": {"label": "None", "kind": "method", "grid": {}},
-    "gaussian": {"label": "Gaussian smoothing", "kind": "method", "region": "full",
-                 "grid": {"sigma": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]}},
-    "nad": {"label": "NAD (Perona-Malik)", "kind": "method", "region": "full",
-            "grid": {"kappa": [0.5, 1.0, 2.0, 4.0, 8.0],
-                     "iterations": [5, 10, 20, 40, 80, 160]}},
-    "nlm": {"label": "NLM", "kind": "method", "region": "crop",
-            "grid": {"h": [0.6, 1.0, 1.6, 2.4, 3.2], "patch_size": [5, 7],
-                     "patch_distance": [3, 5]}},
-    "bm4d": {"label": "BM4D", "kind": "method", "region": "crop",
-             "grid": {"sigma": [1.0, 2.0, 3.0, 4.5, 6.5]}},
-    "topaz10a": {"label": "Topaz-3D unet-3d-10a", "kind": "method", "region": "crop",
-                 "fixed": {"model": "unet-3d-10a"}, "grid": {"polarity": ["dark", "bright"]}},
-    "topaz20a": {"label": "Topaz-3D unet-3d-20a", "kind": "method", "region": "crop",
-                 "fixed": {"model": "unet-3d-20a"}, "grid": {"polarity": ["dark", "bright"]}},
+    "gaussian": {
+        "label": "Gaussian smoothing",
+        "kind": "method",
+        "region": "full",
+        "grid": {"sigma": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]},
+    },
+    "nad": {
+        "label": "NAD (Perona-Malik)",
+        "kind": "method",
+        "region": "full",
+        "grid": {"kappa": [0.5, 1.0, 2.0, 4.0, 8.0], "iterations": [5, 10, 20, 40, 80, 160]},
+    },
+    "nlm": {
+        "label": "NLM",
+        "kind": "method",
+        "region": "crop",
+        "grid": {"h": [0.6, 1.0, 1.6, 2.4, 3.2], "patch_size": [5, 7], "patch_distance": [3, 5]},
+    },
+    "bm4d": {
+        "label": "BM4D",
+        "kind": "method",
+        "region": "crop",
+        "grid": {"sigma": [1.0, 2.0, 3.0, 4.5, 6.5]},
+    },
+    "topaz10a": {
+        "label": "Topaz-3D unet-3d-10a",
+        "kind": "method",
+        "region": "crop",
+        "fixed": {"model": "unet-3d-10a"},
+        "grid": {"polarity": ["dark", "bright"]},
+    },
+    "topaz20a": {
+        "label": "Topaz-3D unet-3d-20a",
+        "kind": "method",
+        "region": "crop",
+        "fixed": {"model": "unet-3d-20a"},
+        "grid": {"polarity": ["dark", "bright"]},
+    },
     "dual": {"label": "DUAL", "kind": "method", "grid": {}},
-    "noisefree_gaussian": {"label": "Noise-free reconstruction + best Gaussian",
-                           "kind": "reference", "region": "full",
-                           "grid": {"sigma": [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0]}},
+    "noisefree_gaussian": {
+        "label": "Noise-free reconstruction + best Gaussian",
+        "kind": "reference",
+        "region": "full",
+        "grid": {"sigma": [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0]},
+    },
     "supervised": {"label": "Supervised 3-D U-Net (paired)", "kind": "reference", "grid": {}},
 }
 ORDER = list(METHODS)
@@ -49,13 +77,14 @@ ORDER = list(METHODS)
 def crop(volume):
     """Central tuning region of a volume: full z, the central half in y and x."""
     _, ny, nx = volume.shape
-    return volume[:, ny // 4: ny // 4 + ny // 2, nx // 4: nx // 4 + nx // 2]
+    return volume[:, ny // 4 : ny // 4 + ny // 2, nx // 4 : nx // 4 + nx // 2]
 
 
 def dual_config(path=DUAL_CONFIG, iterations=None):
     """The DualConfig of the bench's DUAL runs: the fields in the JSON file `path` (keys
     starting with "_" are comments; no file: engine defaults), iterations overridden."""
     from dual_engine.model import DualConfig
+
     values = load_json(path, {}) if path else {}
     values = {k: v for k, v in values.items() if not k.startswith("_")}
     if iterations is not None:
@@ -63,8 +92,20 @@ def dual_config(path=DUAL_CONFIG, iterations=None):
     return DualConfig.from_dict(values)
 
 
-def train_with_snapshots(noisy, clean, outdir, cfg, step, threads, key, score, criterion,
-                         force=False, label="DUAL", score_key=None):
+def train_with_snapshots(
+    noisy,
+    clean,
+    outdir,
+    cfg,
+    step,
+    threads,
+    key,
+    score,
+    criterion,
+    force=False,
+    label="DUAL",
+    score_key=None,
+):
     """Train DUAL (dual_engine.train.train) to cfg.iterations in chunks of `step`
     iterations, each resuming from the previous chunk's checkpoint (bit-identical to one
     uninterrupted run), keep a snapshot after each chunk, score it with `score(path)` ->
@@ -79,6 +120,7 @@ def train_with_snapshots(noisy, clean, outdir, cfg, step, threads, key, score, c
     from dual_engine.contract import MODEL_FILE
     from dual_engine.model import DualConfig
     from dual_engine.train import train
+
     record_path = os.path.join(outdir, "bench_training.json")
     record = load_json(record_path)
     if not (record and record.get("key") == key) or force:
@@ -98,8 +140,10 @@ def train_with_snapshots(noisy, clean, outdir, cfg, step, threads, key, score, c
     for target in targets:
         if target in done:
             continue
-        log("training %s: to iteration %d of %d, %d thread(s)"
-            % (label, target, cfg.iterations, threads))
+        log(
+            "training %s: to iteration %d of %d, %d thread(s)"
+            % (label, target, cfg.iterations, threads)
+        )
         chunk = DualConfig.from_dict(dict(cfg.to_dict(), iterations=target))
         t0 = time.perf_counter()
         train(noisy, clean, outdir, chunk, resume=True, device="cpu", threads=threads)
@@ -111,18 +155,30 @@ def train_with_snapshots(noisy, clean, outdir, cfg, step, threads, key, score, c
         record["snapshots"].append(row)
         record["snapshots"].sort(key=lambda r: r["iteration"])
         save_json(record_path, record)
-        log("  iteration %d: %s (chunk %.0f s)" % (target, ", ".join(
-            "%s %.4f" % (k, v) for k, v in row.items() if k not in ("iteration",
-                                                                  "chunk_seconds")), seconds))
+        log(
+            "  iteration %d: %s (chunk %.0f s)"
+            % (
+                target,
+                ", ".join(
+                    "%s %.4f" % (k, v)
+                    for k, v in row.items()
+                    if k not in ("iteration", "chunk_seconds")
+                ),
+                seconds,
+            )
+        )
     rows = [r for r in record["snapshots"] if r["iteration"] in targets]
     best = max(rows, key=lambda r: r[criterion])
     record["chosen_iteration"] = best["iteration"]
     record["train_wall_seconds"] = round(sum(r["chunk_seconds"] for r in rows), 1)
-    record["seconds_to_chosen"] = round(sum(r["chunk_seconds"] for r in rows
-                                            if r["iteration"] <= best["iteration"]), 1)
+    record["seconds_to_chosen"] = round(
+        sum(r["chunk_seconds"] for r in rows if r["iteration"] <= best["iteration"]), 1
+    )
     save_json(record_path, record)
-    log("  %s: chosen iteration %d (%s %.4f)" % (label, best["iteration"], criterion,
-                                                best[criterion]))
+    log(
+        "  %s: chosen iteration %d (%s %.4f)"
+        % (label, best["iteration"], criterion, best[criterion])
+    )
     return record
 
 
@@ -140,8 +196,7 @@ class Methods:
     the supervised ceiling's wall-time budget per set.
     """
 
-    def __init__(self, bench, dual_cfg=None, threads=1, select_every=100,
-                 supervised_minutes=10.0):
+    def __init__(self, bench, dual_cfg=None, threads=1, select_every=100, supervised_minutes=10.0):
         self.bench = bench
         self.dual_cfg = dual_config() if dual_cfg is None else dual_cfg
         self.threads = threads
@@ -180,9 +235,14 @@ class Methods:
         bench = self.bench
         seed = SETS[set_name]["tune"]
         path = os.path.join(bench.work, "tuning", set_name, method + ".json")
-        key = canonical({"grid": spec["grid"], "fixed": spec.get("fixed", {}),
-                         "region": spec["region"],
-                         "phantom": bench.phantom_params(set_name, seed)})
+        key = canonical(
+            {
+                "grid": spec["grid"],
+                "fixed": spec.get("fixed", {}),
+                "region": spec["region"],
+                "phantom": bench.phantom_params(set_name, seed),
+            }
+        )
         cached = load_json(path)
         if cached and cached.get("key") == key and not bench.force:
             return cached["best"], cached
@@ -195,56 +255,90 @@ class Methods:
             noisy, gm, nf = (standardize(crop(v)) for v in (noisy, gm, nf))
             if truth is not None:  # particle centres inside the crop, in its voxels
                 truth = truth - np.array([nx // 4, ny // 4, 0])
-                inside = np.all((truth >= 0) & (truth <= np.array(noisy.shape[::-1]) - 1),
-                                axis=1)
+                inside = np.all((truth >= 0) & (truth <= np.array(noisy.shape[::-1]) - 1), axis=1)
                 truth = truth[inside]
         names = list(spec["grid"])
         rows = []
-        log("tuning %s/%s on seed %d (%s): %d settings"
-            % (set_name, method, seed, spec["region"],
-               int(np.prod([len(v) for v in spec["grid"].values()]))))
+        log(
+            "tuning %s/%s on seed %d (%s): %d settings"
+            % (
+                set_name,
+                method,
+                seed,
+                spec["region"],
+                int(np.prod([len(v) for v in spec["grid"].values()])),
+            )
+        )
         for values in itertools.product(*(spec["grid"][n] for n in names)):
             params = dict(zip(names, values))
             t0 = time.perf_counter()
             out = self.apply(method, noisy, params, set_name, noisefree=nf)
             seconds = time.perf_counter() - t0
-            row = {"params": params, "ssim_gm": metrics.ssim(gm, out),
-                   "psnr_gm": metrics.psnr(gm, out), "seconds": round(seconds, 2)}
+            row = {
+                "params": params,
+                "ssim_gm": metrics.ssim(gm, out),
+                "psnr_gm": metrics.psnr(gm, out),
+                "seconds": round(seconds, 2),
+            }
             if truth is not None:  # recorded, not used for the choice (SSIM is)
                 row["f1"] = bench.pick_scores(out, truth)["f1"]
             rows.append(row)
-            log("  %s  SSIM %.4f  PSNR %.2f%s  (%.1f s)"
-                % (params, row["ssim_gm"], row["psnr_gm"],
-                   ("  F1 %.3f" % row["f1"]) if "f1" in row else "", seconds))
+            log(
+                "  %s  SSIM %.4f  PSNR %.2f%s  (%.1f s)"
+                % (
+                    params,
+                    row["ssim_gm"],
+                    row["psnr_gm"],
+                    ("  F1 %.3f" % row["f1"]) if "f1" in row else "",
+                    seconds,
+                )
+            )
         best = max(rows, key=lambda r: r["ssim_gm"])["params"]
-        edge = [n for n in names if len(spec["grid"][n]) > 1
-                and best[n] in (spec["grid"][n][0], spec["grid"][n][-1])
-                and not isinstance(best[n], str)]
-        result = {"key": key, "tomogram_seed": seed, "region": spec["region"],
-                  "criterion": "max SSIM vs grand model", "best": best, "rows": rows,
-                  "best_on_grid_edge": edge}
+        edge = [
+            n
+            for n in names
+            if len(spec["grid"][n]) > 1
+            and best[n] in (spec["grid"][n][0], spec["grid"][n][-1])
+            and not isinstance(best[n], str)
+        ]
+        result = {
+            "key": key,
+            "tomogram_seed": seed,
+            "region": spec["region"],
+            "criterion": "max SSIM vs grand model",
+            "best": best,
+            "rows": rows,
+            "best_on_grid_edge": edge,
+        }
         save_json(path, result)
         log("  -> %s%s" % (best, ("  (on the grid edge: %s)" % edge) if edge else ""))
         return best, result
 
     def output_path(self, set_name, method, seed):
-        return os.path.join(self.bench.work, "outputs", set_name, method,
-                            "seed%03d.mrc" % seed)
+        return os.path.join(self.bench.work, "outputs", set_name, method, "seed%03d.mrc" % seed)
 
     def denoised(self, set_name, method, seed, params):
         """The method's output on one test tomogram (cached with its parameters)."""
         bench = self.bench
         path = self.output_path(set_name, method, seed)
         meta_path = path[:-4] + ".json"
-        key = canonical({"params": params, "fixed": METHODS[method].get("fixed", {}),
-                         "phantom": bench.phantom_params(set_name, seed),
-                         "model": self._model_stamp(set_name, method)})
+        key = canonical(
+            {
+                "params": params,
+                "fixed": METHODS[method].get("fixed", {}),
+                "phantom": bench.phantom_params(set_name, seed),
+                "model": self._model_stamp(set_name, method),
+            }
+        )
         meta = load_json(meta_path)
         if meta and meta.get("key") == key and os.path.exists(path) and not bench.force:
             return standardize(np.array(read_mrc(path)[0])), meta["seconds"]
         noisy = bench.volume(set_name, seed, "reconstruction")
-        nf = (bench.volume(set_name, seed, "reconstruction_noisefree")
-              if method == "noisefree_gaussian" else None)
+        nf = (
+            bench.volume(set_name, seed, "reconstruction_noisefree")
+            if method == "noisefree_gaussian"
+            else None
+        )
         t0 = time.perf_counter()
         out = self.apply(method, noisy, params, set_name, noisefree=nf)
         seconds = round(time.perf_counter() - t0, 2)
@@ -266,25 +360,45 @@ class Methods:
         if not train:
             return path
         s = SETS[set_name]
-        noisy = [os.path.join(bench.phantom_dir(set_name, k), "reconstruction.mrc")
-                 for k in s["noisy"]]
-        clean = [os.path.join(bench.phantom_dir(set_name, k), "grandmodel.mrc")
-                 for k in s["noisy"]]   # the SAME phantoms: paired
-        key = canonical({"minutes": self.supervised_minutes,
-                         "width": self.dual_cfg.unet_width, "depth": self.dual_cfg.unet_depth,
-                         "size": self.dual_cfg.subvolume_size,
-                         "phantoms": [bench.phantom_params(set_name, k) for k in s["noisy"]]})
+        noisy = [
+            os.path.join(bench.phantom_dir(set_name, k), "reconstruction.mrc") for k in s["noisy"]
+        ]
+        clean = [
+            os.path.join(bench.phantom_dir(set_name, k), "grandmodel.mrc") for k in s["noisy"]
+        ]  # the SAME phantoms: paired
+        key = canonical(
+            {
+                "minutes": self.supervised_minutes,
+                "width": self.dual_cfg.unet_width,
+                "depth": self.dual_cfg.unet_depth,
+                "size": self.dual_cfg.subvolume_size,
+                "phantoms": [bench.phantom_params(set_name, k) for k in s["noisy"]],
+            }
+        )
         meta_path = path[:-3] + ".json"
         meta = load_json(meta_path)
         if meta and meta.get("key") == key and os.path.exists(path) and not bench.force:
             return path
-        log("training the supervised U-Net for %s (%g min, width %d, depth %d)"
-            % (set_name, self.supervised_minutes, self.dual_cfg.unet_width,
-               self.dual_cfg.unet_depth))
+        log(
+            "training the supervised U-Net for %s (%g min, width %d, depth %d)"
+            % (
+                set_name,
+                self.supervised_minutes,
+                self.dual_cfg.unet_width,
+                self.dual_cfg.unet_depth,
+            )
+        )
         summary = baselines.train_supervised(
-            noisy, clean, path, minutes=self.supervised_minutes,
-            width=self.dual_cfg.unet_width, depth=self.dual_cfg.unet_depth,
-            size=self.dual_cfg.subvolume_size, voxel_size=VOXEL_SIZE, log=log)
+            noisy,
+            clean,
+            path,
+            minutes=self.supervised_minutes,
+            width=self.dual_cfg.unet_width,
+            depth=self.dual_cfg.unet_depth,
+            size=self.dual_cfg.subvolume_size,
+            voxel_size=VOXEL_SIZE,
+            log=log,
+        )
         summary["key"] = key
         save_json(meta_path, summary)
         return path
@@ -304,22 +418,31 @@ class Methods:
         Returns {seed: (volume, inference seconds)} and the training record.
         """
         from dual_engine.infer import denoise
+
         bench = self.bench
         s = SETS[set_name]
         cfg = self.dual_cfg
         step = self.select_every
         outdir = os.path.join(bench.work, "dual", set_name)
-        noisy = [os.path.join(bench.phantom_dir(set_name, k), "reconstruction.mrc")
-                 for k in s["noisy"]]
-        clean = [os.path.join(bench.phantom_dir(set_name, k), "grandmodel.mrc")
-                 for k in s["clean"]]
+        noisy = [
+            os.path.join(bench.phantom_dir(set_name, k), "reconstruction.mrc") for k in s["noisy"]
+        ]
+        clean = [os.path.join(bench.phantom_dir(set_name, k), "grandmodel.mrc") for k in s["clean"]]
         tune_seed = s["tune"]
         tune_path = os.path.join(bench.phantom_dir(set_name, tune_seed), "reconstruction.mrc")
         gm = bench.volume(set_name, tune_seed, "grandmodel")
-        key = canonical({"config": cfg.to_dict(), "select_every": step,
-                         "noisy": s["noisy"], "clean": s["clean"], "tune": tune_seed,
-                         "phantoms": [bench.phantom_params(set_name, k)
-                                      for k in s["noisy"] + s["clean"] + [tune_seed]]})
+        key = canonical(
+            {
+                "config": cfg.to_dict(),
+                "select_every": step,
+                "noisy": s["noisy"],
+                "clean": s["clean"],
+                "tune": tune_seed,
+                "phantoms": [
+                    bench.phantom_params(set_name, k) for k in s["noisy"] + s["clean"] + [tune_seed]
+                ],
+            }
+        )
 
         def score(snapshot):
             tuned = os.path.join(outdir, "tune.mrc")
@@ -327,24 +450,38 @@ class Methods:
             out = standardize(np.array(read_mrc(tuned)[0]))
             return {"ssim_gm": metrics.ssim(gm, out), "psnr_gm": metrics.psnr(gm, out)}
 
-        record = train_with_snapshots(noisy, clean, outdir, cfg, step, self.threads,
-                                      key, score, "ssim_gm", bench.force,
-                                      "DUAL for %s" % set_name)
+        record = train_with_snapshots(
+            noisy,
+            clean,
+            outdir,
+            cfg,
+            step,
+            self.threads,
+            key,
+            score,
+            "ssim_gm",
+            bench.force,
+            "DUAL for %s" % set_name,
+        )
         chosen = record["chosen_iteration"]
         model_path = snapshot_path(outdir, chosen)
         outputs = {}
         for seed in s["test"]:
             path = self.output_path(set_name, "dual", seed)
             meta_path = path[:-4] + ".json"
-            okey = canonical({"model": key, "iteration": chosen,
-                              "phantom": bench.phantom_params(set_name, seed)})
+            okey = canonical(
+                {"model": key, "iteration": chosen, "phantom": bench.phantom_params(set_name, seed)}
+            )
             meta = load_json(meta_path)
-            if not (meta and meta.get("key") == okey and os.path.exists(path)
-                    and not bench.force):
+            if not (meta and meta.get("key") == okey and os.path.exists(path) and not bench.force):
                 t0 = time.perf_counter()
-                denoise(model_path,
-                        os.path.join(bench.phantom_dir(set_name, seed), "reconstruction.mrc"),
-                        path, device="cpu", threads=self.threads)
+                denoise(
+                    model_path,
+                    os.path.join(bench.phantom_dir(set_name, seed), "reconstruction.mrc"),
+                    path,
+                    device="cpu",
+                    threads=self.threads,
+                )
                 meta = {"key": okey, "seconds": round(time.perf_counter() - t0, 2)}
                 save_json(meta_path, meta)
                 log("  %s/dual seed %d: %.1f s" % (set_name, seed, meta["seconds"]))
@@ -364,27 +501,33 @@ class Methods:
             entry["train_wall_seconds"] = record["train_wall_seconds"]
             entry["seconds_to_chosen"] = record["seconds_to_chosen"]
             entry["train_threads"] = record["threads"]
-            entry["tuning"] = {"tomogram_seed": s["tune"], "criterion":
-                               "max SSIM vs grand model over training snapshots",
-                               "chosen_iteration": record["chosen_iteration"],
-                               "snapshots": record["snapshots"]}
+            entry["tuning"] = {
+                "tomogram_seed": s["tune"],
+                "criterion": "max SSIM vs grand model over training snapshots",
+                "chosen_iteration": record["chosen_iteration"],
+                "snapshots": record["snapshots"],
+            }
             return outputs
         best, tuning = self.tune(set_name, method)
         entry["params"] = dict(spec.get("fixed", {}), **best)
         if tuning:
-            entry["tuning"] = {k: tuning[k] for k in
-                               ("tomogram_seed", "region", "criterion", "best_on_grid_edge")}
+            entry["tuning"] = {
+                k: tuning[k] for k in ("tomogram_seed", "region", "criterion", "best_on_grid_edge")
+            }
             entry["tuning"]["grid"] = spec["grid"]
             rows = tuning["rows"]
             entry["tuning"]["chosen"] = max(rows, key=lambda r: r["ssim_gm"])
             if all("f1" in r for r in rows):  # for information: F1's own optimum
-                entry["tuning"]["best_f1_on_tuning_tomogram"] = max(
-                    rows, key=lambda r: r["f1"])
+                entry["tuning"]["best_f1_on_tuning_tomogram"] = max(rows, key=lambda r: r["f1"])
         if method == "supervised":
             self.supervised_model(set_name)
-            entry["train"] = {k: v for k, v in load_json(
-                self.supervised_model(set_name, train=False)[:-3] + ".json").items()
-                if k not in ("history", "key", "noisy", "clean")}
+            entry["train"] = {
+                k: v
+                for k, v in load_json(
+                    self.supervised_model(set_name, train=False)[:-3] + ".json"
+                ).items()
+                if k not in ("history", "key", "noisy", "clean")
+            }
         return {seed: self.denoised(set_name, method, seed, best) for seed in s["test"]}
 
     # ---------------------------------------------------------------- the benchmark
@@ -394,12 +537,11 @@ class Methods:
         finished). Returns the results file's content."""
         bench = self.bench
         bench.all_phantoms(set_name)
-        entries = {}   # the methods run by THIS invocation
+        entries = {}  # the methods run by THIS invocation
         for method in methods:
             spec = METHODS[method]
             log("== %s / %s" % (set_name, method))
-            entry = {"label": spec["label"], "kind": spec["kind"],
-                     "command": command, "date": date}
+            entry = {"label": spec["label"], "kind": spec["kind"], "command": command, "date": date}
             outputs = self.run_method(set_name, method, entry)
             rows = []
             for seed in SETS[set_name]["test"]:
@@ -410,11 +552,16 @@ class Methods:
             keys = [k for k in rows[0] if k != "seed"]
             entry["per_tomogram"] = rows
             entry["mean"] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-            entry["std"] = {k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1
-                            else 0.0 for k in keys}
+            entry["std"] = {
+                k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0
+                for k in keys
+            }
             entries[method] = entry
-            headline = ("F1 %.3f" % entry["mean"]["f1"]) if set_name == "picking" else \
-                ("SSIM %.4f PSNR %.2f" % (entry["mean"]["ssim_gm"], entry["mean"]["psnr_gm"]))
+            headline = (
+                ("F1 %.3f" % entry["mean"]["f1"])
+                if set_name == "picking"
+                else ("SSIM %.4f PSNR %.2f" % (entry["mean"]["ssim_gm"], entry["mean"]["psnr_gm"]))
+            )
             log("   %s: %s" % (method, headline))
             bench.write_set(set_name, entries, ORDER, command, date)
         return bench.write_set(set_name, entries, ORDER, command, date)
@@ -423,6 +570,7 @@ class Methods:
         """Run `methods` (run in ORDER's order) on `sets`; `command` is recorded with
         every result."""
         import torch
+
         torch.set_num_threads(self.threads)
         date = datetime.datetime.now().isoformat(timespec="seconds")
         methods = [m for m in ORDER if m in methods]

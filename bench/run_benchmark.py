@@ -30,15 +30,16 @@ tuning. DUAL and the supervised ceiling are trained on the set's own training sp
 Code: study.py (the sets, phantoms, scores and results files), methods.py (how each
 method is tuned, trained and run), report.py (tables.rst); this file is the command line.
 """
+
 import argparse
 import os
 import sys
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")   # before numpy/torch: stay on one core
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/torch: stay on one core
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)   # the bench modules, also when run with `python -P`
+sys.path.insert(0, HERE)  # the bench modules, also when run with `python -P`
 
 import methods  # noqa: E402
 import report  # noqa: E402
@@ -47,36 +48,66 @@ import study  # noqa: E402
 
 def add_common_arguments(ap, threads):
     """Options every bench script shares."""
-    ap.add_argument("--threads", type=int, default=threads,
-                    help="torch threads (default %d)" % threads)
+    ap.add_argument(
+        "--threads", type=int, default=threads, help="torch threads (default %d)" % threads
+    )
     ap.add_argument("--work", default=os.path.join(HERE, "work"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--force", action="store_true", help="recompute cached intermediates")
 
 
 def parse(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", choices=methods.ORDER, default=None,
-                    help="methods to run (default: all; DUAL unless --no-dual)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=methods.ORDER,
+        default=None,
+        help="methods to run (default: all; DUAL unless --no-dual)",
+    )
     ap.add_argument("--no-dual", action="store_true", help="skip DUAL")
     ap.add_argument("--sets", nargs="+", choices=list(study.SETS), default=list(study.SETS))
-    ap.add_argument("--dual-config", default=methods.DUAL_CONFIG,
-                    help="JSON of DualConfig fields for DUAL (default bench/dual_config.json)")
-    ap.add_argument("--dual-iterations", type=int, default=None,
-                    help="override the config's iterations (the most DUAL may train)")
-    ap.add_argument("--dual-select-every", type=int, default=100,
-                    help="score a DUAL snapshot on the tuning tomogram every N iterations "
-                         "and keep the best (default 100)")
-    ap.add_argument("--supervised-minutes", type=float, default=10.0,
-                    help="wall-time budget of the supervised U-Net, per set (default 10)")
-    ap.add_argument("--pick-contrast", type=float, default=None,
-                    help="override the picking set's contrast_volts (default 0.15)")
-    ap.add_argument("--shape", type=int, nargs=3, default=list(study.SHAPE),
-                    metavar=("Z", "Y", "X"))
+    ap.add_argument(
+        "--dual-config",
+        default=methods.DUAL_CONFIG,
+        help="JSON of DualConfig fields for DUAL (default bench/dual_config.json)",
+    )
+    ap.add_argument(
+        "--dual-iterations",
+        type=int,
+        default=None,
+        help="override the config's iterations (the most DUAL may train)",
+    )
+    ap.add_argument(
+        "--dual-select-every",
+        type=int,
+        default=100,
+        help="score a DUAL snapshot on the tuning tomogram every N iterations "
+        "and keep the best (default 100)",
+    )
+    ap.add_argument(
+        "--supervised-minutes",
+        type=float,
+        default=10.0,
+        help="wall-time budget of the supervised U-Net, per set (default 10)",
+    )
+    ap.add_argument(
+        "--pick-contrast",
+        type=float,
+        default=None,
+        help="override the picking set's contrast_volts (default 0.15)",
+    )
+    ap.add_argument(
+        "--shape", type=int, nargs=3, default=list(study.SHAPE), metavar=("Z", "Y", "X")
+    )
     add_common_arguments(ap, threads=1)
-    ap.add_argument("--tables-only", action="store_true",
-                    help="only rewrite tables.rst from the results JSON files")
+    ap.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="only rewrite tables.rst from the results JSON files",
+    )
     args = ap.parse_args(argv)
     if args.methods is None:
         args.methods = list(methods.ORDER)
@@ -91,14 +122,21 @@ def main(argv=None):
     if args.tables_only:
         print(report.write_tables(os.path.abspath(args.results)))
         return
-    bench = study.Bench(args.work, args.results, shape=args.shape,
-                        pick_contrast=args.pick_contrast, force=args.force)
-    runner = methods.Methods(bench, dual_cfg=methods.dual_config(args.dual_config,
-                                                                  args.dual_iterations),
-                             threads=args.threads, select_every=args.dual_select_every,
-                             supervised_minutes=args.supervised_minutes)
-    runner.run(args.sets, args.methods,
-               command="python bench/run_benchmark.py " + " ".join(argv))
+    bench = study.Bench(
+        args.work,
+        args.results,
+        shape=args.shape,
+        pick_contrast=args.pick_contrast,
+        force=args.force,
+    )
+    runner = methods.Methods(
+        bench,
+        dual_cfg=methods.dual_config(args.dual_config, args.dual_iterations),
+        threads=args.threads,
+        select_every=args.dual_select_every,
+        supervised_minutes=args.supervised_minutes,
+    )
+    runner.run(args.sets, args.methods, command="python bench/run_benchmark.py " + " ".join(argv))
     report.write_tables(bench.results)
 
 

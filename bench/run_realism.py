@@ -24,6 +24,7 @@ Scores (mean and sample std over the five test tomograms where per tomogram):
             and 1500 training steps (how hard, not only whether, it tells them apart)
 Outputs: bench/results/realism.json and the section of bench/results/tables.rst.
 """
+
 import argparse
 import datetime
 import os
@@ -44,8 +45,11 @@ from dual_engine.io import read_mrc, standardize, write_mrc  # noqa: E402
 
 SET = "picking"
 TRAIN_SEEDS, TEST_SEEDS = [110, 111, 112], [113, 114]
-SIMULATORS = {"dual": "DUAL (learned)", "gaussian": "Grand model + Gaussian noise (matched SNR)",
-              "physics": "Physics simulator, default parameters"}
+SIMULATORS = {
+    "dual": "DUAL (learned)",
+    "gaussian": "Grand model + Gaussian noise (matched SNR)",
+    "physics": "Physics simulator, default parameters",
+}
 SPECTRUM_BAND = (0.02, 0.5)
 WEDGE_BAND = (0.05, 0.3)
 PATCH = 32
@@ -76,12 +80,21 @@ class Classifier:
     def __init__(self, seed=0):
         import torch
         from torch import nn
+
         torch.manual_seed(seed)
         self.net = nn.Sequential(
-            nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
-            nn.Conv3d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
-            nn.Conv3d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
-            nn.Flatten(), nn.Linear(32, 1))
+            nn.Conv3d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool3d(2),
+            nn.Conv3d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool3d(2),
+            nn.Conv3d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+            nn.Linear(32, 1),
+        )
         self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
 
     @staticmethod
@@ -90,16 +103,18 @@ class Classifier:
         for i in range(count):
             v = volumes[rng.integers(len(volumes))]
             c = [rng.integers(0, n - PATCH + 1) for n in v.shape]
-            out[i, 0] = v[c[0]:c[0] + PATCH, c[1]:c[1] + PATCH, c[2]:c[2] + PATCH]
+            out[i, 0] = v[c[0] : c[0] + PATCH, c[1] : c[1] + PATCH, c[2] : c[2] + PATCH]
         return out
 
     def fit(self, real, fake, steps, rng, batch=16):
         import torch
+
         loss_fn = torch.nn.BCEWithLogitsLoss()
         labels = torch.cat([torch.ones(batch // 2, 1), torch.zeros(batch // 2, 1)])
         for _ in range(steps):
-            x = np.concatenate([self.patches(real, batch // 2, rng),
-                                self.patches(fake, batch // 2, rng)])
+            x = np.concatenate(
+                [self.patches(real, batch // 2, rng), self.patches(fake, batch // 2, rng)]
+            )
             loss = loss_fn(self.net(torch.from_numpy(x)), labels)
             self.opt.zero_grad()
             loss.backward()
@@ -107,12 +122,14 @@ class Classifier:
 
     def auc(self, real, fake, count, rng):
         import torch
+
         with torch.no_grad():
             s_real = self.net(torch.from_numpy(self.patches(real, count, rng))).ravel().numpy()
             s_fake = self.net(torch.from_numpy(self.patches(fake, count, rng))).ravel().numpy()
         # Mann-Whitney U: P(score of a real patch > score of a simulated one)
         from scipy.stats import rankdata
-        ranks = rankdata(np.concatenate([s_real, s_fake]))   # ties share their mean rank
+
+        ranks = rankdata(np.concatenate([s_real, s_fake]))  # ties share their mean rank
         return float((ranks[:count].sum() - count * (count + 1) / 2) / (count * count))
 
 
@@ -124,8 +141,10 @@ class Realism(study.PhantomStudy):
         outdir = os.path.join(os.path.abspath(self.args.work), "dual", SET)
         record = study.load_json(os.path.join(outdir, "bench_training.json"))
         if not record or "chosen_iteration" not in record:
-            raise SystemExit("no DUAL model for the picking set: run "
-                             "bench/run_benchmark.py --methods dual --sets picking first")
+            raise SystemExit(
+                "no DUAL model for the picking set: run "
+                "bench/run_benchmark.py --methods dual --sets picking first"
+            )
         return methods.snapshot_path(outdir, record["chosen_iteration"])
 
     def simulate(self, name, seed, snr):
@@ -135,9 +154,14 @@ class Realism(study.PhantomStudy):
         gm = self.load(seed, "grandmodel")
         if name == "dual":
             from dual_engine.infer import simulate
-            result = simulate(self.dual_model(), self.path(seed, "grandmodel"),
-                              os.path.join(self.work, name), seed=seed,
-                              threads=self.args.threads)
+
+            result = simulate(
+                self.dual_model(),
+                self.path(seed, "grandmodel"),
+                os.path.join(self.work, name),
+                seed=seed,
+                threads=self.args.threads,
+            )
             os.replace(result["outputs"][0], out)
         elif name == "gaussian":
             rng = np.random.default_rng(seed)
@@ -145,6 +169,7 @@ class Realism(study.PhantomStudy):
             write_mrc(out, noisy.astype(np.float32), study.VOXEL_SIZE)
         else:
             from dual_engine.synth.acquisition import acquire
+
             volume = acquire(gm, study.VOXEL_SIZE, rng=np.random.default_rng(seed)).reconstruction
             write_mrc(out, volume, study.VOXEL_SIZE)
         return np.array(read_mrc(out)[0], dtype=np.float32)
@@ -152,8 +177,9 @@ class Realism(study.PhantomStudy):
     def run(self):
         self.bench.all_phantoms(SET)
         seeds = TRAIN_SEEDS + TEST_SEEDS
-        tilt_range = tuple(self.bench.phantom_params(SET, seeds[0]).get("tilt_range",
-                                                                        (-60.0, 60.0)))
+        tilt_range = tuple(
+            self.bench.phantom_params(SET, seeds[0]).get("tilt_range", (-60.0, 60.0))
+        )
         real = {s: self.load(s, "reconstruction") for s in seeds}
         snrs = []
         for s in seeds:
@@ -162,19 +188,26 @@ class Realism(study.PhantomStudy):
         snr = float(np.mean(snrs))
         real_spectra = {s: radial_log_spectrum(v) for s, v in real.items()}
         real_wedge = [wedge_power_ratio(real[s], tilt_range) for s in seeds]
-        results = {"benchmark": "realism of simulated tomograms (phantoms)",
-                   "command": "python bench/run_realism.py " + " ".join(self.args.argv),
-                   "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                   "machine": study.machine(), "real_seeds": seeds,
-                   "classifier_train_seeds": TRAIN_SEEDS, "classifier_test_seeds": TEST_SEEDS,
-                   "real_snr": snr, "real_wedge_power_ratio": float(np.mean(real_wedge)),
-                   "simulators": {}}
+        results = {
+            "benchmark": "realism of simulated tomograms (phantoms)",
+            "command": "python bench/run_realism.py " + " ".join(self.args.argv),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": study.machine(),
+            "real_seeds": seeds,
+            "classifier_train_seeds": TRAIN_SEEDS,
+            "classifier_test_seeds": TEST_SEEDS,
+            "real_snr": snr,
+            "real_wedge_power_ratio": float(np.mean(real_wedge)),
+            "simulators": {},
+        }
         for name in self.args.simulators:
             os.makedirs(os.path.join(self.work, name), exist_ok=True)
             fake = {s: self.simulate(name, s, snr) for s in seeds}
             study.log("simulated %s" % name)
-            spectrum = [float(np.sqrt(np.mean((radial_log_spectrum(fake[s]) - real_spectra[s])
-                                              ** 2))) for s in seeds]
+            spectrum = [
+                float(np.sqrt(np.mean((radial_log_spectrum(fake[s]) - real_spectra[s]) ** 2)))
+                for s in seeds
+            ]
             ratios = [wedge_power_ratio(fake[s], tilt_range) for s in seeds]
             log_ratio = [abs(np.log10(f / r)) for f, r in zip(ratios, real_wedge)]
             # The AUC after a short and after a long training of the critic: how hard the
@@ -183,34 +216,53 @@ class Realism(study.PhantomStudy):
             rng = np.random.default_rng(0)
             classifier = Classifier(seed=0)
             for steps in sorted(self.args.steps):
-                classifier.fit([standardize(real[s]) for s in TRAIN_SEEDS],
-                               [standardize(fake[s]) for s in TRAIN_SEEDS], steps - done, rng)
+                classifier.fit(
+                    [standardize(real[s]) for s in TRAIN_SEEDS],
+                    [standardize(fake[s]) for s in TRAIN_SEEDS],
+                    steps - done,
+                    rng,
+                )
                 done = steps
-                auc[str(steps)] = classifier.auc([standardize(real[s]) for s in TEST_SEEDS],
-                                                 [standardize(fake[s]) for s in TEST_SEEDS],
-                                                 500, np.random.default_rng(1))
+                auc[str(steps)] = classifier.auc(
+                    [standardize(real[s]) for s in TEST_SEEDS],
+                    [standardize(fake[s]) for s in TEST_SEEDS],
+                    500,
+                    np.random.default_rng(1),
+                )
             results["simulators"][name] = {
                 "label": SIMULATORS[name],
-                "spectrum_rms_log10": {"mean": float(np.mean(spectrum)),
-                                       "std": float(np.std(spectrum, ddof=1))},
-                "wedge_power_ratio": {"mean": float(np.mean(ratios)),
-                                      "std": float(np.std(ratios, ddof=1))},
-                "wedge_abs_log10_ratio_to_real": {"mean": float(np.mean(log_ratio)),
-                                                  "std": float(np.std(log_ratio, ddof=1))},
-                "classifier_auc": auc}
-            study.log("  %s: spectrum %.3f, wedge ratio %.3f (real %.3f), AUC %s"
-                      % (name, np.mean(spectrum), np.mean(ratios), np.mean(real_wedge), auc))
-        study.save_json(os.path.join(os.path.abspath(self.args.results), "realism.json"),
-                        results)
+                "spectrum_rms_log10": {
+                    "mean": float(np.mean(spectrum)),
+                    "std": float(np.std(spectrum, ddof=1)),
+                },
+                "wedge_power_ratio": {
+                    "mean": float(np.mean(ratios)),
+                    "std": float(np.std(ratios, ddof=1)),
+                },
+                "wedge_abs_log10_ratio_to_real": {
+                    "mean": float(np.mean(log_ratio)),
+                    "std": float(np.std(log_ratio, ddof=1)),
+                },
+                "classifier_auc": auc,
+            }
+            study.log(
+                "  %s: spectrum %.3f, wedge ratio %.3f (real %.3f), AUC %s"
+                % (name, np.mean(spectrum), np.mean(ratios), np.mean(real_wedge), auc)
+            )
+        study.save_json(os.path.join(os.path.abspath(self.args.results), "realism.json"), results)
         print(report.write_tables(os.path.abspath(self.args.results)))
 
 
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--simulators", nargs="+", choices=list(SIMULATORS),
-                    default=list(SIMULATORS))
-    ap.add_argument("--steps", type=int, nargs="+", default=[50, 200, 1500],
-                    help="classifier training steps at which the AUC is measured")
+    ap.add_argument("--simulators", nargs="+", choices=list(SIMULATORS), default=list(SIMULATORS))
+    ap.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[50, 200, 1500],
+        help="classifier training steps at which the AUC is measured",
+    )
     add_common_arguments(ap, threads=2)
     args = ap.parse_args(argv)
     args.argv = list(argv)
@@ -219,6 +271,7 @@ def parse(argv):
 
 if __name__ == "__main__":
     import torch
+
     parsed = parse(sys.argv[1:])
     torch.set_num_threads(parsed.threads)
     Realism(parsed).run()

@@ -13,9 +13,10 @@ Topaz: topaz.denoise.Denoise3D (unet-3d-10a) with its command line's defaults (9
 patches, 48 voxels of padding, batch 1), as `topaz denoise3d` runs it.
 Each run is a fresh `python` process with the same torch thread count; the parent
 times it and reads its peak resident memory (ru_maxrss). With --timeout a run still
-going is stopped and its time recorded as a lower bound ("finished": false). Runs alternate between the
-methods when --repeats > 1. Results: bench/results/speed.json and tables.rst.
+going is stopped and its time recorded as a lower bound ("finished": false). Runs
+alternate between the methods when --repeats > 1. Results: bench/results/speed.json and tables.rst.
 """
+
 import argparse
 import datetime
 import json
@@ -35,14 +36,18 @@ def child(args):
     """Denoise the input in this process (called by the parent in a subprocess)."""
     import numpy as np
     import torch
+
     torch.set_num_threads(args.threads)
     if args.method == "dual":
         from dual_engine.infer import denoise
-        denoise(args.model, args.input, args.output, tile=args.tile, device="cpu",
-                threads=args.threads)
+
+        denoise(
+            args.model, args.input, args.output, tile=args.tile, device="cpu", threads=args.threads
+        )
     else:
         from dual_engine.io import read_mrc, write_mrc
         from topaz.denoise import Denoise3D
+
         model = Denoise3D("unet-3d-10a", use_cuda=False, dims=3)
         volume = np.array(read_mrc(args.input)[0], dtype=np.float32)
         out = model.denoise(volume, patch_size=96, padding=48, batch_size=1, verbose=False)
@@ -68,7 +73,7 @@ def run_child(argv, timeout=None):
     seconds = time.perf_counter() - t0
     if finished and status != 0:
         raise SystemExit("child failed: %s" % " ".join(argv))
-    return seconds, usage.ru_maxrss / 1024.0 ** 2, finished   # KB -> GB (Linux)
+    return seconds, usage.ru_maxrss / 1024.0**2, finished  # KB -> GB (Linux)
 
 
 def main(args):
@@ -77,6 +82,7 @@ def main(args):
     import report
     import study
     from dual_engine.io import write_mrc
+
     work = os.path.join(os.path.abspath(args.work), "speed")
     os.makedirs(work, exist_ok=True)
     volume_path = os.path.join(work, "input_200x512x512.mrc")
@@ -85,37 +91,58 @@ def main(args):
         write_mrc(volume_path, rng.standard_normal(SHAPE, dtype=np.float32), VOXEL_SIZE)
     model = args.model
     if model is None:
-        record = study.load_json(os.path.join(os.path.abspath(args.work), "dual", "denoise",
-                                              "bench_training.json"))
+        record = study.load_json(
+            os.path.join(os.path.abspath(args.work), "dual", "denoise", "bench_training.json")
+        )
         if not record or "chosen_iteration" not in record:
-            raise SystemExit("no DUAL model: run bench/run_benchmark.py --methods dual first, "
-                             "or give --model")
+            raise SystemExit(
+                "no DUAL model: run bench/run_benchmark.py --methods dual first, or give --model"
+            )
         model = methods.snapshot_path(
-            os.path.join(os.path.abspath(args.work), "dual", "denoise"),
-            record["chosen_iteration"])
+            os.path.join(os.path.abspath(args.work), "dual", "denoise"), record["chosen_iteration"]
+        )
     runs = {"topaz": [], **{"dual_tile%d" % t: [] for t in args.tiles}}
     for repeat in range(args.repeats):
         for name in runs:
-            argv = ["--method", "topaz" if name == "topaz" else "dual", "--input",
-                    volume_path, "--output", os.path.join(work, name + ".mrc"),
-                    "--threads", str(args.threads), "--model", model]
+            argv = [
+                "--method",
+                "topaz" if name == "topaz" else "dual",
+                "--input",
+                volume_path,
+                "--output",
+                os.path.join(work, name + ".mrc"),
+                "--threads",
+                str(args.threads),
+                "--model",
+                model,
+            ]
             if name != "topaz":
                 argv += ["--tile", name.split("tile")[1]]
             seconds, gigabytes, finished = run_child(argv, args.timeout)
-            runs[name].append({"seconds": round(seconds, 1), "peak_gb": round(gigabytes, 2),
-                               "finished": finished})
-            study.log("%s run %d: %.1f s%s, peak %.2f GB" % (
-                name, repeat + 1, seconds, "" if finished else " (stopped)", gigabytes))
+            runs[name].append(
+                {"seconds": round(seconds, 1), "peak_gb": round(gigabytes, 2), "finished": finished}
+            )
+            study.log(
+                "%s run %d: %.1f s%s, peak %.2f GB"
+                % (name, repeat + 1, seconds, "" if finished else " (stopped)", gigabytes)
+            )
     topaz_best = min(r["seconds"] for r in runs["topaz"])
-    result = {"benchmark": "denoising time and peak memory, 200x512x512 voxels",
-              "command": "python bench/run_speed.py " + " ".join(args.argv),
-              "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": study.machine(), "threads": args.threads, "model": model,
-              "runs": runs,
-              # a stopped Topaz run makes its time, and so every ratio, a lower bound
-              "ratio_is_lower_bound": not all(r["finished"] for r in runs["topaz"]),
-              "ratio_topaz_over_dual": {name: round(topaz_best / min(r["seconds"] for r in rr), 2)
-                                        for name, rr in runs.items() if name != "topaz"}}
+    result = {
+        "benchmark": "denoising time and peak memory, 200x512x512 voxels",
+        "command": "python bench/run_speed.py " + " ".join(args.argv),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": study.machine(),
+        "threads": args.threads,
+        "model": model,
+        "runs": runs,
+        # a stopped Topaz run makes its time, and so every ratio, a lower bound
+        "ratio_is_lower_bound": not all(r["finished"] for r in runs["topaz"]),
+        "ratio_topaz_over_dual": {
+            name: round(topaz_best / min(r["seconds"] for r in rr), 2)
+            for name, rr in runs.items()
+            if name != "topaz"
+        },
+    }
     study.save_json(os.path.join(os.path.abspath(args.results), "speed.json"), result)
     print(json.dumps(result["ratio_topaz_over_dual"]))
     print(report.write_tables(os.path.abspath(args.results)))
@@ -129,13 +156,22 @@ def parse(argv):
     ap.add_argument("--output", help=argparse.SUPPRESS)
     ap.add_argument("--tile", type=int, default=96, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help="DUAL model (default: the benchmark's)")
-    ap.add_argument("--tiles", type=int, nargs="+", default=[160],
-                    help="DUAL tile sizes to time (default: 160, the engine's default)")
+    ap.add_argument(
+        "--tiles",
+        type=int,
+        nargs="+",
+        default=[160],
+        help="DUAL tile sizes to time (default: 160, the engine's default)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--timeout", type=float, default=None,
-                    help="stop a run after this many seconds; its time is then a lower "
-                         "bound (recorded as not finished)")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop a run after this many seconds; its time is then a lower "
+        "bound (recorded as not finished)",
+    )
     ap.add_argument("--work", default=os.path.join(HERE, "work"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)

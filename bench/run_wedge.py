@@ -36,6 +36,7 @@ Scores, per test tomogram, mean and sample std reported:
 Outputs: bench/results/wedge.json and the Table 3 section of bench/results/tables.rst
 (written by report.write_tables). Intermediates in bench/work/wedge/.
 """
+
 import argparse
 import datetime
 import itertools
@@ -60,15 +61,19 @@ from dual_engine import infer, metrics, wedge  # noqa: E402
 from dual_engine.io import read_mrc, write_mrc  # noqa: E402
 
 SET = "denoise"
-TILT_RANGE = (-60.0, 60.0)          # the denoising set's acquisition
-GT_BAND = (0.02, 0.3)               # cycles/voxel: below the first CTF zero at 3 um, 10 A
-SCORE_KEY = "gt-cone-without-kz-axis, gain-matched fill"   # change -> re-score snapshots
+TILT_RANGE = (-60.0, 60.0)  # the denoising set's acquisition
+GT_BAND = (0.02, 0.3)  # cycles/voxel: below the first CTF zero at 3 um, 10 A
+SCORE_KEY = "gt-cone-without-kz-axis, gain-matched fill"  # change -> re-score snapshots
 LOWPASS_GRID = {"sigma": [1.0, 2.0, 3.0], "iterations": [5, 20, 50]}
-VOLUMES = {"reconstruction": "the phantoms' tomograms (SNR ~0.1)",
-           "reconstruction_noisefree": "their noise-free reconstructions (CTF and wedge, "
-                                       "no noise)"}
-LABELS = {"none": "None (as reconstructed)", "lowpass": "Iterative low-pass fill (POCS)",
-          "dual": "DUAL"}
+VOLUMES = {
+    "reconstruction": "the phantoms' tomograms (SNR ~0.1)",
+    "reconstruction_noisefree": "their noise-free reconstructions (CTF and wedge, no noise)",
+}
+LABELS = {
+    "none": "None (as reconstructed)",
+    "lowpass": "Iterative low-pass fill (POCS)",
+    "dual": "DUAL",
+}
 
 
 def lowpass_fill(volume, sigma, iterations, tilt_range=TILT_RANGE):
@@ -87,40 +92,68 @@ def turned(volume):
 
 class WedgeBench(study.PhantomStudy):
     def __init__(self, args):
-        super().__init__(args, SET, "wedge" if args.volume == "reconstruction" else
-                         os.path.join("wedge", args.volume))
+        super().__init__(
+            args,
+            SET,
+            "wedge" if args.volume == "reconstruction" else os.path.join("wedge", args.volume),
+        )
         from dual_engine.model import DualConfig
-        self.cfg = DualConfig.from_dict(dict(methods.dual_config().to_dict(),
-                                             iterations=args.iterations, task="wedge",
-                                             tilt_range=list(TILT_RANGE)))
+
+        self.cfg = DualConfig.from_dict(
+            dict(
+                methods.dual_config().to_dict(),
+                iterations=args.iterations,
+                task="wedge",
+                tilt_range=list(TILT_RANGE),
+            )
+        )
 
     # ------------------------------------------------------------ methods
     def dual_model(self):
         s = study.SETS[SET]
         noisy = [self.path(k, self.args.volume) for k in s["noisy"]]
-        key = study.canonical({"config": self.cfg.to_dict(), "noisy": s["noisy"],
-                               "select_every": self.args.select_every, "tune": s["tune"],
-                               "phantoms": [self.bench.phantom_params(SET, k)
-                                            for k in s["noisy"] + [s["tune"]]]})
+        key = study.canonical(
+            {
+                "config": self.cfg.to_dict(),
+                "noisy": s["noisy"],
+                "select_every": self.args.select_every,
+                "tune": s["tune"],
+                "phantoms": [self.bench.phantom_params(SET, k) for k in s["noisy"] + [s["tune"]]],
+            }
+        )
         outdir = os.path.join(self.work, "dual")
 
         def score(snapshot):
-            return self.ground_truth_scores(s["tune"], self.compensate_file(
-                "dual", snapshot, self.path(s["tune"], self.args.volume), "tune"))
+            return self.ground_truth_scores(
+                s["tune"],
+                self.compensate_file(
+                    "dual", snapshot, self.path(s["tune"], self.args.volume), "tune"
+                ),
+            )
 
-        record = methods.train_with_snapshots(noisy, noisy, outdir, self.cfg,
-                                              self.args.select_every, self.args.threads,
-                                              key, score, "fourier_correlation",
-                                              self.args.force, "DUAL wedge model",
-                                              score_key=SCORE_KEY)
+        record = methods.train_with_snapshots(
+            noisy,
+            noisy,
+            outdir,
+            self.cfg,
+            self.args.select_every,
+            self.args.threads,
+            key,
+            score,
+            "fourier_correlation",
+            self.args.force,
+            "DUAL wedge model",
+            score_key=SCORE_KEY,
+        )
         return methods.snapshot_path(outdir, record["chosen_iteration"]), record
 
     def compensate_file(self, method, model, path, name, params=None):
         """Method output for the volume file `path` (written to work/<method>/<name>.mrc)."""
         out = os.path.join(self.work, method, name + ".mrc")
         if method == "dual":
-            infer.compensate(model, path, out, tilt_range=TILT_RANGE, device="cpu",
-                             threads=self.args.threads)
+            infer.compensate(
+                model, path, out, tilt_range=TILT_RANGE, device="cpu", threads=self.args.threads
+            )
             return np.array(read_mrc(out)[0], dtype=np.float32)
         volume = np.array(read_mrc(path)[0], dtype=np.float32)
         if method == "none":
@@ -147,8 +180,9 @@ class WedgeBench(study.PhantomStudy):
         method can restore it, yet its power would dominate the cone's."""
         cone = wedge.cone_mask(compensated.shape, TILT_RANGE, band=GT_BAND).copy()
         cone[:, 0, 0] = False
-        return metrics.fourier_region_scores(self.load(seed, "grandmodel"), compensated, cone,
-                                           same_scale=False)
+        return metrics.fourier_region_scores(
+            self.load(seed, "grandmodel"), compensated, cone, same_scale=False
+        )
 
     def table3_scores(self, method, model, params, seed, first):
         """Remove the second wedge from the first compensation, compensate again, score."""
@@ -156,29 +190,42 @@ class WedgeBench(study.PhantomStudy):
         name = "seed%03d_second_input" % seed
         path = os.path.join(self.work, method, name + ".mrc")
         write_mrc(path, turned(removed), study.VOXEL_SIZE)
-        second = turned(self.compensate_file(method, model, path, "seed%03d_second" % seed,
-                                             params))
-        return metrics.fourier_region_scores(first, second, wedge.turned_cone_mask(first.shape, TILT_RANGE))
+        second = turned(self.compensate_file(method, model, path, "seed%03d_second" % seed, params))
+        return metrics.fourier_region_scores(
+            first, second, wedge.turned_cone_mask(first.shape, TILT_RANGE)
+        )
 
     # ------------------------------------------------------------ run
     def run(self):
         self.bench.all_phantoms(SET)
         s = study.SETS[SET]
-        results = {"benchmark": "DUAL paper Table 3 (missing wedge) on phantoms",
-                   "command": "python bench/run_wedge.py " + " ".join(self.args.argv),
-                   "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                   "machine": study.machine(), "tilt_range": list(TILT_RANGE),
-                   "ground_truth_band_cycles_per_voxel": list(GT_BAND),
-                   "train_seeds": s["noisy"], "tuning_seed": s["tune"],
-                   "test_seeds": s["test"], "methods": {}}
+        results = {
+            "benchmark": "DUAL paper Table 3 (missing wedge) on phantoms",
+            "command": "python bench/run_wedge.py " + " ".join(self.args.argv),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": study.machine(),
+            "tilt_range": list(TILT_RANGE),
+            "ground_truth_band_cycles_per_voxel": list(GT_BAND),
+            "train_seeds": s["noisy"],
+            "tuning_seed": s["tune"],
+            "test_seeds": s["test"],
+            "methods": {},
+        }
         for method in self.args.methods:
             os.makedirs(os.path.join(self.work, method), exist_ok=True)
             model, params, entry = None, None, {"label": LABELS[method]}
             if method == "dual":
                 model, record = self.dual_model()
-                entry["training"] = {k: record[k] for k in
-                                     ("chosen_iteration", "train_wall_seconds",
-                                      "seconds_to_chosen", "threads", "snapshots")}
+                entry["training"] = {
+                    k: record[k]
+                    for k in (
+                        "chosen_iteration",
+                        "train_wall_seconds",
+                        "seconds_to_chosen",
+                        "threads",
+                        "snapshots",
+                    )
+                }
                 entry["config"] = self.cfg.to_dict()
             elif method == "lowpass":
                 params, rows = self.tune_lowpass()
@@ -186,17 +233,23 @@ class WedgeBench(study.PhantomStudy):
             per = []
             for seed in s["test"]:
                 t0 = time.perf_counter()
-                first = self.compensate_file(method, model, self.path(seed, self.args.volume),
-                                             "seed%03d" % seed, params)
+                first = self.compensate_file(
+                    method, model, self.path(seed, self.args.volume), "seed%03d" % seed, params
+                )
                 seconds = time.perf_counter() - t0
                 row = {"seed": seed, "seconds": round(seconds, 2)}
-                row.update({"gt_" + k: v for k, v in
-                            self.ground_truth_scores(seed, first).items()})
-                row.update({"t3_" + k: v for k, v in
-                            self.table3_scores(method, model, params, seed, first).items()})
+                row.update({"gt_" + k: v for k, v in self.ground_truth_scores(seed, first).items()})
+                row.update(
+                    {
+                        "t3_" + k: v
+                        for k, v in self.table3_scores(method, model, params, seed, first).items()
+                    }
+                )
                 per.append(row)
-                study.log("  %s seed %d: %s" % (method, seed, {k: round(v, 3) for k, v in
-                                                              row.items() if k != "seed"}))
+                study.log(
+                    "  %s seed %d: %s"
+                    % (method, seed, {k: round(v, 3) for k, v in row.items() if k != "seed"})
+                )
             keys = [k for k in per[0] if k != "seed"]
             entry["per_tomogram"] = per
             entry["mean"] = {k: float(np.mean([r[k] for r in per])) for k in keys}
@@ -210,20 +263,33 @@ class WedgeBench(study.PhantomStudy):
         results["methods"] = {m: merged[m] for m in LABELS if m in merged}
         results["volume"] = self.args.volume
         conditions[self.args.volume] = results
-        study.save_json(path, {"conditions": {v: conditions[v] for v in VOLUMES
-                                              if v in conditions}})
+        study.save_json(
+            path, {"conditions": {v: conditions[v] for v in VOLUMES if v in conditions}}
+        )
         print(report.write_tables(os.path.abspath(self.args.results)))
 
 
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", choices=list(LABELS), default=list(LABELS))
-    ap.add_argument("--volume", choices=list(VOLUMES), default="reconstruction",
-                    help="which phantom volumes are the tomograms (default: reconstruction)")
-    ap.add_argument("--iterations", type=int, default=1000,
-                    help="most iterations the wedge model trains (default 1000)")
-    ap.add_argument("--select-every", type=int, default=250,
-                    help="score a snapshot on the tuning tomogram every N iterations")
+    ap.add_argument(
+        "--volume",
+        choices=list(VOLUMES),
+        default="reconstruction",
+        help="which phantom volumes are the tomograms (default: reconstruction)",
+    )
+    ap.add_argument(
+        "--iterations",
+        type=int,
+        default=1000,
+        help="most iterations the wedge model trains (default 1000)",
+    )
+    ap.add_argument(
+        "--select-every",
+        type=int,
+        default=250,
+        help="score a snapshot on the tuning tomogram every N iterations",
+    )
     add_common_arguments(ap, threads=2)
     args = ap.parse_args(argv)
     args.argv = list(argv)

@@ -3,6 +3,7 @@ SHREC 2021, see run_benchmark.py's docstring and bench/README.md), the DoG picki
 protocol, the phantoms (made once and cached in the work folder), the scores of a method's
 output on a test tomogram, and the results files bench/results/<set>.json.
 """
+
 import json
 import os
 import platform
@@ -19,12 +20,17 @@ SHAPE = (64, 256, 256)
 
 SETS = {
     "denoise": {
-        "phantom": {},   # engine defaults: all classes, dose 100, contrast_volts 1.0
-        "noisy": [0, 1, 2, 3], "clean": [4, 5, 6, 7], "tune": 9, "test": [8, 10, 11],
+        "phantom": {},  # engine defaults: all classes, dose 100, contrast_volts 1.0
+        "noisy": [0, 1, 2, 3],
+        "clean": [4, 5, 6, 7],
+        "tune": 9,
+        "test": [8, 10, 11],
     },
     "picking": {
         "phantom": {"classes": ["ribosome"], "n_particles": 150, "contrast_volts": 0.15},
-        "noisy": [100, 101, 102, 103], "clean": [104, 105, 106, 107], "tune": 109,
+        "noisy": [100, 101, 102, 103],
+        "clean": [104, 105, 106, 107],
+        "tune": 109,
         "test": [110, 111, 112, 113, 114],
     },
 }
@@ -32,12 +38,12 @@ SETS = {
 # DoG picking protocol (paper, Methods "Template-free particle picking", scaled).
 PICK = {
     "class": "ribosome",
-    "diameter_angstrom": 280.0,     # ~28 nm ribosome, as the paper; sigma1 = r/sqrt(3) = 8.1 nm
+    "diameter_angstrom": 280.0,  # ~28 nm ribosome, as the paper; sigma1 = r/sqrt(3) = 8.1 nm
     "min_distance_angstrom": 200.0,  # NMS; paper 24 nm, see README: crowding
-    "margin_angstrom": 70.0,        # quarter diameter: particles touching a face stay pickable
-    "top_factor": 1.2,              # top-N = 1.2 x true count (paper: 500 picks, ~410 ribosomes)
+    "margin_angstrom": 70.0,  # quarter diameter: particles touching a face stay pickable
+    "top_factor": 1.2,  # top-N = 1.2 x true count (paper: 500 picks, ~410 ribosomes)
     "match_distance_angstrom": 80.0,  # paper: within 8 nm of a true centre
-    "polarity": "bright",           # every volume here is dense = bright
+    "polarity": "bright",  # every volume here is dense = bright
 }
 
 
@@ -85,10 +91,16 @@ def machine():
     except OSError:
         pass
     import torch
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "numpy": np.__version__, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
 # ------------------------------------------------------------------ the study
@@ -101,13 +113,14 @@ class Bench:
         self.work = os.path.abspath(work)
         self.results = os.path.abspath(results)
         self.shape = tuple(shape)
-        self.pick_contrast = pick_contrast   # None: the picking set's own (0.15 V)
+        self.pick_contrast = pick_contrast  # None: the picking set's own (0.15 V)
         self.force = force
 
     # ---------------------------------------------------------------- phantoms
     def phantom_params(self, set_name, seed):
-        params = dict(shape=list(self.shape), voxel_size=VOXEL_SIZE, seed=int(seed),
-                      write_noise_free=True)
+        params = dict(
+            shape=list(self.shape), voxel_size=VOXEL_SIZE, seed=int(seed), write_noise_free=True
+        )
         params.update(SETS[set_name]["phantom"])
         if set_name == "picking" and self.pick_contrast is not None:
             params["contrast_volts"] = self.pick_contrast
@@ -119,11 +132,15 @@ class Bench:
     def phantom(self, set_name, seed):
         """Make (or reuse) one phantom; returns its directory."""
         from dual_engine.synth.phantom import make_phantom
+
         outdir = self.phantom_dir(set_name, seed)
         params = self.phantom_params(set_name, seed)
         stamp = os.path.join(outdir, "bench_params.json")
-        if (not self.force and os.path.exists(os.path.join(outdir, "phantom.json"))
-                and load_json(stamp) == canonical(params)):
+        if (
+            not self.force
+            and os.path.exists(os.path.join(outdir, "phantom.json"))
+            and load_json(stamp) == canonical(params)
+        ):
             return outdir
         if os.path.isdir(outdir):
             shutil.rmtree(outdir)
@@ -145,24 +162,36 @@ class Bench:
 
     def truth(self, set_name, seed):
         path = os.path.join(self.phantom_dir(set_name, seed), "particle_locations.txt")
-        return np.array([p.xyz for p in read_particle_locations(path)
-                         if p.name == PICK["class"]]).reshape(-1, 3)
+        return np.array(
+            [p.xyz for p in read_particle_locations(path) if p.name == PICK["class"]]
+        ).reshape(-1, 3)
 
     # ---------------------------------------------------------------- scoring
     def score_denoise(self, set_name, seed, out):
         gm = self.volume(set_name, seed, "grandmodel")
         nf = self.volume(set_name, seed, "reconstruction_noisefree")
-        return {"psnr_gm": metrics.psnr(gm, out), "ssim_gm": metrics.ssim(gm, out),
-                "psnr_nf": metrics.psnr(nf, out), "ssim_nf": metrics.ssim(nf, out)}
+        return {
+            "psnr_gm": metrics.psnr(gm, out),
+            "ssim_gm": metrics.ssim(gm, out),
+            "psnr_nf": metrics.psnr(nf, out),
+            "ssim_nf": metrics.ssim(nf, out),
+        }
 
     @staticmethod
     def pick_scores(volume, truth):
         """The DoG protocol (PICK) on one volume, scored against truth centres (x, y, z)."""
         from dual_engine.pick import dog_pick
+
         top = max(1, int(round(PICK["top_factor"] * len(truth))))
-        xyz, _ = dog_pick(volume, VOXEL_SIZE, PICK["diameter_angstrom"], top=top,
-                          min_distance=PICK["min_distance_angstrom"],
-                          margin=PICK["margin_angstrom"], polarity=PICK["polarity"])
+        xyz, _ = dog_pick(
+            volume,
+            VOXEL_SIZE,
+            PICK["diameter_angstrom"],
+            top=top,
+            min_distance=PICK["min_distance_angstrom"],
+            margin=PICK["margin_angstrom"],
+            polarity=PICK["polarity"],
+        )
         r = metrics.match_picks(xyz, truth, PICK["match_distance_angstrom"] / VOXEL_SIZE)
         r["top"] = top
         return r
@@ -170,10 +199,17 @@ class Bench:
     def score_picks(self, set_name, seed, out):
         r = self.pick_scores(out, self.truth(set_name, seed))
         gm = self.volume(set_name, seed, "grandmodel")
-        return {"precision": r["precision"], "recall": r["recall"], "f1": r["f1"],
-                "tp": r["tp"], "n_picks": r["n_picks"], "n_truth": r["n_truth"],
-                "top": r["top"], "ssim_gm": metrics.ssim(gm, out),
-                "psnr_gm": metrics.psnr(gm, out)}
+        return {
+            "precision": r["precision"],
+            "recall": r["recall"],
+            "f1": r["f1"],
+            "tp": r["tp"],
+            "n_picks": r["n_picks"],
+            "n_truth": r["n_truth"],
+            "top": r["top"],
+            "ssim_gm": metrics.ssim(gm, out),
+            "psnr_gm": metrics.psnr(gm, out),
+        }
 
     def score(self, set_name, seed, out):
         """The set's scores of one output: PSNR/SSIM (denoise) or DoG picking (picking)."""
@@ -192,10 +228,17 @@ class Bench:
         entries.update(done)
         data = {
             "benchmark": "DUAL paper Table %d on phantoms" % (1 if set_name == "denoise" else 2),
-            "updated": date, "last_command": command, "machine": machine(),
-            "set": {"name": set_name, "noisy_seeds": s["noisy"], "clean_seeds": s["clean"],
-                    "tuning_seed": s["tune"], "test_seeds": s["test"],
-                    "phantom": self.phantom_params(set_name, 0)},
+            "updated": date,
+            "last_command": command,
+            "machine": machine(),
+            "set": {
+                "name": set_name,
+                "noisy_seeds": s["noisy"],
+                "clean_seeds": s["clean"],
+                "tuning_seed": s["tune"],
+                "test_seeds": s["test"],
+                "phantom": self.phantom_params(set_name, 0),
+            },
             "std": "sample standard deviation (ddof=1) over the test tomograms",
             "methods": {m: entries[m] for m in order if m in entries},
         }
@@ -203,9 +246,11 @@ class Bench:
         if set_name == "picking":
             data["picking_protocol"] = dict(PICK)
         else:
-            data["metrics"] = ("PSNR/SSIM (dual_engine.metrics: both volumes standardised, "
-                               "R = max-min of the reference, SSIM window 7^3) against the "
-                               "grand model (gm) and the noise-free reconstruction (nf)")
+            data["metrics"] = (
+                "PSNR/SSIM (dual_engine.metrics: both volumes standardised, "
+                "R = max-min of the reference, SSIM window 7^3) against the "
+                "grand model (gm) and the noise-free reconstruction (nf)"
+            )
         save_json(path, data)
         return data
 

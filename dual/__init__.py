@@ -4,6 +4,7 @@ compensation and template-free picking) as Scipion protocols.
 The engine runs in its own environment (DUAL_ENV_ACTIVATION) and is only ever called
 through `Plugin.runEngine`; this package never imports torch.
 """
+
 import os
 import shlex
 import subprocess
@@ -13,10 +14,20 @@ import pwem
 import pyworkflow.utils as pwutils
 from pyworkflow import TOMO
 
-from dual.constants import (DUAL, DUAL_HOME, DUAL_ENV_ACTIVATION, DUAL_ENV_NAME,
-                            DUAL_DEFAULT_ACTIVATION, DUAL_ENV_FLAG, DUAL_INSTALLED_FLAG,
-                            ENGINE_VERSION, ENGINE_SOURCE, TORCH_VERSION,
-                            TORCH_WHEELS_BY_CUDA_MAJOR, TORCH_DEFAULT_WHEELS)
+from dual.constants import (
+    DUAL,
+    DUAL_HOME,
+    DUAL_ENV_ACTIVATION,
+    DUAL_ENV_NAME,
+    DUAL_DEFAULT_ACTIVATION,
+    DUAL_ENV_FLAG,
+    DUAL_INSTALLED_FLAG,
+    ENGINE_VERSION,
+    ENGINE_SOURCE,
+    TORCH_VERSION,
+    TORCH_WHEELS_BY_CUDA_MAJOR,
+    TORCH_DEFAULT_WHEELS,
+)
 
 __version__ = '0.1.0'
 _logo = 'icon.png'
@@ -33,11 +44,14 @@ class Plugin(pwem.Plugin):
     @classmethod
     def _defineVariables(cls):
         cls._defineEmVar(DUAL_HOME, '%s-%s' % (DUAL, ENGINE_VERSION))
-        cls._defineVar(DUAL_ENV_ACTIVATION, DUAL_DEFAULT_ACTIVATION,
-                       description='Command that activates the environment holding '
-                                   'dual-engine, e.g. "conda activate %s" or '
-                                   '"source /path/to/venv/bin/activate". Empty: run the '
-                                   'engine with the Python running Scipion.' % DUAL_ENV_NAME)
+        cls._defineVar(
+            DUAL_ENV_ACTIVATION,
+            DUAL_DEFAULT_ACTIVATION,
+            description='Command that activates the environment holding '
+            'dual-engine, e.g. "conda activate %s" or '
+            '"source /path/to/venv/bin/activate". Empty: run the '
+            'engine with the Python running Scipion.' % DUAL_ENV_NAME,
+        )
 
     @classmethod
     def validateInstallation(cls):
@@ -69,25 +83,38 @@ class Plugin(pwem.Plugin):
         if program in cls._workingEnginePrograms:
             return []
         activation = (cls.getVar(DUAL_ENV_ACTIVATION) or '').strip()
-        where = ('DUAL_ENV_ACTIVATION = "%s"' % activation if activation
-                 else 'the Python running Scipion (DUAL_ENV_ACTIVATION is empty)')
+        where = (
+            'DUAL_ENV_ACTIVATION = "%s"' % activation
+            if activation
+            else 'the Python running Scipion (DUAL_ENV_ACTIVATION is empty)'
+        )
         try:
-            result = subprocess.run(program + ' --version', shell=True, executable='/bin/bash',
-                                    env=cls.getEnviron(), capture_output=True, text=True,
-                                    timeout=120)
+            result = subprocess.run(
+                program + ' --version',
+                shell=True,
+                executable='/bin/bash',
+                env=cls.getEnviron(),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
         except subprocess.TimeoutExpired:
             return ['The DUAL engine did not answer within 120 s with %s.' % where]
         answer = result.stdout.split()
         if result.returncode != 0 or answer[:1] != ['dual-engine']:
             reason = (result.stderr.strip().splitlines() or ['no output'])[-1]
-            return ['The DUAL engine does not run with %s (%s). Install it with '
-                    '"scipion3 installb %s", or set DUAL_ENV_ACTIVATION to a command that '
-                    'activates an environment with dual-engine %s.'
-                    % (where, reason, DUAL, ENGINE_VERSION)]
+            return [
+                'The DUAL engine does not run with %s (%s). Install it with '
+                '"scipion3 installb %s", or set DUAL_ENV_ACTIVATION to a command that '
+                'activates an environment with dual-engine %s.'
+                % (where, reason, DUAL, ENGINE_VERSION)
+            ]
         if answer[-1] != ENGINE_VERSION:
-            return ['The engine environment (%s) has dual-engine %s but this plugin needs %s: '
-                    'reinstall it with "scipion3 installb %s".'
-                    % (where, answer[-1], ENGINE_VERSION, DUAL)]
+            return [
+                'The engine environment (%s) has dual-engine %s but this plugin needs %s: '
+                'reinstall it with "scipion3 installb %s".'
+                % (where, answer[-1], ENGINE_VERSION, DUAL)
+            ]
         cls._workingEnginePrograms.add(program)
         return []
 
@@ -126,8 +153,13 @@ class Plugin(pwem.Plugin):
         useGpu = useGpu and not protocol.useQueue()
         if not isinstance(args, str):
             args = ' '.join(shlex.quote(str(a)) for a in args)
-        protocol.runJob(cls.getEngineProgram(useGpu), '%s %s' % (command, args),
-                        env=cls.getEnviron(), cwd=cwd, numberOfMpi=1)
+        protocol.runJob(
+            cls.getEngineProgram(useGpu),
+            '%s %s' % (command, args),
+            env=cls.getEnviron(),
+            cwd=cwd,
+            numberOfMpi=1,
+        )
 
     @classmethod
     def getDependencies(cls):
@@ -138,7 +170,9 @@ class Plugin(pwem.Plugin):
     def getTorchWheels(cls):
         """PyTorch wheel flavour for this machine's CUDA; a safe default when unknown."""
         try:
-            major = cls.getVersionFromPath(pwem.Config.CUDA_LIB, pattern='cuda', default='12.6').major
+            major = cls.getVersionFromPath(
+                pwem.Config.CUDA_LIB, pattern='cuda', default='12.6'
+            ).major
         except Exception:  # never let an odd CUDA path break the plugin list
             return TORCH_DEFAULT_WHEELS
         return TORCH_WHEELS_BY_CUDA_MAJOR.get(major, TORCH_DEFAULT_WHEELS)
@@ -148,16 +182,32 @@ class Plugin(pwem.Plugin):
         """Recipe only (run by `scipion3 installb dual`): a conda env with PyTorch and the
         vendored engine. Two flagged stages so a failed engine install does not redo the env."""
         conda = cls.getCondaActivationCmd()
-        createEnv = ('%s conda create -y -n %s python=3.11 && %s conda activate %s && '
-                     'pip install torch==%s --index-url https://download.pytorch.org/whl/%s && '
-                     'touch %s' % (conda, DUAL_ENV_NAME, conda, DUAL_ENV_NAME,
-                                   TORCH_VERSION, cls.getTorchWheels(), DUAL_ENV_FLAG))
-        installEngine = ('%s conda activate %s && pip install %s && touch %s'
-                         % (conda, DUAL_ENV_NAME, shlex.quote(ENGINE_SOURCE),
-                            DUAL_INSTALLED_FLAG))
-        env.addPackage(DUAL, version=ENGINE_VERSION, tar='void.tgz',
-                       commands=[(createEnv, DUAL_ENV_FLAG),
-                                 (installEngine, DUAL_INSTALLED_FLAG)],
-                       neededProgs=cls.getDependencies(),
-                       vars={'PATH': os.environ.get('PATH', '')},
-                       default=True)
+        createEnv = (
+            '%s conda create -y -n %s python=3.11 && %s conda activate %s && '
+            'pip install torch==%s --index-url https://download.pytorch.org/whl/%s && '
+            'touch %s'
+            % (
+                conda,
+                DUAL_ENV_NAME,
+                conda,
+                DUAL_ENV_NAME,
+                TORCH_VERSION,
+                cls.getTorchWheels(),
+                DUAL_ENV_FLAG,
+            )
+        )
+        installEngine = '%s conda activate %s && pip install %s && touch %s' % (
+            conda,
+            DUAL_ENV_NAME,
+            shlex.quote(ENGINE_SOURCE),
+            DUAL_INSTALLED_FLAG,
+        )
+        env.addPackage(
+            DUAL,
+            version=ENGINE_VERSION,
+            tar='void.tgz',
+            commands=[(createEnv, DUAL_ENV_FLAG), (installEngine, DUAL_INSTALLED_FLAG)],
+            neededProgs=cls.getDependencies(),
+            vars={'PATH': os.environ.get('PATH', '')},
+            default=True,
+        )

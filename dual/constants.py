@@ -1,4 +1,5 @@
 """Names shared by the plugin's modules: variables, versions, file names."""
+
 import os
 import re
 

@@ -6,6 +6,7 @@ Scipion's Python need not have the engine installed (it runs in its own environm
 and the contract imports only the standard library and numpy, so it is loaded here from
 its file, under a private module name.
 """
+
 import importlib.util
 import os
 import sys
@@ -18,7 +19,7 @@ def _load():
     if _MODULE not in sys.modules:
         spec = importlib.util.spec_from_file_location(_MODULE, CONTRACT_FILE)
         module = importlib.util.module_from_spec(spec)
-        sys.modules[_MODULE] = module   # dataclasses look their module up while building
+        sys.modules[_MODULE] = module  # dataclasses look their module up while building
         spec.loader.exec_module(module)
     return sys.modules[_MODULE]
 

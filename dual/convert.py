@@ -1,5 +1,6 @@
 """Readers of the files the engine writes and coordinate conversions, for protocols and
 viewers (no torch here)."""
+
 import json
 import math
 import os
@@ -8,10 +9,15 @@ import numpy as np
 
 # Loss columns of the engine's training log (dual_engine.train), in display order.
 LOSS_KEYS = ('loss', 'rec_clean', 'rec_noisy', 'adv', 'kl', 'polarity', 'disc')
-LOSS_LABELS = {'loss': 'total (generators)', 'rec_clean': 'reconstruction, clean cycle',
-               'rec_noisy': 'reconstruction, noisy cycle', 'adv': 'adversarial (generators)',
-               'kl': 'noise-code KL', 'polarity': 'polarity anchor',
-               'disc': 'discriminators'}
+LOSS_LABELS = {
+    'loss': 'total (generators)',
+    'rec_clean': 'reconstruction, clean cycle',
+    'rec_noisy': 'reconstruction, noisy cycle',
+    'adv': 'adversarial (generators)',
+    'kl': 'noise-code KL',
+    'polarity': 'polarity anchor',
+    'disc': 'discriminators',
+}
 
 
 def readTrainingLog(path):

@@ -1,4 +1,5 @@
 """Scipion objects of the plugin (discovered by pyworkflow from this module)."""
+
 import json
 
 import pyworkflow.object as pwobj
@@ -12,8 +13,16 @@ class DualModel(EMObject):
     model trained here and one trained elsewhere and imported look the same.
     """
 
-    def __init__(self, path=None, voxelSize=None, subvolumeSize=None, iterations=None,
-                 summary=None, config=None, **kwargs):
+    def __init__(
+        self,
+        path=None,
+        voxelSize=None,
+        subvolumeSize=None,
+        iterations=None,
+        summary=None,
+        config=None,
+        **kwargs,
+    ):
         EMObject.__init__(self, **kwargs)
         self._path = pwobj.String(path)
         self._voxelSize = pwobj.Float(voxelSize)
@@ -80,7 +89,10 @@ class DualModel(EMObject):
 
     def __str__(self):
         text = 'DualModel (%s A/px, %s^3 subvolumes, %s iterations' % (
-            self.getVoxelSize(), self.getSubvolumeSize(), self.getIterations())
+            self.getVoxelSize(),
+            self.getSubvolumeSize(),
+            self.getIterations(),
+        )
         if self.getTask() == 'wedge':
             text += ', missing wedge %g..%g deg' % self.getTiltRange()
         return text + ')'

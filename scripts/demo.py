@@ -17,6 +17,7 @@ workflow template (dual/templates/denoise_pick.json.template).
 Usage: python scripts/demo.py [--output demo-output] [--iterations N] [--quick]
                               [--threads N] [--schedule]
 """
+
 import argparse
 import json
 import os
@@ -27,24 +28,36 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from headless import prepare_scipion_home  # noqa: E402
 
-VOXEL_SIZE = 10.0          # A
-DIAMETER = 280.0           # A, the ribosome's largest extent
-MATCH_DISTANCE = 80.0      # A: a pick within this of a ribosome centre is a hit (paper)
+VOXEL_SIZE = 10.0  # A
+DIAMETER = 280.0  # A, the ribosome's largest extent
+MATCH_DISTANCE = 80.0  # A: a pick within this of a ribosome centre is a hit (paper)
 # The picking boxes' advanced settings, as in bench/: the phantoms' ribosomes are
 # crowded, and with the defaults (minimum distance 240 A, margin = the radius) DoG
 # recall stays near 0.7 even on a grand model (seed 0: 0.70, with these 0.95).
-MIN_DISTANCE, MARGIN = 200.0, 70.0   # A
+MIN_DISTANCE, MARGIN = 200.0, 70.0  # A
 NOISY_SEEDS, CLEAN_SEEDS, HELD_OUT_SEEDS = (0, 1), (2, 3), (4,)
 
 # Full: the template's default network (U-Nets of width 16 and depth 2, 32^3
 # subvolumes, batches of 4) for 400 iterations, ~0.7 s each on 2 free CPU cores; the
 # whole demo takes ~10 min after setup (see README). Quick: a smoke run, a few minutes.
 PRESETS = {
-    'full': dict(shape=(64, 256, 256), particles=100, picks=120, iterations=400,
-                 network={}),
-    'quick': dict(shape=(48, 128, 128), particles=30, picks=36, iterations=10,
-                  network=dict(subvolumeSize=16, unetWidth=4, noiseWidth=4, discWidth=4,
-                               codeSize=4, batchSize=2, logEvery=2, checkpointEvery=5)),
+    'full': dict(shape=(64, 256, 256), particles=100, picks=120, iterations=400, network={}),
+    'quick': dict(
+        shape=(48, 128, 128),
+        particles=30,
+        picks=36,
+        iterations=10,
+        network=dict(
+            subvolumeSize=16,
+            unetWidth=4,
+            noiseWidth=4,
+            discWidth=4,
+            codeSize=4,
+            batchSize=2,
+            logEvery=2,
+            checkpointEvery=5,
+        ),
+    ),
 }
 PHANTOM_OPTIONS = ('--classes', 'ribosome')
 # Template object ids of the boxes (dual/templates/denoise_pick.json.template).
@@ -53,8 +66,12 @@ IMPORT_NOISY, IMPORT_CLEAN, TRAIN, DENOISE, SIMULATE, PICK = '1', '2', '3', '4',
 
 def engine(*args):
     """Run the engine's CLI as a user would; return its JSON output."""
-    result = subprocess.run([sys.executable, '-m', 'dual_engine', *map(str, args)],
-                            check=True, stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(
+        [sys.executable, '-m', 'dual_engine', *map(str, args)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return json.loads(result.stdout)
 
 
@@ -63,9 +80,19 @@ def makePhantoms(folder, seeds, preset):
     for seed in seeds:
         out = os.path.join(folder, 'TS_%02d' % seed)
         if not os.path.exists(os.path.join(out, 'phantom.json')):
-            engine('phantom', out, '--seed', seed, '--shape', *preset['shape'],
-                   '--voxel-size', VOXEL_SIZE, '--particles', preset['particles'],
-                   *PHANTOM_OPTIONS)
+            engine(
+                'phantom',
+                out,
+                '--seed',
+                seed,
+                '--shape',
+                *preset['shape'],
+                '--voxel-size',
+                VOXEL_SIZE,
+                '--particles',
+                preset['particles'],
+                *PHANTOM_OPTIONS,
+            )
     return folder
 
 
@@ -84,25 +111,35 @@ def heldOutBoxes(project, trainProt, testDir, preset, cores):
     from tomo.protocols import ProtImportTomograms
     from dual.protocols import ProtDualDenoise, ProtDualPick
 
-    imported = project.newProtocol(ProtImportTomograms, filesPath=testDir,
-                                   filesPattern='{TS}/reconstruction.mrc',
-                                   samplingRate=VOXEL_SIZE)
-    denoise = project.newProtocol(ProtDualDenoise, useGpu=False,
-                                  numberOfThreads=modelThreads(1, cores))
+    imported = project.newProtocol(
+        ProtImportTomograms,
+        filesPath=testDir,
+        filesPattern='{TS}/reconstruction.mrc',
+        samplingRate=VOXEL_SIZE,
+    )
+    denoise = project.newProtocol(
+        ProtDualDenoise, useGpu=False, numberOfThreads=modelThreads(1, cores)
+    )
     denoise.inputModel.set(trainProt)
     denoise.inputModel.setExtended('model')
     denoise.inputTomograms.set(imported)
     denoise.inputTomograms.setExtended('Tomograms')
-    pick = project.newProtocol(ProtDualPick, particleDiameter=DIAMETER,
-                               numberOfPicks=preset['picks'], minDistance=MIN_DISTANCE,
-                               margin=MARGIN)
+    pick = project.newProtocol(
+        ProtDualPick,
+        particleDiameter=DIAMETER,
+        numberOfPicks=preset['picks'],
+        minDistance=MIN_DISTANCE,
+        margin=MARGIN,
+    )
     pick.inputTomograms.set(denoise)
     pick.inputTomograms.setExtended('tomograms')
     pick.originalTomograms.set(imported)
     pick.originalTomograms.setExtended('Tomograms')
-    for prot, label in ((imported, 'import held-out tomogram'),
-                        (denoise, 'dual - denoise (held-out)'),
-                        (pick, 'dual - pick (held-out)')):
+    for prot, label in (
+        (imported, 'import held-out tomogram'),
+        (denoise, 'dual - denoise (held-out)'),
+        (pick, 'dual - pick (held-out)'),
+    ):
         prot.setObjLabel(label)
         project.saveProtocol(prot)
     return [imported, denoise, pick]
@@ -115,8 +152,10 @@ def projectFile(project, item):
 
 def volumeScores(truthDir, rawFile, denoisedFile):
     from dual_engine.metrics import evaluate_volumes
-    raw, denoised = evaluate_volumes(os.path.join(truthDir, 'grandmodel.mrc'),
-                                     [rawFile, denoisedFile])
+
+    raw, denoised = evaluate_volumes(
+        os.path.join(truthDir, 'grandmodel.mrc'), [rawFile, denoisedFile]
+    )
     keys = ('psnr', 'ssim', 'pearson')
     return {'raw': {k: raw[k] for k in keys}, 'denoised': {k: denoised[k] for k in keys}}
 
@@ -126,9 +165,12 @@ def pickScores(picksXyz, truthDir):
     gold excluded), one-to-one, within MATCH_DISTANCE."""
     from dual_engine.io import read_particle_locations
     from dual_engine.metrics import DEFAULT_EXCLUDE, match_picks
-    truth = [p.xyz for p in read_particle_locations(os.path.join(truthDir,
-                                                                 'particle_locations.txt'))
-             if p.name not in DEFAULT_EXCLUDE]
+
+    truth = [
+        p.xyz
+        for p in read_particle_locations(os.path.join(truthDir, 'particle_locations.txt'))
+        if p.name not in DEFAULT_EXCLUDE
+    ]
     scores = match_picks(picksXyz, truth, MATCH_DISTANCE / VOXEL_SIZE)
     return {k: scores[k] for k in ('precision', 'recall', 'f1', 'n_picks', 'n_truth')}
 
@@ -137,41 +179,57 @@ def rawDogPicks(rawFile, top):
     """The protocol's DoG picker, same settings, on the raw tomogram (bright = dense)."""
     from dual_engine.io import read_mrc
     from dual_engine.pick import dog_pick
+
     volume, _ = read_mrc(rawFile)
-    xyz, _ = dog_pick(volume, VOXEL_SIZE, DIAMETER, top=top, min_distance=MIN_DISTANCE,
-                      margin=MARGIN, polarity='bright')
+    xyz, _ = dog_pick(
+        volume,
+        VOXEL_SIZE,
+        DIAMETER,
+        top=top,
+        min_distance=MIN_DISTANCE,
+        margin=MARGIN,
+        polarity='bright',
+    )
     return xyz
 
 
 def scipionPicks(coords, tomo):
     """BOTTOM_LEFT_CORNER voxel positions of `tomo`'s coordinates (x, y, z)."""
     from tomo.constants import BOTTOM_LEFT_CORNER
+
     return [c.getPosition(BOTTOM_LEFT_CORNER) for c in coords.iterCoordinates(volume=tomo)]
 
 
 def score(project, runs, phantomDirs):
     """Every figure of the summary, as a dict (also written to summary.json)."""
     from dual_engine.metrics import evaluate_volumes
+
     results = {'denoising': {}, 'picking': {}, 'simulation': {}}
     for role, denoiseKey, pickKey, importKey in (
-            ('trained on', DENOISE, PICK, IMPORT_NOISY),
-            ('held out', 'heldDenoise', 'heldPick', 'heldImport')):
-        denoised = {t.getTsId(): projectFile(project, t)
-                    for t in getattr(runs[denoiseKey], 'tomograms')}
+        ('trained on', DENOISE, PICK, IMPORT_NOISY),
+        ('held out', 'heldDenoise', 'heldPick', 'heldImport'),
+    ):
+        denoised = {
+            t.getTsId(): projectFile(project, t) for t in getattr(runs[denoiseKey], 'tomograms')
+        }
         coords = getattr(runs[pickKey], 'coordinates')
         top = runs[pickKey].numberOfPicks.get()
         for tomo in [t.clone() for t in getattr(runs[importKey], 'Tomograms')]:
             tsId, rawFile = tomo.getTsId(), projectFile(project, tomo)
             truth = phantomDirs[tsId]
-            results['denoising'][tsId] = dict(role=role, **volumeScores(truth, rawFile,
-                                                                        denoised[tsId]))
+            results['denoising'][tsId] = dict(
+                role=role, **volumeScores(truth, rawFile, denoised[tsId])
+            )
             results['picking'][tsId] = dict(
-                role=role, denoised=pickScores(scipionPicks(coords, tomo), truth),
-                raw=pickScores(rawDogPicks(rawFile, top), truth))
+                role=role,
+                denoised=pickScores(scipionPicks(coords, tomo), truth),
+                raw=pickScores(rawDogPicks(rawFile, top), truth),
+            )
     for tomo in [t.clone() for t in getattr(runs[SIMULATE], 'tomograms')]:
         mapId = tomo.getTsId().rsplit('_sim', 1)[0]
-        sim = evaluate_volumes(os.path.join(phantomDirs[mapId], 'grandmodel.mrc'),
-                               [projectFile(project, tomo)])[0]
+        sim = evaluate_volumes(
+            os.path.join(phantomDirs[mapId], 'grandmodel.mrc'), [projectFile(project, tomo)]
+        )[0]
         results['simulation'][tomo.getTsId()] = {'pearson_with_map': sim['pearson']}
     return results
 
@@ -180,46 +238,71 @@ def score(project, runs, phantomDirs):
 def printSummary(project, runs, results, args, output, phantomRoot, seconds):
     line = '-' * 78
     print('\n' + line)
-    print('DUAL demo (%s preset, %d training iterations): done in %d min %02d s'
-          % ('quick' if args.quick else 'full', args.iterations, seconds // 60, seconds % 60))
+    print(
+        'DUAL demo (%s preset, %d training iterations): done in %d min %02d s'
+        % ('quick' if args.quick else 'full', args.iterations, seconds // 60, seconds % 60)
+    )
     print(line)
     print('Scipion project  %s' % project.path)
-    print('  browse it:     SCIPION_USER_DATA=%s scipion3 project %s'
-          % (os.path.join(output, 'scipion', 'ScipionUserData'), project.getShortName()))
+    print(
+        '  browse it:     SCIPION_USER_DATA=%s scipion3 project %s'
+        % (os.path.join(output, 'scipion', 'ScipionUserData'), project.getShortName())
+    )
     for prot in runs.values():
-        outputs = ', '.join('%s (%s)' % (name, _size(obj))
-                            for name, obj in prot.iterOutputAttributes())
+        outputs = ', '.join(
+            '%s (%s)' % (name, _size(obj)) for name, obj in prot.iterOutputAttributes()
+        )
         print('  %-27s %-36s %s' % (prot.getObjLabel(), prot.getWorkingDir(), outputs))
-    print('Ground truth     %s/{noisy,clean,held_out}/TS_*/ (grandmodel.mrc, '
-          'particle_locations.txt, masks)' % phantomRoot)
+    print(
+        'Ground truth     %s/{noisy,clean,held_out}/TS_*/ (grandmodel.mrc, '
+        'particle_locations.txt, masks)' % phantomRoot
+    )
 
     print('\nDenoising, against each tomogram\'s grand model (never used in training)')
-    print('  %-6s %-11s %-27s %s' % ('', '', 'raw: PSNR / SSIM / Pearson',
-                                     'denoised: PSNR / SSIM / Pearson'))
+    print(
+        '  %-6s %-11s %-27s %s'
+        % ('', '', 'raw: PSNR / SSIM / Pearson', 'denoised: PSNR / SSIM / Pearson')
+    )
     for tsId, r in results['denoising'].items():
-        print('  %-6s %-11s %-27s %s' % (tsId, r['role'], _volumeText(r['raw']),
-                                         _volumeText(r['denoised'])))
+        print(
+            '  %-6s %-11s %-27s %s'
+            % (tsId, r['role'], _volumeText(r['raw']), _volumeText(r['denoised']))
+        )
 
     real = [r['raw']['pearson'] for r in results['denoising'].values()]
-    print('\nSimulation from the clean maps: Pearson with the map %s; real tomograms %.3f'
-          % (', '.join('%s %.3f' % (k, v['pearson_with_map'])
-                       for k, v in results['simulation'].items()), sum(real) / len(real)))
+    print(
+        '\nSimulation from the clean maps: Pearson with the map %s; real tomograms %.3f'
+        % (
+            ', '.join(
+                '%s %.3f' % (k, v['pearson_with_map']) for k, v in results['simulation'].items()
+            ),
+            sum(real) / len(real),
+        )
+    )
 
-    print('\nPicking (DoG for %g A particles, best %d per tomogram, minimum distance %g A, '
-          'margin %g A;\n  a hit is a pick within %g A of a ribosome centre, one-to-one)'
-          % (DIAMETER, runs[PICK].numberOfPicks.get(), MIN_DISTANCE, MARGIN, MATCH_DISTANCE))
+    print(
+        '\nPicking (DoG for %g A particles, best %d per tomogram, minimum distance %g A, '
+        'margin %g A;\n  a hit is a pick within %g A of a ribosome centre, one-to-one)'
+        % (DIAMETER, runs[PICK].numberOfPicks.get(), MIN_DISTANCE, MARGIN, MATCH_DISTANCE)
+    )
     print('  %-6s %-11s %-26s %s' % ('', '', 'denoised: P / R / F1', 'raw (same DoG): P / R / F1'))
     for tsId, r in results['picking'].items():
-        print('  %-6s %-11s %-26s %-26s (%d ribosomes)'
-              % (tsId, r['role'], _pickText(r['denoised']), _pickText(r['raw']),
-                 r['denoised']['n_truth']))
+        print(
+            '  %-6s %-11s %-26s %-26s (%d ribosomes)'
+            % (
+                tsId,
+                r['role'],
+                _pickText(r['denoised']),
+                _pickText(r['raw']),
+                r['denoised']['n_truth'],
+            )
+        )
     print('\nAll figures: %s' % os.path.join(output, 'summary.json'))
 
 
 def _size(obj):
     size = getattr(obj, 'getSize', None)
-    return ('%d item%s' % (size(), '' if size() == 1 else 's')) if size \
-        else type(obj).__name__
+    return ('%d item%s' % (size(), '' if size() == 1 else 's')) if size else type(obj).__name__
 
 
 def _volumeText(s):
@@ -233,17 +316,31 @@ def _pickText(s):
 # --------------------------------------------------------------------------- main
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--output', default='demo-output',
-                        help='folder for the phantoms, the Scipion home and the project')
-    parser.add_argument('--quick', action='store_true',
-                        help='smoke run: small phantoms, tiny network, few iterations')
-    parser.add_argument('--iterations', type=int, default=None,
-                        help='training iterations (default: 400, --quick 10)')
-    parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
-                        help='CPU cores to use (default: all)')
-    parser.add_argument('--schedule', action='store_true',
-                        help='schedule all boxes at once, as the Scipion GUI does, instead '
-                             'of launching them one by one (adds idle polling time)')
+    parser.add_argument(
+        '--output',
+        default='demo-output',
+        help='folder for the phantoms, the Scipion home and the project',
+    )
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='smoke run: small phantoms, tiny network, few iterations',
+    )
+    parser.add_argument(
+        '--iterations',
+        type=int,
+        default=None,
+        help='training iterations (default: 400, --quick 10)',
+    )
+    parser.add_argument(
+        '--threads', type=int, default=os.cpu_count() or 1, help='CPU cores to use (default: all)'
+    )
+    parser.add_argument(
+        '--schedule',
+        action='store_true',
+        help='schedule all boxes at once, as the Scipion GUI does, instead '
+        'of launching them one by one (adds idle polling time)',
+    )
     args = parser.parse_args()
     preset = PRESETS['quick' if args.quick else 'full']
     args.iterations = args.iterations or preset['iterations']
@@ -255,31 +352,45 @@ def main():
 
     shapeName = 'x'.join(map(str, preset['shape']))
     phantomRoot = os.path.join(output, 'phantoms', shapeName)
-    announce('1. Simulating ribosome phantoms (%s voxels at %g A) with the engine...'
-             % (shapeName, VOXEL_SIZE))
+    announce(
+        '1. Simulating ribosome phantoms (%s voxels at %g A) with the engine...'
+        % (shapeName, VOXEL_SIZE)
+    )
     noisyDir = makePhantoms(os.path.join(phantomRoot, 'noisy'), NOISY_SEEDS, preset)
     cleanDir = makePhantoms(os.path.join(phantomRoot, 'clean'), CLEAN_SEEDS, preset)
     testDir = makePhantoms(os.path.join(phantomRoot, 'held_out'), HELD_OUT_SEEDS, preset)
-    phantomDirs = {name: os.path.join(folder, name)
-                   for folder in (noisyDir, cleanDir, testDir) for name in os.listdir(folder)}
+    phantomDirs = {
+        name: os.path.join(folder, name)
+        for folder in (noisyDir, cleanDir, testDir)
+        for name in os.listdir(folder)
+    }
 
     prepare_scipion_home(os.path.join(output, 'scipion'))
     from pyworkflow.project import Manager
     from dual.templates.runner import createProject, loadTemplate, runWorkflow
 
     projectName = 'dual_demo_quick' if args.quick else 'dual_demo'
-    announce('2. Creating the Scipion project %r from the template "dual-denoise_pick"...'
-             % projectName)
+    announce(
+        '2. Creating the Scipion project %r from the template "dual-denoise_pick"...' % projectName
+    )
     manager = Manager()
     if manager.hasProject(projectName):
         manager.deleteProject(projectName)
     project, boxes = createProject(
-        projectName, loadTemplate(),
-        noisyPath=noisyDir, noisyPattern='{TS}/reconstruction.mrc',
-        noisySamplingRate=VOXEL_SIZE, cleanPath=cleanDir,
-        cleanPattern='{TS}/grandmodel.mrc', cleanSamplingRate=VOXEL_SIZE,
-        workingVoxelSize=VOXEL_SIZE, iterations=args.iterations, useGpu=False,
-        particleDiameter=DIAMETER, picksPerTomogram=preset['picks'])
+        projectName,
+        loadTemplate(),
+        noisyPath=noisyDir,
+        noisyPattern='{TS}/reconstruction.mrc',
+        noisySamplingRate=VOXEL_SIZE,
+        cleanPath=cleanDir,
+        cleanPattern='{TS}/grandmodel.mrc',
+        cleanSamplingRate=VOXEL_SIZE,
+        workingVoxelSize=VOXEL_SIZE,
+        iterations=args.iterations,
+        useGpu=False,
+        particleDiameter=DIAMETER,
+        picksPerTomogram=preset['picks'],
+    )
     os.chdir(project.path)  # protocols resolve their files from the project folder
     cores = max(1, args.threads)
     for name, value in dict(preset['network'], numberOfThreads=cores).items():
@@ -291,28 +402,42 @@ def main():
     for prot in boxes.values():
         project.saveProtocol(prot)
 
-    announce('3. Running it (%s): import -> train (%d iterations) -> denoise, simulate '
-             '-> pick...' % ('scheduled' if args.schedule else 'one box at a time',
-                             args.iterations))
-    finished = runWorkflow(project, list(boxes.values()), schedule=args.schedule,
-                           report=announce)
-    runs = {key: next(p for p in finished if p.getObjId() == box.getObjId())
-            for key, box in boxes.items()}
+    announce(
+        '3. Running it (%s): import -> train (%d iterations) -> denoise, simulate '
+        '-> pick...' % ('scheduled' if args.schedule else 'one box at a time', args.iterations)
+    )
+    finished = runWorkflow(project, list(boxes.values()), schedule=args.schedule, report=announce)
+    runs = {
+        key: next(p for p in finished if p.getObjId() == box.getObjId())
+        for key, box in boxes.items()
+    }
 
     announce('4. Denoising and picking the held-out tomogram with the trained model...')
-    held = runWorkflow(project, heldOutBoxes(project, runs[TRAIN], testDir, preset, cores),
-                       schedule=args.schedule, report=announce)
+    held = runWorkflow(
+        project,
+        heldOutBoxes(project, runs[TRAIN], testDir, preset, cores),
+        schedule=args.schedule,
+        report=announce,
+    )
     runs.update(zip(('heldImport', 'heldDenoise', 'heldPick'), held))
 
     announce('5. Scoring against the ground truth...')
     results = score(project, runs, phantomDirs)
     seconds = int(time.time() - start)
-    summary = dict(preset='quick' if args.quick else 'full', iterations=args.iterations,
-                   shape=list(preset['shape']), voxel_size=VOXEL_SIZE, diameter=DIAMETER,
-                   min_distance=MIN_DISTANCE, margin=MARGIN, match_distance=MATCH_DISTANCE,
-                   project=project.path,
-                   boxes={p.getObjLabel(): p.getWorkingDir() for p in runs.values()},
-                   seconds=seconds, **results)
+    summary = dict(
+        preset='quick' if args.quick else 'full',
+        iterations=args.iterations,
+        shape=list(preset['shape']),
+        voxel_size=VOXEL_SIZE,
+        diameter=DIAMETER,
+        min_distance=MIN_DISTANCE,
+        margin=MARGIN,
+        match_distance=MATCH_DISTANCE,
+        project=project.path,
+        boxes={p.getObjLabel(): p.getWorkingDir() for p in runs.values()},
+        seconds=seconds,
+        **results,
+    )
     with open(os.path.join(output, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
     printSummary(project, runs, results, args, output, phantomRoot, seconds)

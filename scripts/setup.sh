@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or update) a local virtual environment with everything DUAL needs to run
 # headless: Scipion's packages from PyPI, the plugin and its engine (editable), PyTorch
-# 2.13.0 (CPU) and pytest. Usage: bash scripts/setup.sh   (DUAL_VENV overrides .venv)
+# 2.13.0 (CPU), pytest and ruff (the linter and formatter scripts/test.sh runs).
+# Usage: bash scripts/setup.sh   (DUAL_VENV overrides .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${DUAL_VENV:-.venv}
@@ -11,5 +12,5 @@ pip="$venv/bin/python -m pip --disable-pip-version-check -q"
 $pip install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 # scipion-em-reliontomo and scipion-em-dynamo: test-only, for the coordinate export
 # chaining test (their converters need no RELION or Dynamo binaries).
-$pip install -e ./dual/engine -e . pytest scipion-app scipion-em-reliontomo scipion-em-dynamo 2>&1 | grep -v "^WARNING: Location" || true
+$pip install -e ./dual/engine -e . pytest ruff==0.17.6 scipion-app scipion-em-reliontomo scipion-em-dynamo 2>&1 | grep -v "^WARNING: Location" || true
 "$venv/bin/python" -c "import torch, pwem, tomo, dual_engine; print('environment ready:', '$venv')"

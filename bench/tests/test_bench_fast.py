@@ -3,6 +3,7 @@ dependencies bm4d or Topaz, so CI runs them with the project's own setup).
 
     python -m pytest bench/tests -q
 """
+
 import json
 import os
 import sys
@@ -46,24 +47,38 @@ def test_anisotropic_diffusion_conserves_mean_and_denoises():
 
 def test_yx_tiling_is_exact_for_a_pointwise_network():
     import torch
+
     rng = np.random.default_rng(1)
     vol = rng.normal(size=(8, 50, 37)).astype(np.float32)
     out = baselines._yx_tiled(vol, lambda t: 2 * t + 1, core=16, overlap=4)
     assert np.allclose(out, 2 * vol + 1)
     wrapped = baselines._PerTileStandardised(lambda t: t)
-    assert torch.allclose(wrapped(torch.ones(1, 1, 4, 4, 4) * 2 + torch.arange(4.0)),
-                          torch.ones(1, 1, 4, 4, 4) * 2 + torch.arange(4.0), atol=1e-5)
+    assert torch.allclose(
+        wrapped(torch.ones(1, 1, 4, 4, 4) * 2 + torch.arange(4.0)),
+        torch.ones(1, 1, 4, 4, 4) * 2 + torch.arange(4.0),
+        atol=1e-5,
+    )
 
 
 def test_supervised_trains_and_applies(tmp_path):
     from dual_engine.io import write_mrc
+
     clean, noisy = _noisy_ball((32, 40, 40))
     write_mrc(tmp_path / "n.mrc", noisy, 10.0)
     write_mrc(tmp_path / "c.mrc", clean, 10.0)
     model = str(tmp_path / "unet.pt")
-    summary = baselines.train_supervised([str(tmp_path / "n.mrc")], [str(tmp_path / "c.mrc")],
-                                         model, minutes=1, width=4, depth=1, size=16,
-                                         batch_size=2, max_iterations=3, log=None)
+    summary = baselines.train_supervised(
+        [str(tmp_path / "n.mrc")],
+        [str(tmp_path / "c.mrc")],
+        model,
+        minutes=1,
+        width=4,
+        depth=1,
+        size=16,
+        batch_size=2,
+        max_iterations=3,
+        log=None,
+    )
     assert summary["iterations"] == 3
     out = baselines.supervised(noisy, model, tile=32, overlap=8)
     assert out.shape == noisy.shape and np.all(np.isfinite(out))
@@ -89,25 +104,36 @@ def test_grids_and_splits_are_consistent():
     assert crop.shape == (64, 128, 128)
 
 
-
 def test_command_line_method_selection():
     import run_benchmark
+
     assert run_benchmark.parse([]).methods == methods.ORDER
     assert "dual" not in run_benchmark.parse(["--no-dual"]).methods
     assert run_benchmark.parse(["--methods", "dual", "nad", "--no-dual"]).methods == ["nad"]
 
+
 def test_tables_from_results(tmp_path):
-    entry = {"label": "Gaussian smoothing", "kind": "method", "params": {"sigma": 2.0},
-             "mean": {"psnr_gm": 28.0, "ssim_gm": 0.4, "psnr_nf": 33.0, "ssim_nf": 0.6,
-                      "seconds": 0.1},
-             "std": {"psnr_gm": 0.1, "ssim_gm": 0.01, "psnr_nf": 0.2, "ssim_nf": 0.02,
-                     "seconds": 0.0}}
-    data = {"updated": "now", "last_command": "python bench/run_benchmark.py",
-            "machine": {"cores": 2, "cpu": "cpu", "torch": "x", "torch_threads": 1},
-            "set": {"name": "denoise", "noisy_seeds": [0], "clean_seeds": [4],
-                    "tuning_seed": 9, "test_seeds": [8],
-                    "phantom": {"shape": [64, 256, 256], "voxel_size": 10.0}},
-            "methods": {"gaussian": entry}}
+    entry = {
+        "label": "Gaussian smoothing",
+        "kind": "method",
+        "params": {"sigma": 2.0},
+        "mean": {"psnr_gm": 28.0, "ssim_gm": 0.4, "psnr_nf": 33.0, "ssim_nf": 0.6, "seconds": 0.1},
+        "std": {"psnr_gm": 0.1, "ssim_gm": 0.01, "psnr_nf": 0.2, "ssim_nf": 0.02, "seconds": 0.0},
+    }
+    data = {
+        "updated": "now",
+        "last_command": "python bench/run_benchmark.py",
+        "machine": {"cores": 2, "cpu": "cpu", "torch": "x", "torch_threads": 1},
+        "set": {
+            "name": "denoise",
+            "noisy_seeds": [0],
+            "clean_seeds": [4],
+            "tuning_seed": 9,
+            "test_seeds": [8],
+            "phantom": {"shape": [64, 256, 256], "voxel_size": 10.0},
+        },
+        "methods": {"gaussian": entry},
+    }
     with open(tmp_path / "denoise.json", "w") as f:
         json.dump(data, f)
     text = open(report.write_tables(str(tmp_path))).read()
@@ -117,6 +143,7 @@ def test_tables_from_results(tmp_path):
 def test_lowpass_fill_keeps_measured_coefficients():
     import run_wedge
     from dual_engine import wedge
+
     rng = np.random.default_rng(3)
     volume = rng.normal(size=(16, 24, 20)).astype(np.float32)
     filled = run_wedge.lowpass_fill(volume, sigma=1.0, iterations=3)
@@ -132,13 +159,17 @@ def test_realism_auc_and_spectrum():
     class Fixed(run_realism.Classifier):
         def __init__(self, separable):
             import torch
-            self.net = (lambda x: x.mean(dim=(1, 2, 3, 4), keepdim=True)[:, :, 0, 0]) \
-                if separable else (lambda x: torch.zeros(len(x), 1))
+
+            self.net = (
+                (lambda x: x.mean(dim=(1, 2, 3, 4), keepdim=True)[:, :, 0, 0])
+                if separable
+                else (lambda x: torch.zeros(len(x), 1))
+            )
 
     rng = np.random.default_rng(0)
     real = [np.ones((40, 40, 40), np.float32)]
     fake = [-np.ones((40, 40, 40), np.float32)]
-    assert Fixed(True).auc(real, fake, 50, rng) == 1.0   # real patches all score higher
-    assert 0.4 < Fixed(False).auc(real, fake, 50, rng) < 0.6   # ties: chance
+    assert Fixed(True).auc(real, fake, 50, rng) == 1.0  # real patches all score higher
+    assert 0.4 < Fixed(False).auc(real, fake, 50, rng) < 0.6  # ties: chance
     volume = rng.normal(size=(32, 32, 32)).astype(np.float32)
     assert run_realism.radial_log_spectrum(volume).shape == (32,)

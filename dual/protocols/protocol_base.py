@@ -1,6 +1,7 @@
 """What the DUAL protocols share: the engine call through a job file, the compute
 resources (GPUs or CPU threads), engine input files, model files and input checks;
 and the base of the two protocols that apply a trained model (denoise, simulate)."""
+
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from dual.objects import DualModel
 
 class ProtDualBase(EMProtocol, ProtTomoBase):
     """Base of the DUAL protocols (not shown in the GUI)."""
+
     _label = None
 
     # --------------------------- the engine ------------------------------
@@ -56,16 +58,24 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
     @staticmethod
     def _defineGpuParams(form):
         """GPU choice in the form's run section. 'Use GPU = No' runs on CPU threads."""
-        form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
-                       label='Use GPU',
-                       help='No: run on the CPU with the number of threads given below '
-                            '(much slower, fine for small data and tests).')
-        form.addHidden(params.GPU_LIST, params.StringParam, default='0',
-                       label='GPU IDs',
-                       help='GPUs to use, e.g. "0" or "0 1". Steps that run at the same '
-                            'time share them out (one GPU per tomogram when threads = '
-                            'GPUs + 1); a training step given several GPUs trains on all '
-                            'of them (DistributedDataParallel).')
+        form.addHidden(
+            params.USE_GPU,
+            params.BooleanParam,
+            default=True,
+            label='Use GPU',
+            help='No: run on the CPU with the number of threads given below '
+            '(much slower, fine for small data and tests).',
+        )
+        form.addHidden(
+            params.GPU_LIST,
+            params.StringParam,
+            default='0',
+            label='GPU IDs',
+            help='GPUs to use, e.g. "0" or "0 1". Steps that run at the same '
+            'time share them out (one GPU per tomogram when threads = '
+            'GPUs + 1); a training step given several GPUs trains on all '
+            'of them (DistributedDataParallel).',
+        )
 
     def _stepGpus(self):
         """GPU ids of the running step: [] when the user chose the CPU."""
@@ -131,8 +141,9 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
         {'config': {voxel_size, subvolume_size, ...}, 'iteration', 'training', ...}.
         The plugin never loads a model itself (that would need torch)."""
         infoFile = os.path.abspath(self._getExtraPath(MODEL_INFO_FILE))
-        self.runEngineJob('model-info', {'model': os.path.abspath(modelPath),
-                                         'output': infoFile}, 'model_info')
+        self.runEngineJob(
+            'model-info', {'model': os.path.abspath(modelPath), 'output': infoFile}, 'model_info'
+        )
         with open(infoFile) as f:
             return json.load(f)
 
@@ -140,11 +151,14 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
         """The DualModel output for an engine model file, with the file's own values."""
         info = self._readModelInfo(modelPath)
         config = info['config']
-        return DualModel(path=modelPath, voxelSize=config['voxel_size'],
-                         subvolumeSize=config['subvolume_size'],
-                         iterations=info['iteration'],
-                         summary=json.dumps(info.get('training') or {}),
-                         config=json.dumps(config))
+        return DualModel(
+            path=modelPath,
+            voxelSize=config['voxel_size'],
+            subvolumeSize=config['subvolume_size'],
+            iterations=info['iteration'],
+            summary=json.dumps(info.get('training') or {}),
+            config=json.dumps(config),
+        )
 
     # --------------------------- input checks ----------------------------
     @staticmethod
@@ -155,8 +169,10 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
         if inputSet.getSize() == 0:
             return ['%s: the set is empty.' % label]
         if not inputSet.getSamplingRate() or inputSet.getSamplingRate() <= 0:
-            return ['%s: the sampling rate is not set (%s A/px); fix it on import.'
-                    % (label, inputSet.getSamplingRate())]
+            return [
+                '%s: the sampling rate is not set (%s A/px); fix it on import.'
+                % (label, inputSet.getSamplingRate())
+            ]
         return []
 
     @staticmethod
@@ -165,9 +181,14 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
         (the engine's rule, engine.check_fits_subvolume)."""
         errors = []
         for item in inputSet.iterItems():
-            error = firstError(engine.check_fits_subvolume, '%s: %s' % (label, itemKey(item)),
-                               item.getDim(), item.getSamplingRate(), workingVoxelSize,
-                               subvolumeSize)
+            error = firstError(
+                engine.check_fits_subvolume,
+                '%s: %s' % (label, itemKey(item)),
+                item.getDim(),
+                item.getSamplingRate(),
+                workingVoxelSize,
+                subvolumeSize,
+            )
             if error:
                 errors.append(error)
         return errors
@@ -216,9 +237,10 @@ class ProtDualApplyModel(ProtDualBase):
     """Base of the protocols that run a trained DualModel over a set of volumes, one
     step per volume (in parallel), each output appended to the output set as soon as
     it is ready. Subclasses define the input set, the engine job and the outputs."""
+
     _label = None
-    _modelTask = 'denoise'   # the DualModel task the protocol applies
-    _inputName = 'inputTomograms'   # the form's pointer to the volumes to process
+    _modelTask = 'denoise'  # the DualModel task the protocol applies
+    _inputName = 'inputTomograms'  # the form's pointer to the volumes to process
     stepsExecutionMode = STEPS_PARALLEL
 
     def __init__(self, **kwargs):
@@ -228,21 +250,31 @@ class ProtDualApplyModel(ProtDualBase):
     # --------------------------- form ------------------------------------
     def _defineModelInput(self, form):
         form.addSection(label=Message.LABEL_INPUT)
-        form.addParam('inputModel', params.PointerParam, pointerClass='DualModel',
-                      important=True, label='DUAL model',
-                      help='A model from "dual - train" or "dual - import model".')
+        form.addParam(
+            'inputModel',
+            params.PointerParam,
+            pointerClass='DualModel',
+            important=True,
+            label='DUAL model',
+            help='A model from "dual - train" or "dual - import model".',
+        )
 
     @staticmethod
     def _defineRunParams(form):
-        form.addParam('tileSize', params.IntParam, default=engine.DEFAULT_TILE,
-                      validators=[params.GE(engine.MIN_TILE)],
-                      expertLevel=params.LEVEL_ADVANCED, label='Tile size (voxels)',
-                      help='Volumes are processed in overlapping cubic tiles of this side, '
-                           'at the model\'s working voxel size; the tile borders (the '
-                           'network\'s receptive radius, 24 voxels for U-Net depth 2) are '
-                           'discarded, so small tiles waste most of their work. Smaller '
-                           'tiles need less memory (bench/run_speed.py measures it); the '
-                           'result does not depend on it.')
+        form.addParam(
+            'tileSize',
+            params.IntParam,
+            default=engine.DEFAULT_TILE,
+            validators=[params.GE(engine.MIN_TILE)],
+            expertLevel=params.LEVEL_ADVANCED,
+            label='Tile size (voxels)',
+            help='Volumes are processed in overlapping cubic tiles of this side, '
+            'at the model\'s working voxel size; the tile borders (the '
+            'network\'s receptive radius, 24 voxels for U-Net depth 2) are '
+            'discarded, so small tiles waste most of their work. Smaller '
+            'tiles need less memory (bench/run_speed.py measures it); the '
+            'result does not depend on it.',
+        )
         ProtDualBase._defineGpuParams(form)
         form.addParallelSection(threads=1, mpi=0)
 
@@ -259,14 +291,15 @@ class ProtDualApplyModel(ProtDualBase):
         modelSteps = self._insertModelSteps()
         outputSteps = []
         for name in self.inputItems:
-            runId = self._insertFunctionStep(self.runModelStep, name,
-                                             prerequisites=modelSteps,
-                                             needsGPU=self.usesGpu())
-            outputSteps.append(self._insertFunctionStep(self.createOutputStep, name,
-                                                        prerequisites=[runId],
-                                                        needsGPU=False))
-        self._insertFunctionStep(self._closeOutputSet, prerequisites=outputSteps,
-                                 needsGPU=False)
+            runId = self._insertFunctionStep(
+                self.runModelStep, name, prerequisites=modelSteps, needsGPU=self.usesGpu()
+            )
+            outputSteps.append(
+                self._insertFunctionStep(
+                    self.createOutputStep, name, prerequisites=[runId], needsGPU=False
+                )
+            )
+        self._insertFunctionStep(self._closeOutputSet, prerequisites=outputSteps, needsGPU=False)
 
     def _insertModelSteps(self):
         """Steps that make the model before it is applied (none: it is an input)."""
@@ -282,20 +315,23 @@ class ProtDualApplyModel(ProtDualBase):
 
     def _initialize(self):
         """{name: item} of the input volumes; the name is the tsId (or volNNN)."""
-        self.inputItems = {itemKey(item): item.clone()
-                           for item in self._getInputSet().iterItems(orderBy='id')}
+        self.inputItems = {
+            itemKey(item): item.clone() for item in self._getInputSet().iterItems(orderBy='id')
+        }
 
     def _engineJob(self, name, gpus):
         """The engine job that processes input `name` (subclasses add their options)."""
         item = self.inputItems[name]
-        return {'model': os.path.abspath(self._modelPath()),
-                'inputs': [self._engineInputFile(item, name)],
-                'outdir': os.path.abspath(self._getExtraPath()),
-                'voxel_size': item.getSamplingRate(),
-                'tile': self.tileSize.get(),
-                'overwrite': True,   # the step's own output: a re-run replaces it
-                'device': self._engineDevice(gpus),
-                'threads': self._engineThreads()}
+        return {
+            'model': os.path.abspath(self._modelPath()),
+            'inputs': [self._engineInputFile(item, name)],
+            'outdir': os.path.abspath(self._getExtraPath()),
+            'voxel_size': item.getSamplingRate(),
+            'tile': self.tileSize.get(),
+            'overwrite': True,  # the step's own output: a re-run replaces it
+            'device': self._engineDevice(gpus),
+            'threads': self._engineThreads(),
+        }
 
     def _engineCommand(self):
         raise NotImplementedError
@@ -306,8 +342,12 @@ class ProtDualApplyModel(ProtDualBase):
 
     def runModelStep(self, name):
         gpus = self._stepGpus()
-        self.runEngineJob(self._engineCommand(), self._engineJob(name, gpus),
-                          '%s_%s' % (self._engineCommand(), name), useGpu=bool(gpus))
+        self.runEngineJob(
+            self._engineCommand(),
+            self._engineJob(name, gpus),
+            '%s_%s' % (self._engineCommand(), name),
+            useGpu=bool(gpus),
+        )
 
     def createOutputStep(self, name):
         raise NotImplementedError
@@ -357,35 +397,45 @@ class ProtDualApplyModel(ProtDualBase):
         if model is None or errors:
             return errors
         if not os.path.exists(model.getPath()):
-            errors.append('The model file %s does not exist (moved or deleted?).'
-                          % model.getPath())
+            errors.append('The model file %s does not exist (moved or deleted?).' % model.getPath())
         if model.getTask() != self._modelTask:
-            errors.append('The model was trained for the "%s" task; this protocol needs a '
-                          'model trained for "%s" (%s).' % (model.getTask(), self._modelTask,
-                                                           TASK_SOURCES[self._modelTask]))
-        error = firstError(engine.check_voxel_size_ratio, inputSet.getSamplingRate(),
-                           model.getVoxelSize(), 'The input volumes')
+            errors.append(
+                'The model was trained for the "%s" task; this protocol needs a '
+                'model trained for "%s" (%s).'
+                % (model.getTask(), self._modelTask, TASK_SOURCES[self._modelTask])
+            )
+        error = firstError(
+            engine.check_voxel_size_ratio,
+            inputSet.getSamplingRate(),
+            model.getVoxelSize(),
+            'The input volumes',
+        )
         if error:
             errors.append(error)
-        errors += self._tooSmallErrors(inputSet, 'Input volumes', model.getVoxelSize(),
-                                       model.getSubvolumeSize())
+        errors += self._tooSmallErrors(
+            inputSet, 'Input volumes', model.getVoxelSize(), model.getSubvolumeSize()
+        )
         return errors
 
     def _warnings(self):
         model = self.inputModel.get()
         warnings = []
         if model is not None and (model.getIterations() or 0) < MIN_USEFUL_ITERATIONS:
-            warnings.append('The model was trained for only %s iterations: expect poor '
-                            'results (a useful model usually needs a few thousand).'
-                            % model.getIterations())
+            warnings.append(
+                'The model was trained for only %s iterations: expect poor '
+                'results (a useful model usually needs a few thousand).' % model.getIterations()
+            )
         if not self.usesGpu():
             warnings.append('Running on the CPU: this can take long for large tomograms.')
         return warnings
 
     def _modelDescription(self):
         model = self.inputModel.get()
-        return ('a DUAL model trained for %d iterations at %.2f A/voxel on %d^3 subvolumes'
-                % (model.getIterations(), model.getVoxelSize(), model.getSubvolumeSize()))
+        return 'a DUAL model trained for %d iterations at %.2f A/voxel on %d^3 subvolumes' % (
+            model.getIterations(),
+            model.getVoxelSize(),
+            model.getSubvolumeSize(),
+        )
 
     def _citations(self):
         return ['Zeng2023DUAL']

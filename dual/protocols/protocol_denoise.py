@@ -23,6 +23,7 @@ class ProtDualDenoise(ProtDualApplyModel):
     Tomograms are processed in parallel (threads - 1 at a time, one GPU each when
     threads = GPUs + 1) and appear in the output as soon as each one is done.
     """
+
     _label = 'denoise'
     _devStatus = BETA
     _possibleOutputs = DenoiseOutputs
@@ -30,10 +31,15 @@ class ProtDualDenoise(ProtDualApplyModel):
     # --------------------------- form ------------------------------------
     def _defineParams(self, form):
         self._defineModelInput(form)
-        form.addParam('inputTomograms', params.PointerParam, pointerClass='SetOfTomograms',
-                      important=True, label='Tomograms',
-                      help='Tomograms to denoise; best at a voxel size close to the '
-                           'model\'s working voxel size.')
+        form.addParam(
+            'inputTomograms',
+            params.PointerParam,
+            pointerClass='SetOfTomograms',
+            important=True,
+            label='Tomograms',
+            help='Tomograms to denoise; best at a voxel size close to the '
+            'model\'s working voxel size.',
+        )
         self._defineRunParams(form)
 
     # --------------------------- steps -----------------------------------
@@ -51,8 +57,7 @@ class ProtDualDenoise(ProtDualApplyModel):
 
     def _denoisedFile(self, name):
         """The engine names its output after the input link extra/inputs/<name>.mrc."""
-        return self._getExtraPath(engine.output_name(self._engineInputPath(name),
-                                                     DENOISED_SUFFIX))
+        return self._getExtraPath(engine.output_name(self._engineInputPath(name), DENOISED_SUFFIX))
 
     def createOutputStep(self, tsId):
         self._appendTomogram(tsId, self._denoisedFile(tsId), DenoiseOutputs.tomograms.name)
@@ -63,15 +68,23 @@ class ProtDualDenoise(ProtDualApplyModel):
             return []
         outSet = getattr(self, DenoiseOutputs.tomograms.name, None)
         done = outSet.getSize() if outSet is not None else 0
-        return ['%d of %d tomograms denoised with %s.'
-                % (done, self._getInputSet().getSize(), self._modelDescription())]
+        return [
+            '%d of %d tomograms denoised with %s.'
+            % (done, self._getInputSet().getSize(), self._modelDescription())
+        ]
 
     def _methods(self):
         if self.inputModel.get() is None or self._getInputSet() is None:
             return []
         inputSet = self._getInputSet()
-        return ['We denoised %d tomograms (%.2f A/voxel) with DUAL [Zeng2023DUAL], using %s. '
-                'Each tomogram was resampled to the model\'s voxel size, denoised in '
-                'overlapping tiles of %d voxels and resampled back to its original grid.'
-                % (inputSet.getSize(), inputSet.getSamplingRate(), self._modelDescription(),
-                   self.tileSize.get())]
+        return [
+            'We denoised %d tomograms (%.2f A/voxel) with DUAL [Zeng2023DUAL], using %s. '
+            'Each tomogram was resampled to the model\'s voxel size, denoised in '
+            'overlapping tiles of %d voxels and resampled back to its original grid.'
+            % (
+                inputSet.getSize(),
+                inputSet.getSamplingRate(),
+                self._modelDescription(),
+                self.tileSize.get(),
+            )
+        ]

@@ -23,17 +23,27 @@ class ProtDualImportModel(ProtImport, ProtDualBase):
     The model's working voxel size, subvolume size and training history are read from
     the file by the engine. A training checkpoint (checkpoint.pt) is accepted too.
     """
+
     _label = 'import model'
     _devStatus = BETA
     _possibleOutputs = ImportModelOutputs
 
     def _defineParams(self, form):
         form.addSection(label='Import')
-        form.addParam('modelFile', params.PathParam, important=True, label='Model file',
-                      help='A model.pt written by dual-engine train (or a checkpoint.pt).')
-        form.addParam('copyFile', params.BooleanParam, default=True,
-                      label='Copy the file into the project?',
-                      help='No: link to it; the project then breaks if the file moves.')
+        form.addParam(
+            'modelFile',
+            params.PathParam,
+            important=True,
+            label='Model file',
+            help='A model.pt written by dual-engine train (or a checkpoint.pt).',
+        )
+        form.addParam(
+            'copyFile',
+            params.BooleanParam,
+            default=True,
+            label='Copy the file into the project?',
+            help='No: link to it; the project then breaks if the file moves.',
+        )
 
     # --------------------------- steps -----------------------------------
     def _insertAllSteps(self):
@@ -68,18 +78,27 @@ class ProtDualImportModel(ProtImport, ProtDualBase):
         model = getattr(self, ImportModelOutputs.model.name, None)
         if model is None:
             return []
-        return ['Imported %s from %s: trained for %d iterations at %.2f A/voxel on %d^3 '
-                'subvolumes.' % ('a copy of' if self.copyFile else 'a link to',
-                                 self.modelFile.get(), model.getIterations(),
-                                 model.getVoxelSize(), model.getSubvolumeSize())]
+        return [
+            'Imported %s from %s: trained for %d iterations at %.2f A/voxel on %d^3 '
+            'subvolumes.'
+            % (
+                'a copy of' if self.copyFile else 'a link to',
+                self.modelFile.get(),
+                model.getIterations(),
+                model.getVoxelSize(),
+                model.getSubvolumeSize(),
+            )
+        ]
 
     def _methods(self):
         model = getattr(self, ImportModelOutputs.model.name, None)
         if model is None:
             return []
-        return ['We used a DUAL model [Zeng2023DUAL] trained for %d iterations at a working '
-                'voxel size of %.2f A on %d^3-voxel subvolumes.'
-                % (model.getIterations(), model.getVoxelSize(), model.getSubvolumeSize())]
+        return [
+            'We used a DUAL model [Zeng2023DUAL] trained for %d iterations at a working '
+            'voxel size of %.2f A on %d^3-voxel subvolumes.'
+            % (model.getIterations(), model.getVoxelSize(), model.getSubvolumeSize())
+        ]
 
     def _citations(self):
         return ['Zeng2023DUAL']

@@ -25,6 +25,7 @@ class ProtDualPhantom(ProtDualBase):
     (same tsIds); the masks and particle list of each phantom are in extra/<tsId>/.
     Use them to test a pipeline against known ground truth, or as DUAL training data.
     """
+
     _label = 'simulate phantoms'
     _devStatus = BETA
     _possibleOutputs = {OUT_TOMOGRAMS: SetOfTomograms, OUT_GRAND_MODELS: SetOfTomograms}
@@ -36,38 +37,71 @@ class ProtDualPhantom(ProtDualBase):
 
     def _defineParams(self, form):
         form.addSection(label='Phantoms')
-        form.addParam('numberOfPhantoms', params.IntParam, default=2,
-                      validators=[params.Positive], label='Number of phantoms')
-        form.addParam('seed', params.IntParam, default=0, label='Random seed',
-                      help='Phantom i is simulated with seed + i: same seed, same phantoms.')
+        form.addParam(
+            'numberOfPhantoms',
+            params.IntParam,
+            default=2,
+            validators=[params.Positive],
+            label='Number of phantoms',
+        )
+        form.addParam(
+            'seed',
+            params.IntParam,
+            default=0,
+            label='Random seed',
+            help='Phantom i is simulated with seed + i: same seed, same phantoms.',
+        )
         line = form.addLine('Size (voxels)', help='Z is the slab thickness direction (beam axis).')
         line.addParam('sizeX', params.IntParam, default=256, label='X')
         line.addParam('sizeY', params.IntParam, default=256, label='Y')
         line.addParam('sizeZ', params.IntParam, default=64, label='Z')
-        form.addParam('voxelSize', params.FloatParam, default=10.0,
-                      validators=[params.Positive], label='Voxel size (A)')
+        form.addParam(
+            'voxelSize',
+            params.FloatParam,
+            default=10.0,
+            validators=[params.Positive],
+            label='Voxel size (A)',
+        )
 
         form.addSection(label='Acquisition')
         line = form.addLine('Tilt range (deg)')
         line.addParam('tiltMin', params.FloatParam, default=-60.0, label='min')
         line.addParam('tiltMax', params.FloatParam, default=60.0, label='max')
-        form.addParam('tiltStep', params.FloatParam, default=3.0,
-                      validators=[params.Positive], label='Tilt step (deg)')
-        form.addParam('defocus', params.FloatParam, default=3.0,
-                      label='Defocus (um)', help='Underfocus is positive.')
-        form.addParam('dose', params.FloatParam, default=100.0, validators=[params.Positive],
-                      label='Total dose (e/A^2)', help='Spread evenly over the tilts.')
+        form.addParam(
+            'tiltStep',
+            params.FloatParam,
+            default=3.0,
+            validators=[params.Positive],
+            label='Tilt step (deg)',
+        )
+        form.addParam(
+            'defocus',
+            params.FloatParam,
+            default=3.0,
+            label='Defocus (um)',
+            help='Underfocus is positive.',
+        )
+        form.addParam(
+            'dose',
+            params.FloatParam,
+            default=100.0,
+            validators=[params.Positive],
+            label='Total dose (e/A^2)',
+            help='Spread evenly over the tilts.',
+        )
         form.addParam('voltage', params.FloatParam, default=300.0, label='Voltage (kV)')
         form.addParam('sphericalAberration', params.FloatParam, default=2.7, label='Cs (mm)')
-        form.addParam('amplitudeContrast', params.FloatParam, default=0.07,
-                      label='Amplitude contrast')
+        form.addParam(
+            'amplitudeContrast', params.FloatParam, default=0.07, label='Amplitude contrast'
+        )
         form.addParallelSection(threads=2, mpi=0)
 
     # --------------------------- STEPS ------------------------------------
     def _insertAllSteps(self):
-        steps = [self._insertFunctionStep(self.simulateStep, index, prerequisites=[],
-                                          needsGPU=False)
-                 for index in range(self.numberOfPhantoms.get())]
+        steps = [
+            self._insertFunctionStep(self.simulateStep, index, prerequisites=[], needsGPU=False)
+            for index in range(self.numberOfPhantoms.get())
+        ]
         self._insertFunctionStep(self.createOutputStep, prerequisites=steps, needsGPU=False)
 
     def getTsId(self, index):
@@ -77,8 +111,11 @@ class ProtDualPhantom(ProtDualBase):
         return self._getExtraPath(self.getTsId(index))
 
     def simulateStep(self, index):
-        job = dict(self._phantomSettings(), outdir=os.path.abspath(self._phantomDir(index)),
-                   seed=self.seed.get() + index)
+        job = dict(
+            self._phantomSettings(),
+            outdir=os.path.abspath(self._phantomDir(index)),
+            seed=self.seed.get() + index,
+        )
         self.runEngineJob('phantom', job, 'phantom_%s' % self.getTsId(index))
 
     def _phantomSettings(self):
@@ -96,8 +133,9 @@ class ProtDualPhantom(ProtDualBase):
         }
 
     def _acquisition(self):
-        acq = TomoAcquisition(angleMin=self.tiltMin.get(), angleMax=self.tiltMax.get(),
-                              step=self.tiltStep.get())
+        acq = TomoAcquisition(
+            angleMin=self.tiltMin.get(), angleMax=self.tiltMax.get(), step=self.tiltStep.get()
+        )
         acq.setVoltage(self.voltage.get())
         acq.setSphericalAberration(self.sphericalAberration.get())
         acq.setAmplitudeContrast(self.amplitudeContrast.get())
@@ -114,8 +152,10 @@ class ProtDualPhantom(ProtDualBase):
     def createOutputStep(self):
         tomograms, grandModels = self._newSet('Phantoms'), self._newSet('GrandModels')
         for index in range(self.numberOfPhantoms.get()):
-            for outSet, name in ((tomograms, 'reconstruction.mrc'),
-                                 (grandModels, 'grandmodel.mrc')):
+            for outSet, name in (
+                (tomograms, 'reconstruction.mrc'),
+                (grandModels, 'grandmodel.mrc'),
+            ):
                 tomo = Tomogram(location=os.path.join(self._phantomDir(index), name))
                 tomo.setSamplingRate(self.voxelSize.get())
                 tomo.setTsId(self.getTsId(index))
@@ -137,32 +177,54 @@ class ProtDualPhantom(ProtDualBase):
         # The largest particle class is ~31 nm across and must fit in the slab.
         voxel = self.voxelSize.get()
         if self.sizeZ.get() * voxel < 400 or min(self.sizeX.get(), self.sizeY.get()) * voxel < 640:
-            errors.append('The phantom is too small to hold its particles: it needs at '
-                          'least 400 A in Z and 640 A in X and Y (now %d x %d x %d voxels '
-                          'of %.2f A).' % (self.sizeX.get(), self.sizeY.get(),
-                                           self.sizeZ.get(), voxel))
+            errors.append(
+                'The phantom is too small to hold its particles: it needs at '
+                'least 400 A in Z and 640 A in X and Y (now %d x %d x %d voxels '
+                'of %.2f A).' % (self.sizeX.get(), self.sizeY.get(), self.sizeZ.get(), voxel)
+            )
         return errors
 
     def _summary(self):
         if not self.isFinished():
             return ['Simulating %d phantom(s).' % self.numberOfPhantoms.get()]
-        return ['%d phantom tomogram(s) of %d x %d x %d voxels at %.2f A/voxel, '
-                'tilts %g..%g step %g, with their grand models. Ground-truth masks and '
-                'particle lists: %s' % (self.numberOfPhantoms.get(), self.sizeX.get(),
-                                        self.sizeY.get(), self.sizeZ.get(),
-                                        self.voxelSize.get(), self.tiltMin.get(),
-                                        self.tiltMax.get(), self.tiltStep.get(),
-                                        self._getExtraPath())]
+        return [
+            '%d phantom tomogram(s) of %d x %d x %d voxels at %.2f A/voxel, '
+            'tilts %g..%g step %g, with their grand models. Ground-truth masks and '
+            'particle lists: %s'
+            % (
+                self.numberOfPhantoms.get(),
+                self.sizeX.get(),
+                self.sizeY.get(),
+                self.sizeZ.get(),
+                self.voxelSize.get(),
+                self.tiltMin.get(),
+                self.tiltMax.get(),
+                self.tiltStep.get(),
+                self._getExtraPath(),
+            )
+        ]
 
     def _methods(self):
-        return ['We simulated %d phantom tomograms (%d x %d x %d voxels, %.2f A/voxel) with '
-                'the DUAL plugin\'s physics simulator [Zeng2023DUAL]: a tilt series from %g to '
-                '%g degrees every %g degrees with a CTF at %g um defocus (%g kV, Cs %g mm) '
-                'and a total dose of %g e/A^2, reconstructed by weighted back-projection.'
-                % (self.numberOfPhantoms.get(), self.sizeX.get(), self.sizeY.get(),
-                   self.sizeZ.get(), self.voxelSize.get(), self.tiltMin.get(),
-                   self.tiltMax.get(), self.tiltStep.get(), self.defocus.get(),
-                   self.voltage.get(), self.sphericalAberration.get(), self.dose.get())]
+        return [
+            'We simulated %d phantom tomograms (%d x %d x %d voxels, %.2f A/voxel) with '
+            'the DUAL plugin\'s physics simulator [Zeng2023DUAL]: a tilt series from %g to '
+            '%g degrees every %g degrees with a CTF at %g um defocus (%g kV, Cs %g mm) '
+            'and a total dose of %g e/A^2, reconstructed by weighted back-projection.'
+            % (
+                self.numberOfPhantoms.get(),
+                self.sizeX.get(),
+                self.sizeY.get(),
+                self.sizeZ.get(),
+                self.voxelSize.get(),
+                self.tiltMin.get(),
+                self.tiltMax.get(),
+                self.tiltStep.get(),
+                self.defocus.get(),
+                self.voltage.get(),
+                self.sphericalAberration.get(),
+                self.dose.get(),
+            )
+        ]
 
     def _citations(self):
         return ['Zeng2023DUAL', 'Gubins2021SHREC']

@@ -19,6 +19,7 @@ p * s_T + o_T. The same point in tomogram U is therefore
 which is p_T when T and U share voxel size and origin, and 2 p_T for a tomogram
 binned 2x with default (centred) origins on both sides.
 """
+
 import math
 import os
 from enum import Enum
@@ -70,6 +71,7 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
     so extraction and averaging in RELION, Dynamo or Scipion work on the originals.
     One step per tomogram, run in parallel; coordinates appear as each one is done.
     """
+
     _label = 'pick particles'
     _devStatus = BETA
     _possibleOutputs = PickOutputs
@@ -77,93 +79,146 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.pickedItems = None     # {key: picked tomogram}
-        self.targetItems = None     # {key: tomogram the coordinates refer to}
-        self.maskItems = None       # {key: mask} (empty without masks)
+        self.pickedItems = None  # {key: picked tomogram}
+        self.targetItems = None  # {key: tomogram the coordinates refer to}
+        self.maskItems = None  # {key: mask} (empty without masks)
         # The polarity the picks were made with (auto resolved at run time).
         self.usedPolarity = String()
 
     # --------------------------- form ------------------------------------
     def _defineParams(self, form):
         form.addSection(label=Message.LABEL_INPUT)
-        form.addParam('inputTomograms', params.PointerParam, pointerClass='SetOfTomograms',
-                      important=True, label='Tomograms to pick',
-                      help='The tomograms the picker looks at: raw, or better denoised '
-                           '(e.g. by "dual - denoise") and/or binned.')
-        form.addParam('originalTomograms', params.PointerParam,
-                      pointerClass='SetOfTomograms', allowsNull=True,
-                      label='Original tomograms (optional)',
-                      help='The tomograms the coordinates should refer to, when they are not '
-                           'the picked ones: typically the raw tomograms the picked ones '
-                           'were denoised from, which subtomogram averaging needs. Matched '
-                           'by tsId (every picked tomogram needs one); they may have '
-                           'another voxel size (e.g. picking on a 2x binned copy): '
-                           'positions are converted through physical coordinates, using '
-                           'each tomogram\'s sampling rate and origin.\n'
-                           'Empty: the coordinates refer to the picked tomograms.')
-        form.addParam('inputMasks', params.PointerParam, pointerClass='SetOfTomoMasks',
-                      allowsNull=True, label='Picking masks (optional)',
-                      help='Pick only where the mask is above 0.5 (e.g. a cytoplasm or '
-                           'membrane segmentation; for a label map, any label). Matched by '
-                           'tsId; each mask must have the size of its picked tomogram, '
-                           'and every picked tomogram needs one.')
+        form.addParam(
+            'inputTomograms',
+            params.PointerParam,
+            pointerClass='SetOfTomograms',
+            important=True,
+            label='Tomograms to pick',
+            help='The tomograms the picker looks at: raw, or better denoised '
+            '(e.g. by "dual - denoise") and/or binned.',
+        )
+        form.addParam(
+            'originalTomograms',
+            params.PointerParam,
+            pointerClass='SetOfTomograms',
+            allowsNull=True,
+            label='Original tomograms (optional)',
+            help='The tomograms the coordinates should refer to, when they are not '
+            'the picked ones: typically the raw tomograms the picked ones '
+            'were denoised from, which subtomogram averaging needs. Matched '
+            'by tsId (every picked tomogram needs one); they may have '
+            'another voxel size (e.g. picking on a 2x binned copy): '
+            'positions are converted through physical coordinates, using '
+            'each tomogram\'s sampling rate and origin.\n'
+            'Empty: the coordinates refer to the picked tomograms.',
+        )
+        form.addParam(
+            'inputMasks',
+            params.PointerParam,
+            pointerClass='SetOfTomoMasks',
+            allowsNull=True,
+            label='Picking masks (optional)',
+            help='Pick only where the mask is above 0.5 (e.g. a cytoplasm or '
+            'membrane segmentation; for a label map, any label). Matched by '
+            'tsId; each mask must have the size of its picked tomogram, '
+            'and every picked tomogram needs one.',
+        )
 
         form.addSection(label='Picking')
-        form.addParam('particleDiameter', params.FloatParam, default=None, important=True,
-                      label='Particle diameter (A)',
-                      help='Largest extent of the particle, in Angstrom (e.g. ~280 for '
-                           'ribosomes). It sets the DoG scale, the default minimum '
-                           'distance, the default margin and the default box size.')
-        form.addParam('polarity', params.EnumParam, choices=POLARITY_CHOICES,
-                      default=POLARITY_AUTO, display=params.EnumParam.DISPLAY_HLIST,
-                      label='Particle contrast',
-                      help='dark: particles darker than the background, as in raw '
-                           'cryo-ET reconstructions (protein scatters more than ice; most '
-                           'reconstruction software keeps this contrast).\n'
-                           'bright: particles brighter than the background, as in '
-                           'DUAL-denoised tomograms (the denoiser outputs density, '
-                           'dense = bright), density maps, and the DUAL phantoms.\n'
-                           'auto (default): bright when the tomograms come from "dual - '
-                           'denoise" or "dual - simulate phantoms", dark otherwise. If '
-                           'your tomograms were inverted or denoised elsewhere, choose '
-                           'explicitly. The summary shows the contrast used.')
-        form.addParam('selection', params.EnumParam, choices=['best N', 'score threshold'],
-                      default=SELECT_TOP, display=params.EnumParam.DISPLAY_HLIST,
-                      label='Keep',
-                      help='best N: the N highest-scoring picks of each tomogram.\n'
-                           'score threshold: all picks scoring at least the threshold.')
-        form.addParam('numberOfPicks', params.IntParam, default=500,
-                      condition='selection == %d' % SELECT_TOP,
-                      label='Picks per tomogram (N)',
-                      help='At most this many picks per tomogram (fewer if the tomogram '
-                           'has fewer peaks).')
-        form.addParam('scoreThreshold', params.FloatParam, default=0.05,
-                      condition='selection == %d' % SELECT_THRESHOLD,
-                      label='Score threshold',
-                      help='Keep picks whose DoG score is at least this. The score is the '
-                           'DoG value at the peak of the tomogram scaled to unit standard '
-                           'deviation, so it does not depend on the grey scale but does '
-                           'depend on the SNR: denoised tomograms and density maps score '
-                           'around 0.1-0.2, raw ones around 0.01-0.03. Run once with best '
-                           'N and look at the score histogram in the viewer to choose it.')
-        form.addParam('minDistance', params.FloatParam, default=None, allowsNull=True,
-                      expertLevel=params.LEVEL_ADVANCED, label='Minimum distance (A)',
-                      help='No two picks closer than this (non-maximum suppression: the '
-                           'better one is kept). Empty: 24/28 of the diameter (the DUAL '
-                           'paper\'s 24 nm for 28 nm ribosomes).')
-        form.addParam('margin', params.FloatParam, default=None, allowsNull=True,
-                      expertLevel=params.LEVEL_ADVANCED, label='Margin (A)',
-                      help='Nothing is picked closer than this to a face of the tomogram '
-                           '(particles cut by the border, and the filter\'s border '
-                           'artefacts). Empty: the particle radius.')
+        form.addParam(
+            'particleDiameter',
+            params.FloatParam,
+            default=None,
+            important=True,
+            label='Particle diameter (A)',
+            help='Largest extent of the particle, in Angstrom (e.g. ~280 for '
+            'ribosomes). It sets the DoG scale, the default minimum '
+            'distance, the default margin and the default box size.',
+        )
+        form.addParam(
+            'polarity',
+            params.EnumParam,
+            choices=POLARITY_CHOICES,
+            default=POLARITY_AUTO,
+            display=params.EnumParam.DISPLAY_HLIST,
+            label='Particle contrast',
+            help='dark: particles darker than the background, as in raw '
+            'cryo-ET reconstructions (protein scatters more than ice; most '
+            'reconstruction software keeps this contrast).\n'
+            'bright: particles brighter than the background, as in '
+            'DUAL-denoised tomograms (the denoiser outputs density, '
+            'dense = bright), density maps, and the DUAL phantoms.\n'
+            'auto (default): bright when the tomograms come from "dual - '
+            'denoise" or "dual - simulate phantoms", dark otherwise. If '
+            'your tomograms were inverted or denoised elsewhere, choose '
+            'explicitly. The summary shows the contrast used.',
+        )
+        form.addParam(
+            'selection',
+            params.EnumParam,
+            choices=['best N', 'score threshold'],
+            default=SELECT_TOP,
+            display=params.EnumParam.DISPLAY_HLIST,
+            label='Keep',
+            help='best N: the N highest-scoring picks of each tomogram.\n'
+            'score threshold: all picks scoring at least the threshold.',
+        )
+        form.addParam(
+            'numberOfPicks',
+            params.IntParam,
+            default=500,
+            condition='selection == %d' % SELECT_TOP,
+            label='Picks per tomogram (N)',
+            help='At most this many picks per tomogram (fewer if the tomogram has fewer peaks).',
+        )
+        form.addParam(
+            'scoreThreshold',
+            params.FloatParam,
+            default=0.05,
+            condition='selection == %d' % SELECT_THRESHOLD,
+            label='Score threshold',
+            help='Keep picks whose DoG score is at least this. The score is the '
+            'DoG value at the peak of the tomogram scaled to unit standard '
+            'deviation, so it does not depend on the grey scale but does '
+            'depend on the SNR: denoised tomograms and density maps score '
+            'around 0.1-0.2, raw ones around 0.01-0.03. Run once with best '
+            'N and look at the score histogram in the viewer to choose it.',
+        )
+        form.addParam(
+            'minDistance',
+            params.FloatParam,
+            default=None,
+            allowsNull=True,
+            expertLevel=params.LEVEL_ADVANCED,
+            label='Minimum distance (A)',
+            help='No two picks closer than this (non-maximum suppression: the '
+            'better one is kept). Empty: 24/28 of the diameter (the DUAL '
+            'paper\'s 24 nm for 28 nm ribosomes).',
+        )
+        form.addParam(
+            'margin',
+            params.FloatParam,
+            default=None,
+            allowsNull=True,
+            expertLevel=params.LEVEL_ADVANCED,
+            label='Margin (A)',
+            help='Nothing is picked closer than this to a face of the tomogram '
+            '(particles cut by the border, and the filter\'s border '
+            'artefacts). Empty: the particle radius.',
+        )
 
         form.addSection(label='Output')
-        form.addParam('boxSize', params.IntParam, default=None, allowsNull=True,
-                      label='Box size (px)',
-                      help='Box size stored with the coordinates, in pixels of the '
-                           'tomograms they refer to (the originals when given). Empty: the '
-                           'particle diameter in those pixels, rounded up to an even '
-                           'number. Extraction protocols usually let you change it.')
+        form.addParam(
+            'boxSize',
+            params.IntParam,
+            default=None,
+            allowsNull=True,
+            label='Box size (px)',
+            help='Box size stored with the coordinates, in pixels of the '
+            'tomograms they refer to (the originals when given). Empty: the '
+            'particle diameter in those pixels, rounded up to an even '
+            'number. Extraction protocols usually let you change it.',
+        )
         form.addParallelSection(threads=3, mpi=0)
 
     # --------------------------- steps -----------------------------------
@@ -174,20 +229,25 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         self._store(self.usedPolarity)
         outputSteps = []
         for index, key in enumerate(self.pickedItems, 1):
-            pickId = self._insertFunctionStep(self.pickStep, key, index, polarity,
-                                              prerequisites=[], needsGPU=False)
-            outputSteps.append(self._insertFunctionStep(self.createOutputStep, key,
-                                                        prerequisites=[pickId],
-                                                        needsGPU=False))
-        self._insertFunctionStep(self.closeOutputStep, prerequisites=outputSteps,
-                                 needsGPU=False)
+            pickId = self._insertFunctionStep(
+                self.pickStep, key, index, polarity, prerequisites=[], needsGPU=False
+            )
+            outputSteps.append(
+                self._insertFunctionStep(
+                    self.createOutputStep, key, prerequisites=[pickId], needsGPU=False
+                )
+            )
+        self._insertFunctionStep(self.closeOutputStep, prerequisites=outputSteps, needsGPU=False)
 
     def _initialize(self):
-        self.pickedItems = {itemKey(t): t.clone()
-                            for t in self.inputTomograms.get().iterItems(orderBy='id')}
+        self.pickedItems = {
+            itemKey(t): t.clone() for t in self.inputTomograms.get().iterItems(orderBy='id')
+        }
         originals = self._itemsByKey(self.originalTomograms.get())
-        self.targetItems = {key: originals.get(key, tomo) if originals else tomo
-                            for key, tomo in self.pickedItems.items()}
+        self.targetItems = {
+            key: originals.get(key, tomo) if originals else tomo
+            for key, tomo in self.pickedItems.items()
+        }
         self.maskItems = self._itemsByKey(self.inputMasks.get())
 
     @staticmethod
@@ -211,12 +271,17 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
     def pickStep(self, key, index, polarity):
         tomo = self.pickedItems[key]
         name = engineName(key)
-        job = dict(tomogram=self._engineInputFile(tomo, name),
-                   outdir=os.path.abspath(self._getExtraPath(name)),
-                   polarity=polarity, voxel_size=tomo.getSamplingRate(), tomo_name=name,
-                   tomo_index=index, threads=self._engineThreads(),
-                   overwrite=True,   # the step's own tables: a re-run replaces them
-                   **self._pickSettings())
+        job = dict(
+            tomogram=self._engineInputFile(tomo, name),
+            outdir=os.path.abspath(self._getExtraPath(name)),
+            polarity=polarity,
+            voxel_size=tomo.getSamplingRate(),
+            tomo_name=name,
+            tomo_index=index,
+            threads=self._engineThreads(),
+            overwrite=True,  # the step's own tables: a re-run replaces them
+            **self._pickSettings(),
+        )
         if key in self.maskItems:
             job['mask'] = self._engineInputFile(self.maskItems[key], name + '_mask')
         os.makedirs(self._getExtraPath(name), exist_ok=True)
@@ -225,10 +290,13 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
     def _pickSettings(self):
         """The engine's pick options set in the form (None: the engine's default)."""
         top = self.selection.get() == SELECT_TOP
-        return dict(diameter=self.particleDiameter.get(),
-                    top=self.numberOfPicks.get() if top else None,
-                    threshold=None if top else self.scoreThreshold.get(),
-                    min_distance=self.minDistance.get(), margin=self.margin.get())
+        return dict(
+            diameter=self.particleDiameter.get(),
+            top=self.numberOfPicks.get() if top else None,
+            threshold=None if top else self.scoreThreshold.get(),
+            min_distance=self.minDistance.get(),
+            margin=self.margin.get(),
+        )
 
     def createOutputStep(self, key):
         xyz, scores = engine.read_picks_table(self._picksFile(key))
@@ -250,15 +318,19 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
 
     def _precedentsPointer(self):
         """The tomograms the coordinates refer to: the originals when given."""
-        return self.originalTomograms if self.originalTomograms.get() is not None \
+        return (
+            self.originalTomograms
+            if self.originalTomograms.get() is not None
             else self.inputTomograms
+        )
 
     def getBoxSize(self):
         """The box size of the output (px of the tomograms the coordinates refer to)."""
         if self.boxSize.get():
             return self.boxSize.get()
-        return defaultBoxSize(self.particleDiameter.get(),
-                              self._precedentsPointer().get().getSamplingRate())
+        return defaultBoxSize(
+            self.particleDiameter.get(), self._precedentsPointer().get().getSamplingRate()
+        )
 
     def _getOutputSet(self):
         """The streaming output, created on first use. Call under self._lock."""
@@ -305,18 +377,23 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         keys = [itemKey(t) for t in picked.iterItems()]
         noTsId = [t.getObjId() for t in picked.iterItems() if not t.getTsId()]
         if noTsId:
-            errors.append('Tomograms to pick: %d tomogram(s) have no tsId (e.g. id %d). '
-                          'Coordinates, original tomograms and masks are matched by tsId; '
-                          'import the tomograms again to get one.'
-                          % (len(noTsId), noTsId[0]))
+            errors.append(
+                'Tomograms to pick: %d tomogram(s) have no tsId (e.g. id %d). '
+                'Coordinates, original tomograms and masks are matched by tsId; '
+                'import the tomograms again to get one.' % (len(noTsId), noTsId[0])
+            )
         duplicated = sorted({k for k in keys if keys.count(k) > 1})
         if duplicated:
-            errors.append('Tomograms to pick: several tomograms share the tsId %s; each '
-                          'needs its own tsId.' % ', '.join(duplicated))
+            errors.append(
+                'Tomograms to pick: several tomograms share the tsId %s; each '
+                'needs its own tsId.' % ', '.join(duplicated)
+            )
         names = [engineName(k) for k in set(keys)]
         if len(set(names)) < len(names):
-            errors.append('Tomograms to pick: some tsIds differ only by characters that '
-                          'file names and STAR files cannot hold; rename them.')
+            errors.append(
+                'Tomograms to pick: some tsIds differ only by characters that '
+                'file names and STAR files cannot hold; rename them.'
+            )
 
         settings = self._pickSettings()
         if settings['diameter'] is None:
@@ -328,16 +405,18 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             if error:
                 errors.append(sentence(error))
             else:
-                error = firstError(engine.check_diameter, settings['diameter'],
-                                   picked.getSamplingRate())
+                error = firstError(
+                    engine.check_diameter, settings['diameter'], picked.getSamplingRate()
+                )
                 if error:
                     errors.append(error + ' Pick on less binned tomograms.')
         if self.boxSize.get() is not None and self.boxSize.get() < 1:
-            errors.append('The box size must be a positive number of pixels (or empty '
-                          'for the default), not %d.' % self.boxSize.get())
+            errors.append(
+                'The box size must be a positive number of pixels (or empty '
+                'for the default), not %d.' % self.boxSize.get()
+            )
 
-        errors += self._matchingErrors(keys, self.originalTomograms.get(),
-                                       'Original tomograms')
+        errors += self._matchingErrors(keys, self.originalTomograms.get(), 'Original tomograms')
         masks = self.inputMasks.get()
         errors += self._matchingErrors(keys, masks, 'Picking masks')
         if masks is not None and not errors:
@@ -345,11 +424,16 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             for tomo in picked.iterItems():
                 mask = maskItems[itemKey(tomo)]
                 if tuple(mask.getDim()) != tuple(tomo.getDim()):
-                    errors.append('Picking masks: the mask of %s is %s voxels but the '
-                                  'tomogram is %s; a mask must have the size of its '
-                                  'picked tomogram.' % (itemKey(tomo),
-                                                        'x'.join(map(str, mask.getDim())),
-                                                        'x'.join(map(str, tomo.getDim()))))
+                    errors.append(
+                        'Picking masks: the mask of %s is %s voxels but the '
+                        'tomogram is %s; a mask must have the size of its '
+                        'picked tomogram.'
+                        % (
+                            itemKey(tomo),
+                            'x'.join(map(str, mask.getDim())),
+                            'x'.join(map(str, tomo.getDim())),
+                        )
+                    )
         return errors
 
     def _matchingErrors(self, keys, inputSet, label):
@@ -362,10 +446,15 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         available = {itemKey(item) for item in inputSet.iterItems()}
         missing = sorted(set(keys) - available)
         if missing:
-            errors.append('%s: no tomogram with the tsId of %d picked tomogram(s): %s. '
-                          'They are matched by tsId; every picked tomogram needs one.'
-                          % (label, len(missing), ', '.join(missing[:10])
-                             + (' ...' if len(missing) > 10 else '')))
+            errors.append(
+                '%s: no tomogram with the tsId of %d picked tomogram(s): %s. '
+                'They are matched by tsId; every picked tomogram needs one.'
+                % (
+                    label,
+                    len(missing),
+                    ', '.join(missing[:10]) + (' ...' if len(missing) > 10 else ''),
+                )
+            )
         return errors
 
     def _warnings(self):
@@ -380,13 +469,20 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
                 continue
             extent = np.array(tomo.getDim()) * tomo.getSamplingRate()
             originalExtent = np.array(original.getDim()) * original.getSamplingRate()
-            if np.any(np.abs(extent - originalExtent)
-                      > EXTENT_TOLERANCE_VOXELS * original.getSamplingRate()):
-                warnings.append('%s: the picked tomogram spans %s A but the original %s A: '
-                                'are they the same tomogram? Coordinates are converted '
-                                'through the sampling rates and origins.'
-                                % (itemKey(tomo), ' x '.join('%.0f' % e for e in extent),
-                                   ' x '.join('%.0f' % e for e in originalExtent)))
+            if np.any(
+                np.abs(extent - originalExtent)
+                > EXTENT_TOLERANCE_VOXELS * original.getSamplingRate()
+            ):
+                warnings.append(
+                    '%s: the picked tomogram spans %s A but the original %s A: '
+                    'are they the same tomogram? Coordinates are converted '
+                    'through the sampling rates and origins.'
+                    % (
+                        itemKey(tomo),
+                        ' x '.join('%.0f' % e for e in extent),
+                        ' x '.join('%.0f' % e for e in originalExtent),
+                    )
+                )
         return warnings
 
     def _selectionText(self):
@@ -398,24 +494,36 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         picked = self.inputTomograms.get()
         if picked is None or self.particleDiameter.get() is None:
             return []
-        summary = ['DoG picking of %d tomogram(s) (%.2f A/px) for %g A particles, %s '
-                   'contrast, keeping %s.' % (picked.getSize(), picked.getSamplingRate(),
-                                              self.particleDiameter.get(),
-                                              self._polarityText(), self._selectionText())]
+        summary = [
+            'DoG picking of %d tomogram(s) (%.2f A/px) for %g A particles, %s '
+            'contrast, keeping %s.'
+            % (
+                picked.getSize(),
+                picked.getSamplingRate(),
+                self.particleDiameter.get(),
+                self._polarityText(),
+                self._selectionText(),
+            )
+        ]
         outSet = getattr(self, PickOutputs.coordinates.name, None)
         if outSet is None:
             summary.append('No coordinates yet.')
             return summary
         perTomo = outSet.aggregate(['COUNT', 'MIN', 'MAX'], '_score', ['_tomoId'])
-        summary.append('%d coordinates in %d tomogram(s); box %d px at %.2f A/px.'
-                       % (outSet.getSize(), len(perTomo), outSet.getBoxSize(),
-                          outSet.getSamplingRate()))
+        summary.append(
+            '%d coordinates in %d tomogram(s); box %d px at %.2f A/px.'
+            % (outSet.getSize(), len(perTomo), outSet.getBoxSize(), outSet.getSamplingRate())
+        )
         if self.originalTomograms.get() is not None:
-            summary.append('Positions refer to the original tomograms (%.2f A/px), '
-                           'converted from the picked ones.' % outSet.getSamplingRate())
+            summary.append(
+                'Positions refer to the original tomograms (%.2f A/px), '
+                'converted from the picked ones.' % outSet.getSamplingRate()
+            )
         for row in perTomo[:10]:
-            summary.append('  %s: %d picks, scores %.3g to %.3g'
-                           % (row['_tomoId'], row['COUNT'], row['MIN'], row['MAX']))
+            summary.append(
+                '  %s: %d picks, scores %.3g to %.3g'
+                % (row['_tomoId'], row['COUNT'], row['MIN'], row['MAX'])
+            )
         if len(perTomo) > 10:
             summary.append('  ...')
         return summary
@@ -426,19 +534,27 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             return []
         diameter = self.particleDiameter.get()
         minDistance = self.minDistance.get()
-        text = ('Particles were picked template-free in %d tomograms (%.2f A/voxel) with '
-                'the Difference-of-Gaussians picker of DUAL [Zeng2023DUAL] for %g A '
-                'particles (sigma1 = %.1f A, sigma2 = 1.1 sigma1), assuming %s particles; '
-                'local maxima closer than %.0f A to a better one were discarded, keeping %s.'
-                % (picked.getSize(), picked.getSamplingRate(), diameter,
-                   diameter / 2.0 / math.sqrt(3.0),
-                   self.usedPolarity.get() or self._resolvePolarity(),
-                   minDistance if minDistance is not None else diameter * 24.0 / 28.0,
-                   self._selectionText()))
+        text = (
+            'Particles were picked template-free in %d tomograms (%.2f A/voxel) with '
+            'the Difference-of-Gaussians picker of DUAL [Zeng2023DUAL] for %g A '
+            'particles (sigma1 = %.1f A, sigma2 = 1.1 sigma1), assuming %s particles; '
+            'local maxima closer than %.0f A to a better one were discarded, keeping %s.'
+            % (
+                picked.getSize(),
+                picked.getSamplingRate(),
+                diameter,
+                diameter / 2.0 / math.sqrt(3.0),
+                self.usedPolarity.get() or self._resolvePolarity(),
+                minDistance if minDistance is not None else diameter * 24.0 / 28.0,
+                self._selectionText(),
+            )
+        )
         originals = self.originalTomograms.get()
         if originals is not None:
-            text += (' The coordinates were transferred to the original tomograms '
-                     '(%.2f A/voxel).' % originals.getSamplingRate())
+            text += (
+                ' The coordinates were transferred to the original tomograms '
+                '(%.2f A/voxel).' % originals.getSamplingRate()
+            )
         return [text]
 
     def _citations(self):

@@ -26,6 +26,7 @@ class ProtDualSimulate(ProtDualApplyModel):
     models), each synthetic tomogram gets its labels too: ready-made training data for
     a segmentation or picking network.
     """
+
     _label = 'simulate tomograms'
     _devStatus = BETA
     _possibleOutputs = SimulateOutputs
@@ -38,21 +39,40 @@ class ProtDualSimulate(ProtDualApplyModel):
     # --------------------------- form ------------------------------------
     def _defineParams(self, form):
         self._defineModelInput(form)
-        form.addParam('inputMaps', params.PointerParam,
-                      pointerClass='SetOfTomograms,SetOfVolumes', important=True,
-                      label='Clean density maps',
-                      help='Noise-free density maps to turn into tomograms: grand models '
-                           '(e.g. "dual - simulate phantoms"), maps built from atomic '
-                           'models, or high-SNR tomograms.')
-        form.addParam('inputLabels', params.PointerParam, pointerClass='SetOfTomoMasks',
-                      allowsNull=True, label='Label masks of the maps (optional)',
-                      help='One mask per map, matched by tsId and on the same grid. Each '
-                           'synthetic tomogram is output with its map\'s mask.')
-        form.addParam('variants', params.IntParam, default=1, validators=[params.Positive],
-                      label='Tomograms per map',
-                      help='Synthetic tomograms drawn per map, each with its own noise.')
-        form.addParam('seed', params.IntParam, default=0, label='Random seed',
-                      help='The same seed gives the same tomograms.')
+        form.addParam(
+            'inputMaps',
+            params.PointerParam,
+            pointerClass='SetOfTomograms,SetOfVolumes',
+            important=True,
+            label='Clean density maps',
+            help='Noise-free density maps to turn into tomograms: grand models '
+            '(e.g. "dual - simulate phantoms"), maps built from atomic '
+            'models, or high-SNR tomograms.',
+        )
+        form.addParam(
+            'inputLabels',
+            params.PointerParam,
+            pointerClass='SetOfTomoMasks',
+            allowsNull=True,
+            label='Label masks of the maps (optional)',
+            help='One mask per map, matched by tsId and on the same grid. Each '
+            'synthetic tomogram is output with its map\'s mask.',
+        )
+        form.addParam(
+            'variants',
+            params.IntParam,
+            default=1,
+            validators=[params.Positive],
+            label='Tomograms per map',
+            help='Synthetic tomograms drawn per map, each with its own noise.',
+        )
+        form.addParam(
+            'seed',
+            params.IntParam,
+            default=0,
+            label='Random seed',
+            help='The same seed gives the same tomograms.',
+        )
         self._defineRunParams(form)
 
     # --------------------------- steps -----------------------------------
@@ -63,8 +83,11 @@ class ProtDualSimulate(ProtDualApplyModel):
         job = super()._engineJob(name, gpus)
         # Map i of the set draws the engine's streams (seed, map i, variant): its own noise,
         # whichever step simulates it.
-        job.update(variants=self.variants.get(), seed=self.seed.get(),
-                   first_index=list(self.inputItems).index(name))
+        job.update(
+            variants=self.variants.get(),
+            seed=self.seed.get(),
+            first_index=list(self.inputItems).index(name),
+        )
         return job
 
     def _simulatedName(self, name, variant):
@@ -135,41 +158,65 @@ class ProtDualSimulate(ProtDualApplyModel):
             return errors
         errors += self._setErrors(labels, 'Label masks')
         if not isinstance(maps, SetOfTomograms):
-            return errors + ['Label masks are matched to the maps by tsId: give the maps as '
-                             'tomograms (plain volumes have no tsId).']
+            return errors + [
+                'Label masks are matched to the maps by tsId: give the maps as '
+                'tomograms (plain volumes have no tsId).'
+            ]
         masks = self._labelsByName()
         for inMap in maps.iterItems():
             mask = masks.get(inMap.getTsId())
             if mask is None:
                 errors.append('Label masks: there is no mask with tsId %s.' % inMap.getTsId())
             elif mask.getDim() != inMap.getDim():
-                errors.append('Label masks: the mask of %s is %s voxels, its map %s.'
-                              % (inMap.getTsId(), 'x'.join(map(str, mask.getDim())),
-                                 'x'.join(map(str, inMap.getDim()))))
+                errors.append(
+                    'Label masks: the mask of %s is %s voxels, its map %s.'
+                    % (
+                        inMap.getTsId(),
+                        'x'.join(map(str, mask.getDim())),
+                        'x'.join(map(str, inMap.getDim())),
+                    )
+                )
         return errors
 
     def _summary(self):
         if self.inputModel.get() is None or self._getInputSet() is None:
             return []
         outSet = getattr(self, SimulateOutputs.tomograms.name, None)
-        lines = ['%d synthetic tomograms (%d per map, seed %d) from %d maps with %s.'
-                 % (outSet.getSize() if outSet is not None else 0, self.variants.get(),
-                    self.seed.get(), self._getInputSet().getSize(), self._modelDescription())]
+        lines = [
+            '%d synthetic tomograms (%d per map, seed %d) from %d maps with %s.'
+            % (
+                outSet.getSize() if outSet is not None else 0,
+                self.variants.get(),
+                self.seed.get(),
+                self._getInputSet().getSize(),
+                self._modelDescription(),
+            )
+        ]
         if self.inputLabels.get() is not None:
-            lines.append('Each synthetic tomogram has its map\'s label mask (output %s).'
-                         % SimulateOutputs.labels.name)
+            lines.append(
+                'Each synthetic tomogram has its map\'s label mask (output %s).'
+                % SimulateOutputs.labels.name
+            )
         return lines
 
     def _methods(self):
         if self.inputModel.get() is None or self._getInputSet() is None:
             return []
         maps = self._getInputSet()
-        return ['We simulated %d tomograms from %d noise-free density maps (%.2f A/voxel) with '
-                'the generators of DUAL [Zeng2023DUAL], using %s: for each map, %d noise '
-                'codes were drawn (random seed %d), the decoded non-structural noise was '
-                'added and the structural generator applied, in overlapping tiles of %d '
-                'voxels at the model\'s voxel size, and the result resampled to the map\'s '
-                'grid.' % (maps.getSize() * self.variants.get(), maps.getSize(),
-                           maps.getSamplingRate(), self._modelDescription(),
-                           self.variants.get(), self.seed.get(), self.tileSize.get())]
-
+        return [
+            'We simulated %d tomograms from %d noise-free density maps (%.2f A/voxel) with '
+            'the generators of DUAL [Zeng2023DUAL], using %s: for each map, %d noise '
+            'codes were drawn (random seed %d), the decoded non-structural noise was '
+            'added and the structural generator applied, in overlapping tiles of %d '
+            'voxels at the model\'s voxel size, and the result resampled to the map\'s '
+            'grid.'
+            % (
+                maps.getSize() * self.variants.get(),
+                maps.getSize(),
+                maps.getSamplingRate(),
+                self._modelDescription(),
+                self.variants.get(),
+                self.seed.get(),
+                self.tileSize.get(),
+            )
+        ]

@@ -13,7 +13,7 @@ from dual.objects import DualModel
 from dual.protocols.protocol_base import ProtDualBase, itemKey
 
 NOT_CONTINUING = 'not continueTraining'
-DEFAULTS = engine.DualConfig()   # the engine's defaults, shown in the forms
+DEFAULTS = engine.DualConfig()  # the engine's defaults, shown in the forms
 
 
 class TrainOutputs(Enum):
@@ -31,86 +31,165 @@ def defineTrainingParams(form, condition, freshCondition):
     network settings show (only for a model trained from scratch). Each parameter is
     named after its engine setting (formName) and takes the engine's default."""
     form.addSection(label='Training')
-    form.addParam('iterations', params.IntParam, default=DEFAULTS.iterations,
-                  validators=[params.Positive], condition=condition, label='Iterations',
-                  help='Training iterations of this run (added to the model\'s when '
-                       'continuing). Each iteration updates the discriminators and '
-                       'then the generators on one batch.')
-    form.addParam('batchSize', params.IntParam, default=DEFAULTS.batch_size,
-                  validators=[params.GE(engine.MIN_BATCH)],
-                  condition=freshCondition, label='Batch size',
-                  help='Subvolumes per domain per iteration (and per GPU). At least %d: '
-                       'the noise-code KL term needs a batch covariance.' % engine.MIN_BATCH)
-    form.addParam('seed', params.IntParam, default=DEFAULTS.seed, condition=freshCondition,
-                  label='Random seed',
-                  help='Initial weights and subvolume sampling; the same seed and data '
-                       'give the same model on one device.')
-    form.addParam('checkpointEvery', params.IntParam, default=DEFAULTS.checkpoint_every,
-                  validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
-                  condition=condition,
-                  label='Checkpoint every (iterations)',
-                  help='An interrupted run continues from its last checkpoint.')
-    form.addParam('logEvery', params.IntParam, default=DEFAULTS.log_every,
-                  validators=[params.Positive],
-                  expertLevel=params.LEVEL_ADVANCED, condition=condition,
-                  label='Log every (iterations)',
-                  help='Iterations between progress lines (losses, ETA) and points of '
-                       'the training curves.')
+    form.addParam(
+        'iterations',
+        params.IntParam,
+        default=DEFAULTS.iterations,
+        validators=[params.Positive],
+        condition=condition,
+        label='Iterations',
+        help='Training iterations of this run (added to the model\'s when '
+        'continuing). Each iteration updates the discriminators and '
+        'then the generators on one batch.',
+    )
+    form.addParam(
+        'batchSize',
+        params.IntParam,
+        default=DEFAULTS.batch_size,
+        validators=[params.GE(engine.MIN_BATCH)],
+        condition=freshCondition,
+        label='Batch size',
+        help='Subvolumes per domain per iteration (and per GPU). At least %d: '
+        'the noise-code KL term needs a batch covariance.' % engine.MIN_BATCH,
+    )
+    form.addParam(
+        'seed',
+        params.IntParam,
+        default=DEFAULTS.seed,
+        condition=freshCondition,
+        label='Random seed',
+        help='Initial weights and subvolume sampling; the same seed and data '
+        'give the same model on one device.',
+    )
+    form.addParam(
+        'checkpointEvery',
+        params.IntParam,
+        default=DEFAULTS.checkpoint_every,
+        validators=[params.Positive],
+        expertLevel=params.LEVEL_ADVANCED,
+        condition=condition,
+        label='Checkpoint every (iterations)',
+        help='An interrupted run continues from its last checkpoint.',
+    )
+    form.addParam(
+        'logEvery',
+        params.IntParam,
+        default=DEFAULTS.log_every,
+        validators=[params.Positive],
+        expertLevel=params.LEVEL_ADVANCED,
+        condition=condition,
+        label='Log every (iterations)',
+        help='Iterations between progress lines (losses, ETA) and points of the training curves.',
+    )
 
     form.addSection(label='Model')
-    form.addParam('voxelSize', params.FloatParam, default=DEFAULTS.voxel_size,
-                  validators=[params.Positive], condition=freshCondition,
-                  label='Working voxel size (A)',
-                  help='Both domains are resampled to this voxel size for training, and '
-                       'every tomogram the model processes later too (the paper: 10 A). '
-                       'Choose it close to the voxel size of the tomograms to denoise.')
-    form.addParam('subvolumeSize', params.IntParam, default=DEFAULTS.subvolume_size,
-                  validators=[params.GE(engine.SUBVOLUME_MULTIPLE)], condition=freshCondition,
-                  label='Subvolume size (voxels)',
-                  help='Side of the cubic training subvolumes at the working voxel '
-                       'size, a multiple of %d (the paper: 32).' % engine.SUBVOLUME_MULTIPLE)
-    form.addParam('noisyContrast', params.EnumParam, choices=list(engine.CONTRASTS),
-                  default=engine.CONTRASTS.index(DEFAULTS.noisy_contrast),
-                  display=params.EnumParam.DISPLAY_HLIST, condition=freshCondition,
-                  label='Particle contrast of the noisy tomograms',
-                  help='Against the clean volumes. same: particles look alike in both '
-                       '(e.g. phantoms, or tomograms with inverted contrast against '
-                       'density maps). inverted: dark particles in raw reconstructions '
-                       'against bright density maps. free: no constraint, as in the '
-                       'paper (the output may come out with inverted contrast). auto: '
-                       'estimated from both inputs when training starts (free when '
-                       'unclear; the log says what was chosen).')
-    form.addParam('codeSize', params.IntParam, default=DEFAULTS.code_size,
-                  validators=[params.Positive],
-                  condition=freshCondition, label='Noise code size',
-                  help='Dimension K of the code the noise decoder turns into noise.')
-    line = form.addLine('U-Net width and depth', condition=freshCondition,
-                        expertLevel=params.LEVEL_ADVANCED,
-                        help='Channels of the first level and number of poolings of '
-                             'the denoiser and structural generator.')
-    line.addParam('unetWidth', params.IntParam, default=DEFAULTS.unet_width,
-                  validators=[params.Positive], label='width')
-    line.addParam('unetDepth', params.IntParam, default=DEFAULTS.unet_depth,
-                  validators=[params.Positive], label='depth')
-    line = form.addLine('Other widths', condition=freshCondition,
-                        expertLevel=params.LEVEL_ADVANCED,
-                        help='Channels of the noise encoder/decoder and discriminators.')
-    line.addParam('noiseWidth', params.IntParam, default=DEFAULTS.noise_width,
-                  validators=[params.Positive], label='noise nets')
-    line.addParam('discWidth', params.IntParam, default=DEFAULTS.disc_width,
-                  validators=[params.Positive], label='discriminators')
-    line = form.addLine('Loss weights', condition=freshCondition,
-                        expertLevel=params.LEVEL_ADVANCED,
-                        help='L = w_rec L_rec + w_adv L_adv + w_KL L_KL (the paper: 1, 1, '
-                             '0.1).')
-    line.addParam('lambdaRec', params.FloatParam, default=DEFAULTS.lambda_rec,
-                  label='reconstruction')
-    line.addParam('lambdaAdv', params.FloatParam, default=DEFAULTS.lambda_adv,
-                  label='adversarial')
+    form.addParam(
+        'voxelSize',
+        params.FloatParam,
+        default=DEFAULTS.voxel_size,
+        validators=[params.Positive],
+        condition=freshCondition,
+        label='Working voxel size (A)',
+        help='Both domains are resampled to this voxel size for training, and '
+        'every tomogram the model processes later too (the paper: 10 A). '
+        'Choose it close to the voxel size of the tomograms to denoise.',
+    )
+    form.addParam(
+        'subvolumeSize',
+        params.IntParam,
+        default=DEFAULTS.subvolume_size,
+        validators=[params.GE(engine.SUBVOLUME_MULTIPLE)],
+        condition=freshCondition,
+        label='Subvolume size (voxels)',
+        help='Side of the cubic training subvolumes at the working voxel '
+        'size, a multiple of %d (the paper: 32).' % engine.SUBVOLUME_MULTIPLE,
+    )
+    form.addParam(
+        'noisyContrast',
+        params.EnumParam,
+        choices=list(engine.CONTRASTS),
+        default=engine.CONTRASTS.index(DEFAULTS.noisy_contrast),
+        display=params.EnumParam.DISPLAY_HLIST,
+        condition=freshCondition,
+        label='Particle contrast of the noisy tomograms',
+        help='Against the clean volumes. same: particles look alike in both '
+        '(e.g. phantoms, or tomograms with inverted contrast against '
+        'density maps). inverted: dark particles in raw reconstructions '
+        'against bright density maps. free: no constraint, as in the '
+        'paper (the output may come out with inverted contrast). auto: '
+        'estimated from both inputs when training starts (free when '
+        'unclear; the log says what was chosen).',
+    )
+    form.addParam(
+        'codeSize',
+        params.IntParam,
+        default=DEFAULTS.code_size,
+        validators=[params.Positive],
+        condition=freshCondition,
+        label='Noise code size',
+        help='Dimension K of the code the noise decoder turns into noise.',
+    )
+    line = form.addLine(
+        'U-Net width and depth',
+        condition=freshCondition,
+        expertLevel=params.LEVEL_ADVANCED,
+        help='Channels of the first level and number of poolings of '
+        'the denoiser and structural generator.',
+    )
+    line.addParam(
+        'unetWidth',
+        params.IntParam,
+        default=DEFAULTS.unet_width,
+        validators=[params.Positive],
+        label='width',
+    )
+    line.addParam(
+        'unetDepth',
+        params.IntParam,
+        default=DEFAULTS.unet_depth,
+        validators=[params.Positive],
+        label='depth',
+    )
+    line = form.addLine(
+        'Other widths',
+        condition=freshCondition,
+        expertLevel=params.LEVEL_ADVANCED,
+        help='Channels of the noise encoder/decoder and discriminators.',
+    )
+    line.addParam(
+        'noiseWidth',
+        params.IntParam,
+        default=DEFAULTS.noise_width,
+        validators=[params.Positive],
+        label='noise nets',
+    )
+    line.addParam(
+        'discWidth',
+        params.IntParam,
+        default=DEFAULTS.disc_width,
+        validators=[params.Positive],
+        label='discriminators',
+    )
+    line = form.addLine(
+        'Loss weights',
+        condition=freshCondition,
+        expertLevel=params.LEVEL_ADVANCED,
+        help='L = w_rec L_rec + w_adv L_adv + w_KL L_KL (the paper: 1, 1, 0.1).',
+    )
+    line.addParam(
+        'lambdaRec', params.FloatParam, default=DEFAULTS.lambda_rec, label='reconstruction'
+    )
+    line.addParam('lambdaAdv', params.FloatParam, default=DEFAULTS.lambda_adv, label='adversarial')
     line.addParam('lambdaKl', params.FloatParam, default=DEFAULTS.lambda_kl, label='KL')
-    form.addParam('lr', params.FloatParam, default=DEFAULTS.lr,
-                  validators=[params.Positive], condition=freshCondition,
-                  expertLevel=params.LEVEL_ADVANCED, label='Learning rate (AdamW)')
+    form.addParam(
+        'lr',
+        params.FloatParam,
+        default=DEFAULTS.lr,
+        validators=[params.Positive],
+        condition=freshCondition,
+        expertLevel=params.LEVEL_ADVANCED,
+        label='Learning rate (AdamW)',
+    )
 
 
 def trainingSettings(protocol, fresh):
@@ -124,7 +203,7 @@ def trainingSettings(protocol, fresh):
         if param is None or role == 'task' or (not fresh and role != 'schedule'):
             continue
         value = param.get()
-        if field.metadata.get('choices') and isinstance(value, int):   # an EnumParam
+        if field.metadata.get('choices') and isinstance(value, int):  # an EnumParam
             value = field.metadata['choices'][value]
         settings[field.name] = value
     return settings
@@ -145,12 +224,14 @@ def trainingErrors(protocol, fresh, command='train'):
 def trainingJob(protocol, outdir, gpus, fresh, iterations=None):
     """The part of a training job that "dual - train" and "dual - missing wedge" share:
     output folder, settings, resume and compute resources."""
-    job = dict(trainingSettings(protocol, fresh),
-               outdir=os.path.abspath(outdir),
-               resume=True,   # a no-op without a checkpoint, i.e. on a fresh run
-               device=protocol._engineDevice(gpus),
-               processes=max(1, len(gpus)),
-               threads=protocol._engineThreads())
+    job = dict(
+        trainingSettings(protocol, fresh),
+        outdir=os.path.abspath(outdir),
+        resume=True,  # a no-op without a checkpoint, i.e. on a fresh run
+        device=protocol._engineDevice(gpus),
+        processes=max(1, len(gpus)),
+        threads=protocol._engineThreads(),
+    )
     if iterations is not None:
         job['iterations'] = iterations
     return job
@@ -171,6 +252,7 @@ class ProtDualTrain(ProtDualBase):
     A finished model can also be trained on, with other data, by a new run that
     continues from it.
     """
+
     _label = 'train'
     _devStatus = BETA
     _possibleOutputs = TrainOutputs
@@ -178,21 +260,39 @@ class ProtDualTrain(ProtDualBase):
     # --------------------------- form ------------------------------------
     def _defineParams(self, form):
         form.addSection(label=Message.LABEL_INPUT)
-        form.addParam('inputTomograms', params.PointerParam, pointerClass='SetOfTomograms',
-                      important=True, label='Noisy tomograms',
-                      help='Experimental (or simulated) tomograms: the noisy domain.')
-        form.addParam('cleanVolumes', params.PointerParam,
-                      pointerClass='SetOfTomograms,SetOfVolumes', important=True,
-                      label='Clean volumes',
-                      help='Noise-free density maps (grand models) or high-SNR tomograms: '
-                           'the clean domain. They need not show the same specimens as the '
-                           'noisy tomograms, but should hold similar structures.')
-        form.addParam('continueTraining', params.BooleanParam, default=False,
-                      label='Continue from an earlier model?',
-                      help='Yes: start from the weights and iteration count of a DUAL '
-                           'model; its network and training settings are kept.')
-        form.addParam('inputModel', params.PointerParam, pointerClass='DualModel',
-                      condition='continueTraining', label='Model to continue from')
+        form.addParam(
+            'inputTomograms',
+            params.PointerParam,
+            pointerClass='SetOfTomograms',
+            important=True,
+            label='Noisy tomograms',
+            help='Experimental (or simulated) tomograms: the noisy domain.',
+        )
+        form.addParam(
+            'cleanVolumes',
+            params.PointerParam,
+            pointerClass='SetOfTomograms,SetOfVolumes',
+            important=True,
+            label='Clean volumes',
+            help='Noise-free density maps (grand models) or high-SNR tomograms: '
+            'the clean domain. They need not show the same specimens as the '
+            'noisy tomograms, but should hold similar structures.',
+        )
+        form.addParam(
+            'continueTraining',
+            params.BooleanParam,
+            default=False,
+            label='Continue from an earlier model?',
+            help='Yes: start from the weights and iteration count of a DUAL '
+            'model; its network and training settings are kept.',
+        )
+        form.addParam(
+            'inputModel',
+            params.PointerParam,
+            pointerClass='DualModel',
+            condition='continueTraining',
+            label='Model to continue from',
+        )
 
         defineTrainingParams(form, condition='True', freshCondition=NOT_CONTINUING)
 
@@ -229,11 +329,18 @@ class ProtDualTrain(ProtDualBase):
 
     def trainStep(self, targetIterations):
         gpus = self._stepGpus()
-        job = trainingJob(self, self._trainingDir(), gpus, fresh=not self.continueTraining,
-                          iterations=targetIterations)
+        job = trainingJob(
+            self,
+            self._trainingDir(),
+            gpus,
+            fresh=not self.continueTraining,
+            iterations=targetIterations,
+        )
         for prefix, inputSet in self._domains():
-            job[prefix] = [self._engineInputPath(self._domainInputName(prefix, item))
-                           for item in inputSet.iterItems()]
+            job[prefix] = [
+                self._engineInputPath(self._domainInputName(prefix, item))
+                for item in inputSet.iterItems()
+            ]
             job['%s_voxel_size' % prefix] = inputSet.getSamplingRate()
         if self.continueTraining:
             job['init_model'] = os.path.abspath(self.inputModel.get().getPath())
@@ -269,8 +376,9 @@ class ProtDualTrain(ProtDualBase):
             if model is None:
                 return errors + ['Choose the model to continue from.']
             if not os.path.exists(model.getPath()):
-                errors.append('The model file %s does not exist (moved or deleted?).'
-                              % model.getPath())
+                errors.append(
+                    'The model file %s does not exist (moved or deleted?).' % model.getPath()
+                )
         errors += trainingErrors(self, fresh=not self.continueTraining)
         if errors:
             return errors
@@ -282,65 +390,96 @@ class ProtDualTrain(ProtDualBase):
     def _warnings(self):
         warnings = []
         geometry = self._workingGeometry()
-        for label, inputSet in (('noisy tomograms', self.inputTomograms.get()),
-                                ('clean volumes', self.cleanVolumes.get())):
+        for label, inputSet in (
+            ('noisy tomograms', self.inputTomograms.get()),
+            ('clean volumes', self.cleanVolumes.get()),
+        ):
             if geometry is None or inputSet is None or not inputSet.getSamplingRate():
                 continue
             ratio = self._voxelSizeRatio(inputSet.getSamplingRate(), geometry[0])
             if ratio > engine.MAX_VOXEL_SIZE_RATIO:
-                warnings.append('The %s (%.2f A/px) are resampled %.1fx to the working voxel '
-                                'size of %.2f A.' % (label, inputSet.getSamplingRate(), ratio,
-                                                     geometry[0]))
+                warnings.append(
+                    'The %s (%.2f A/px) are resampled %.1fx to the working voxel '
+                    'size of %.2f A.' % (label, inputSet.getSamplingRate(), ratio, geometry[0])
+                )
         if not self.usesGpu():
             warnings.append('Training on the CPU is very slow: use it for small tests only.')
         if self.continueTraining:
-            warnings.append('The network and training settings of the model you continue '
-                            'from are kept; only the iterations and the log and checkpoint '
-                            'intervals of this form apply.')
+            warnings.append(
+                'The network and training settings of the model you continue '
+                'from are kept; only the iterations and the log and checkpoint '
+                'intervals of this form apply.'
+            )
         return warnings
 
     def _summary(self):
         model = getattr(self, TrainOutputs.model.name, None)
         if model is not None:
-            lines = ['DUAL model trained for %d iterations at %.2f A/voxel on %d^3 subvolumes.'
-                     % (model.getIterations(), model.getVoxelSize(),
-                        model.getSubvolumeSize())]
+            lines = [
+                'DUAL model trained for %d iterations at %.2f A/voxel on %d^3 subvolumes.'
+                % (model.getIterations(), model.getVoxelSize(), model.getSubvolumeSize())
+            ]
             losses = model.getTrainingInfo().get('final_losses') or {}
             if losses:
-                lines.append('Final losses: ' + ', '.join('%s %.3f' % (k, v)
-                                                          for k, v in losses.items()))
+                lines.append(
+                    'Final losses: ' + ', '.join('%s %.3f' % (k, v) for k, v in losses.items())
+                )
             return lines
         records = readTrainingLog(self.getTrainingLogFile())
         if not records:
             return []
         last = records[-1]
-        return ['Training: iteration %d of %d, loss %.3f, %s left (estimated).'
-                % (last['iteration'], last['iterations'], last['loss'],
-                   formatDuration(last['eta_seconds']))]
+        return [
+            'Training: iteration %d of %d, loss %.3f, %s left (estimated).'
+            % (
+                last['iteration'],
+                last['iterations'],
+                last['loss'],
+                formatDuration(last['eta_seconds']),
+            )
+        ]
 
     def _methods(self):
         noisy, clean = self.inputTomograms.get(), self.cleanVolumes.get()
         if noisy is None or clean is None:
             return []
-        text = ('We trained DUAL [Zeng2023DUAL] on %d noisy tomograms (%.2f A/voxel) and %d '
-                'clean volumes (%.2f A/voxel), unpaired, ' % (noisy.getSize(),
-                                                              noisy.getSamplingRate(),
-                                                              clean.getSize(),
-                                                              clean.getSamplingRate()))
+        text = (
+            'We trained DUAL [Zeng2023DUAL] on %d noisy tomograms (%.2f A/voxel) and %d '
+            'clean volumes (%.2f A/voxel), unpaired, '
+            % (noisy.getSize(), noisy.getSamplingRate(), clean.getSize(), clean.getSamplingRate())
+        )
         if self.continueTraining:
             model = self.inputModel.get()
-            return [text + 'continuing a model trained for %d iterations at %.2f A/voxel on '
-                    '%d^3 subvolumes for %d more iterations.'
-                    % (model.getIterations(), model.getVoxelSize(),
-                       model.getSubvolumeSize(), self.iterations.get())]
-        return [text + 'both resampled to %.2f A/voxel, for %d iterations with batches of %d '
-                '%d^3-voxel subvolumes per domain (U-Nets of width %d and depth %d, noise code '
-                'of dimension %d; loss weights %g (reconstruction), %g (adversarial) and %g '
-                '(KL); AdamW with learning rate %g; random seed %d).'
-                % (self.voxelSize.get(), self.iterations.get(), self.batchSize.get(),
-                   self.subvolumeSize.get(), self.unetWidth.get(), self.unetDepth.get(),
-                   self.codeSize.get(), self.lambdaRec.get(), self.lambdaAdv.get(),
-                   self.lambdaKl.get(), self.lr.get(), self.seed.get())]
+            return [
+                text + 'continuing a model trained for %d iterations at %.2f A/voxel on '
+                '%d^3 subvolumes for %d more iterations.'
+                % (
+                    model.getIterations(),
+                    model.getVoxelSize(),
+                    model.getSubvolumeSize(),
+                    self.iterations.get(),
+                )
+            ]
+        return [
+            text + 'both resampled to %.2f A/voxel, for %d iterations with batches of %d '
+            '%d^3-voxel subvolumes per domain (U-Nets of width %d and depth %d, noise code '
+            'of dimension %d; loss weights %g (reconstruction), %g (adversarial) and %g '
+            '(KL); AdamW with learning rate %g; random seed %d).'
+            % (
+                self.voxelSize.get(),
+                self.iterations.get(),
+                self.batchSize.get(),
+                self.subvolumeSize.get(),
+                self.unetWidth.get(),
+                self.unetDepth.get(),
+                self.codeSize.get(),
+                self.lambdaRec.get(),
+                self.lambdaAdv.get(),
+                self.lambdaKl.get(),
+                self.lr.get(),
+                self.seed.get(),
+            )
+        ]
 
     def _citations(self):
         return ['Zeng2023DUAL']

@@ -17,7 +17,7 @@ TRAINING = 'not useModel'
 
 # Where the tilt range comes from.
 RANGE_ACQUISITION, RANGE_GIVEN, RANGE_ESTIMATED = 0, 1, 2
-TILT_AXES = engine.TILT_AXES   # the form's choices, in this order
+TILT_AXES = engine.TILT_AXES  # the form's choices, in this order
 
 
 class WedgeOutputs(Enum):
@@ -36,6 +36,7 @@ class ProtDualWedge(ProtDualApplyModel):
     a smooth transition at the cone's border. The trained model is an output too, so
     later runs (e.g. on new tomograms of the same kind) can skip the training.
     """
+
     _label = 'missing wedge'
     _devStatus = BETA
     _possibleOutputs = WedgeOutputs
@@ -44,39 +45,71 @@ class ProtDualWedge(ProtDualApplyModel):
     # --------------------------- form ------------------------------------
     def _defineParams(self, form):
         form.addSection(label=Message.LABEL_INPUT)
-        form.addParam('inputTomograms', params.PointerParam, pointerClass='SetOfTomograms',
-                      important=True, label='Tomograms',
-                      help='Tomograms (tilt axis along Y or X, beam along Z) whose missing '
-                           'wedge to fill. Without a model, the model is trained on them.')
-        form.addParam('useModel', params.BooleanParam, default=False,
-                      label='Use a model trained earlier?',
-                      help='Yes: apply a missing-wedge model from an earlier run of this '
-                           'protocol instead of training one.')
-        form.addParam('inputModel', params.PointerParam, pointerClass='DualModel',
-                      condition='useModel', allowsNull=True, label='Missing-wedge model')
-        form.addParam('tiltRangeSource', params.EnumParam, default=RANGE_ACQUISITION,
-                      choices=['tomograms\' acquisition', 'given below',
-                               'estimated from the data'],
-                      display=params.EnumParam.DISPLAY_HLIST, label='Tilt range from',
-                      help='The acquisition\'s minimum and maximum tilt angles, the values '
-                           'given here, or an estimate from the Fourier amplitudes of the '
-                           'first tomogram (within a few degrees; with a model trained '
-                           'earlier, the range it was trained for).')
-        line = form.addLine('Tilt range (degrees)', condition='tiltRangeSource == %d'
-                            % RANGE_GIVEN, help='Minimum and maximum tilt angle; asymmetric '
-                                                'ranges such as -50, 70 are fine.')
+        form.addParam(
+            'inputTomograms',
+            params.PointerParam,
+            pointerClass='SetOfTomograms',
+            important=True,
+            label='Tomograms',
+            help='Tomograms (tilt axis along Y or X, beam along Z) whose missing '
+            'wedge to fill. Without a model, the model is trained on them.',
+        )
+        form.addParam(
+            'useModel',
+            params.BooleanParam,
+            default=False,
+            label='Use a model trained earlier?',
+            help='Yes: apply a missing-wedge model from an earlier run of this '
+            'protocol instead of training one.',
+        )
+        form.addParam(
+            'inputModel',
+            params.PointerParam,
+            pointerClass='DualModel',
+            condition='useModel',
+            allowsNull=True,
+            label='Missing-wedge model',
+        )
+        form.addParam(
+            'tiltRangeSource',
+            params.EnumParam,
+            default=RANGE_ACQUISITION,
+            choices=['tomograms\' acquisition', 'given below', 'estimated from the data'],
+            display=params.EnumParam.DISPLAY_HLIST,
+            label='Tilt range from',
+            help='The acquisition\'s minimum and maximum tilt angles, the values '
+            'given here, or an estimate from the Fourier amplitudes of the '
+            'first tomogram (within a few degrees; with a model trained '
+            'earlier, the range it was trained for).',
+        )
+        line = form.addLine(
+            'Tilt range (degrees)',
+            condition='tiltRangeSource == %d' % RANGE_GIVEN,
+            help='Minimum and maximum tilt angle; asymmetric ranges such as -50, 70 are fine.',
+        )
         line.addParam('tiltMin', params.FloatParam, default=-60.0, label='min')
         line.addParam('tiltMax', params.FloatParam, default=60.0, label='max')
-        form.addParam('tiltAxis', params.EnumParam, default=0, choices=['Y', 'X'],
-                      display=params.EnumParam.DISPLAY_HLIST, label='Tilt axis',
-                      help='The axis of the tomograms the specimen was tilted about (Y in '
-                           'most reconstructions).')
-        form.addParam('transition', params.FloatParam, default=5.0,
-                      validators=[params.Range(0, 20)], expertLevel=params.LEVEL_ADVANCED,
-                      label='Cone border transition (degrees)',
-                      help='Inside the cone\'s border the filled coefficients blend in over '
-                           'this angle, which avoids ringing; measured coefficients are '
-                           'never changed.')
+        form.addParam(
+            'tiltAxis',
+            params.EnumParam,
+            default=0,
+            choices=['Y', 'X'],
+            display=params.EnumParam.DISPLAY_HLIST,
+            label='Tilt axis',
+            help='The axis of the tomograms the specimen was tilted about (Y in '
+            'most reconstructions).',
+        )
+        form.addParam(
+            'transition',
+            params.FloatParam,
+            default=5.0,
+            validators=[params.Range(0, 20)],
+            expertLevel=params.LEVEL_ADVANCED,
+            label='Cone border transition (degrees)',
+            help='Inside the cone\'s border the filled coefficients blend in over '
+            'this angle, which avoids ringing; measured coefficients are '
+            'never changed.',
+        )
         defineTrainingParams(form, condition=TRAINING, freshCondition=TRAINING)
         form.addSection(label='Run')
         self._defineRunParams(form)
@@ -93,8 +126,9 @@ class ProtDualWedge(ProtDualApplyModel):
         if self.useModel:
             return []
         trainId = self._insertFunctionStep(self.trainStep, needsGPU=self.usesGpu())
-        return [self._insertFunctionStep(self.createModelStep, prerequisites=[trainId],
-                                         needsGPU=False)]
+        return [
+            self._insertFunctionStep(self.createModelStep, prerequisites=[trainId], needsGPU=False)
+        ]
 
     def _trainingDir(self):
         return self._getExtraPath(TRAINING_DIR)
@@ -126,10 +160,12 @@ class ProtDualWedge(ProtDualApplyModel):
     def trainStep(self):
         gpus = self._stepGpus()
         job = trainingJob(self, self._trainingDir(), gpus, fresh=True)
-        job.update(tomograms=[self._engineInputFile(item, name)
-                              for name, item in self.inputItems.items()],
-                   input_voxel_size=self._getInputSet().getSamplingRate(),
-                   tilt_axis=self._tiltAxis(), tilt_range=self._tiltRange())
+        job.update(
+            tomograms=[self._engineInputFile(item, name) for name, item in self.inputItems.items()],
+            input_voxel_size=self._getInputSet().getSamplingRate(),
+            tilt_axis=self._tiltAxis(),
+            tilt_range=self._tiltRange(),
+        )
         self.runEngineJob('wedge-train', job, 'wedge_train', useGpu=bool(gpus))
 
     def createModelStep(self):
@@ -139,15 +175,17 @@ class ProtDualWedge(ProtDualApplyModel):
 
     def _engineJob(self, name, gpus):
         job = super()._engineJob(name, gpus)
-        job.update(tilt_range=self._tiltRange(self.inputItems[name]),
-                   tilt_axis=self._tiltAxis(), transition=self.transition.get(),
-                   suffix=WEDGE_SUFFIX)
+        job.update(
+            tilt_range=self._tiltRange(self.inputItems[name]),
+            tilt_axis=self._tiltAxis(),
+            transition=self.transition.get(),
+            suffix=WEDGE_SUFFIX,
+        )
         return job
 
     def getOutputFile(self, name):
         """The engine names its output after the input link extra/inputs/<name>.mrc."""
-        return self._getExtraPath(engine.output_name(self._engineInputPath(name),
-                                                     WEDGE_SUFFIX))
+        return self._getExtraPath(engine.output_name(self._engineInputPath(name), WEDGE_SUFFIX))
 
     def createOutputStep(self, tsId):
         self._appendTomogram(tsId, self.getOutputFile(tsId), WedgeOutputs.tomograms.name)
@@ -167,8 +205,9 @@ class ProtDualWedge(ProtDualApplyModel):
             errors += self._setErrors(self._getInputSet(), 'Tomograms')
             errors += trainingErrors(self, fresh=True, command='wedge-train')
             if not errors:
-                errors += self._tooSmallErrors(self._getInputSet(), 'Tomograms',
-                                               self.voxelSize.get(), self.subvolumeSize.get())
+                errors += self._tooSmallErrors(
+                    self._getInputSet(), 'Tomograms', self.voxelSize.get(), self.subvolumeSize.get()
+                )
         if errors:
             return errors
         return self._tiltRangeErrors()
@@ -183,12 +222,16 @@ class ProtDualWedge(ProtDualApplyModel):
             where = ('the acquisition of %s' % itemKey(tomo)) if tomo else 'the form'
             tmin, tmax = self._tiltRange(tomo)
             if tmin is None or tmax is None:
-                errors.append('%s has no tilt range: give it in the form, or choose '
-                              '"estimated from the data".' % where.capitalize())
+                errors.append(
+                    '%s has no tilt range: give it in the form, or choose '
+                    '"estimated from the data".' % where.capitalize()
+                )
             else:
                 error = firstError(engine.check_tilt_range, (tmin, tmax))
                 if error:
-                    errors.append('The tilt range of %s: %s' % (where, error[0].lower() + error[1:]))
+                    errors.append(
+                        'The tilt range of %s: %s' % (where, error[0].lower() + error[1:])
+                    )
         return errors
 
     def _warnings(self):
@@ -205,7 +248,8 @@ class ProtDualWedge(ProtDualApplyModel):
         done = outSet.getSize() if outSet is not None else 0
         lines = ['%d of %d tomograms compensated.' % (done, inputSet.getSize())]
         model = getattr(self, WedgeOutputs.model.name, None) or (
-            self.inputModel.get() if self.useModel else None)
+            self.inputModel.get() if self.useModel else None
+        )
         if model is not None:
             lines.append('Model: %s.' % model)
         return lines
@@ -217,12 +261,21 @@ class ProtDualWedge(ProtDualApplyModel):
         if self.useModel:
             how = 'a missing-wedge model trained earlier (%s)' % self.inputModel.get()
         else:
-            how = ('a model trained on these tomograms for %d iterations at %.2f A/voxel '
-                   'against copies of themselves with the beam axis and the in-plane axis '
-                   'swapped' % (self.iterations.get(), self.voxelSize.get()))
-        return ['We filled the missing wedge of %d tomograms (%.2f A/voxel, tilt axis %s) '
-                'with DUAL [Zeng2023DUAL], using %s. The measured Fourier coefficients were '
-                'kept; the missing cone was taken from the translated tomogram with a %g-degree '
-                'transition at its border.' % (inputSet.getSize(), inputSet.getSamplingRate(),
-                                               self._tiltAxis().upper(), how,
-                                               self.transition.get())]
+            how = (
+                'a model trained on these tomograms for %d iterations at %.2f A/voxel '
+                'against copies of themselves with the beam axis and the in-plane axis '
+                'swapped' % (self.iterations.get(), self.voxelSize.get())
+            )
+        return [
+            'We filled the missing wedge of %d tomograms (%.2f A/voxel, tilt axis %s) '
+            'with DUAL [Zeng2023DUAL], using %s. The measured Fourier coefficients were '
+            'kept; the missing cone was taken from the translated tomogram with a %g-degree '
+            'transition at its border.'
+            % (
+                inputSet.getSize(),
+                inputSet.getSamplingRate(),
+                self._tiltAxis().upper(),
+                how,
+                self.transition.get(),
+            )
+        ]

@@ -15,6 +15,7 @@ Templates:
                        (noisy) and simulate (clean) -> pick on the denoised tomograms,
                        coordinates on the imported ones.
 """
+
 import os
 
 DENOISE_PICK = 'denoise_pick'
@@ -29,5 +30,8 @@ def templatePath(name=DENOISE_PICK):
 
 def templateNames():
     """Names of the templates shipped with the plugin."""
-    return sorted(f[:-len(TEMPLATE_EXTENSION)] for f in os.listdir(TEMPLATES_DIR)
-                  if f.endswith(TEMPLATE_EXTENSION))
+    return sorted(
+        f[: -len(TEMPLATE_EXTENSION)]
+        for f in os.listdir(TEMPLATES_DIR)
+        if f.endswith(TEMPLATE_EXTENSION)
+    )

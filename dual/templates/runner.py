@@ -14,6 +14,7 @@ without Tk and in the current interpreter:
 
 The templates themselves, their format and where they are found: dual.templates.
 """
+
 import contextlib
 import io
 import json
@@ -30,6 +31,7 @@ def loadTemplate(name=DENOISE_PICK):
     environment variables (%(VAR)s) replaced and the fields parsed (template.params,
     {title: TemplateParam})."""
     from pyworkflow.template import LocalTemplate
+
     template = LocalTemplate('dual', templatePath(name))
     template.replaceEnvVariables()
     template.parseContent()
@@ -52,10 +54,13 @@ def fillTemplate(template, **values):
     known = templateAliases(template)
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError('Unknown template field(s): %s. The fields are: %s.'
-                         % (', '.join(unknown), ', '.join(known)))
-    pathAliases = {field.getAlias() for field in template.getParams().values()
-                   if field.getType() in PATH_TYPES}
+        raise ValueError(
+            'Unknown template field(s): %s. The fields are: %s.'
+            % (', '.join(unknown), ', '.join(known))
+        )
+    pathAliases = {
+        field.getAlias() for field in template.getParams().values() if field.getType() in PATH_TYPES
+    }
     for alias, value in values.items():
         if isinstance(value, bool):
             value = 'true' if value else 'false'
@@ -66,9 +71,12 @@ def fillTemplate(template, **values):
                 template.setParamValue(alias, str(value))
         except Exception as error:  # pyworkflow raises a bare Exception for bad values
             raise ValueError('Template field %s: %s' % (alias, error)) from error
-    errors = ['%s (%s) = %r: %s' % (field.getTitle(), field.getAlias(), field.getValue(),
-                                    field.validate())
-              for field in template.getParams().values() if field.validate()]
+    errors = [
+        '%s (%s) = %r: %s'
+        % (field.getTitle(), field.getAlias(), field.getValue(), field.validate())
+        for field in template.getParams().values()
+        if field.validate()
+    ]
     if errors:
         raise ValueError('Template fields that do not validate:\n  ' + '\n  '.join(errors))
     return template
@@ -84,6 +92,7 @@ def createProject(projectName, template, location=None, **values):
     object.id: protocol}) in the template's order.
     """
     from pyworkflow.project import Manager
+
     if isinstance(template, str):
         template = loadTemplate(template)
     fillTemplate(template, **values)
@@ -93,8 +102,9 @@ def createProject(projectName, template, location=None, **values):
     with contextlib.redirect_stdout(io.StringIO()):  # "New workflow saved at /tmp/..."
         workflow = template.createTemplateFile()
     try:
-        project = manager.createProject(projectName, location=location,
-                                        comment=template.description)
+        project = manager.createProject(
+            projectName, location=location, comment=template.description
+        )
         protocols = project.loadProtocols(workflow)
         with open(workflow) as f:
             _restoreLabels(project, protocols, json.load(f))
@@ -112,8 +122,9 @@ def _restoreLabels(project, protocols, workflow):
         if protocol is None:
             continue
         label, comment = entry.get('object.label'), entry.get('object.comment')
-        if (label and label != protocol.getObjLabel()) or \
-                (comment and comment != protocol.getObjComment()):
+        if (label and label != protocol.getObjLabel()) or (
+            comment and comment != protocol.getObjComment()
+        ):
             protocol.setObjLabel(label or protocol.getObjLabel())
             protocol.setObjComment(comment or protocol.getObjComment())
             project.saveProtocol(protocol)
@@ -139,8 +150,10 @@ def dependencyOrder(protocols):
     while pending:
         ready = [p for p in pending if not (_inputProtocolIds(p) & ids) - done]
         if not ready:
-            raise ValueError('The protocols have circular inputs: %s'
-                             % ', '.join(p.getRunName() for p in pending))
+            raise ValueError(
+                'The protocols have circular inputs: %s'
+                % ', '.join(p.getRunName() for p in pending)
+            )
         for p in ready:
             ordered.append(p)
             done.add(p.getObjId())
@@ -154,10 +167,15 @@ class WorkflowError(RuntimeError):
 
 def _failure(protocol):
     logs = protocol.getLogPaths()
-    return WorkflowError('%s is %s: %s (logs: %s)'
-                         % (protocol.getRunName(), protocol.getStatus(),
-                            protocol.getErrorMessage() or 'no error message',
-                            ', '.join(logs[:2])))
+    return WorkflowError(
+        '%s is %s: %s (logs: %s)'
+        % (
+            protocol.getRunName(),
+            protocol.getStatus(),
+            protocol.getErrorMessage() or 'no error message',
+            ', '.join(logs[:2]),
+        )
+    )
 
 
 def runWorkflow(project, protocols, schedule=False, timeout=None, poll=10, report=print):
@@ -210,15 +228,18 @@ def runWorkflow(project, protocols, schedule=False, timeout=None, poll=10, repor
             for protocol in list(pending):
                 project._updateProtocol(protocol)
                 if protocol.isFinished():
-                    report('  %-28s finished after %.0f s' % (protocol.getObjLabel(),
-                                                              time.time() - start))
+                    report(
+                        '  %-28s finished after %.0f s'
+                        % (protocol.getObjLabel(), time.time() - start)
+                    )
                     pending.remove(protocol)
                 elif protocol.isFailed() or protocol.isAborted():
                     raise _failure(protocol)
             if timeout and pending and time.time() - start > timeout:
-                raise WorkflowError('Timeout after %.0f s; still waiting for %s.'
-                                    % (time.time() - start,
-                                       ', '.join(p.getRunName() for p in pending)))
+                raise WorkflowError(
+                    'Timeout after %.0f s; still waiting for %s.'
+                    % (time.time() - start, ', '.join(p.getRunName() for p in pending))
+                )
     except WorkflowError:
         # The schedulers of the boxes downstream would wait for ever: stop them.
         for protocol in pending:

@@ -1,6 +1,7 @@
 """The forms refuse exactly what the engine refuses: grids of values through a form's
 validate() and through the engine's own checks (dual_engine.contract.Job, what the
 command line and job files go through before any work), side by side."""
+
 import itertools
 
 from dual_engine.contract import CONTRASTS, InputError, Job, check_diameter
@@ -23,7 +24,6 @@ def engineError(command, values, extra=None):
 
 
 class TestFormsAgreeWithTheEngine(DualWorkflowTest):
-
     def formErrors(self, prot):
         return [e for e in prot.validate() if 'engine' not in e.lower()]
 
@@ -32,50 +32,61 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
         engine = engineError(command, values, extra)
         label = '%s %s: form %s, engine %s' % (command, values, formErrors, engine)
         self.assertEqual(bool(formErrors), engine is not None, label)
-        if engine is not None:   # the form says it with the engine's own words
+        if engine is not None:  # the form says it with the engine's own words
             self.assertTrue(any(engine.lower() in e.lower() for e in formErrors), label)
 
     def wedgeForm(self, tmin, tmax):
-        prot = self.newProtocol(ProtDualWedge, tiltRangeSource=RANGE_GIVEN, tiltMin=tmin,
-                                tiltMax=tmax, **TINY_TRAINING)
+        prot = self.newProtocol(
+            ProtDualWedge, tiltRangeSource=RANGE_GIVEN, tiltMin=tmin, tiltMax=tmax, **TINY_TRAINING
+        )
         prot.inputTomograms.set(self.tomograms)
         return prot
 
     def test_tilt_ranges(self):
         base = dict(outdir='o', tomograms=['t.mrc'])
-        grid = [(float(a), float(b)) for a, b in itertools.product(range(-85, 5, 10),
-                                                                   range(-5, 90, 10))]
+        grid = [
+            (float(a), float(b)) for a, b in itertools.product(range(-85, 5, 10), range(-5, 90, 10))
+        ]
         for tmin, tmax in grid + [(-40.0, 60.0), (-30.0, 60.0), (-60.0, 40.0), (-50.0, 70.0)]:
-            self.assertAgree(self.wedgeForm(tmin, tmax), 'wedge-train',
-                             dict(base, tilt_range=[tmin, tmax]))
+            self.assertAgree(
+                self.wedgeForm(tmin, tmax), 'wedge-train', dict(base, tilt_range=[tmin, tmax])
+            )
         # The ranges a user met in the form that only the engine refused before.
         for bad in [(-40.0, 60.0), (-30.0, 60.0), (-60.0, 40.0)]:
             self.assertTrue(self.formErrors(self.wedgeForm(*bad)))
 
     def test_training_settings(self):
         base = dict(outdir='o', noisy=['n.mrc'], clean=['c.mrc'])
-        cases = ([dict(subvolumeSize=s) for s in (8, 12, 16, 20, 24, 30, 32)] +
-                 [dict(batchSize=b) for b in (1, 2, 3)] +
-                 [dict(unetDepth=d) for d in (1, 2, 3, 4)] +
-                 [dict(iterations=i) for i in (1, 5)] +
-                 [dict(lambdaKl=w) for w in (-0.1, 0.0, 0.1)] +
-                 [dict(lambdaAdv=w) for w in (-1.0, 1.0)] +
-                 [dict(noisyContrast=c) for c in range(4)])
-        engineNames = {'subvolumeSize': 'subvolume_size', 'batchSize': 'batch_size',
-                       'unetDepth': 'unet_depth', 'iterations': 'iterations',
-                       'lambdaKl': 'lambda_kl', 'lambdaAdv': 'lambda_adv',
-                       'noisyContrast': 'noisy_contrast'}
+        cases = (
+            [dict(subvolumeSize=s) for s in (8, 12, 16, 20, 24, 30, 32)]
+            + [dict(batchSize=b) for b in (1, 2, 3)]
+            + [dict(unetDepth=d) for d in (1, 2, 3, 4)]
+            + [dict(iterations=i) for i in (1, 5)]
+            + [dict(lambdaKl=w) for w in (-0.1, 0.0, 0.1)]
+            + [dict(lambdaAdv=w) for w in (-1.0, 1.0)]
+            + [dict(noisyContrast=c) for c in range(4)]
+        )
+        engineNames = {
+            'subvolumeSize': 'subvolume_size',
+            'batchSize': 'batch_size',
+            'unetDepth': 'unet_depth',
+            'iterations': 'iterations',
+            'lambdaKl': 'lambda_kl',
+            'lambdaAdv': 'lambda_adv',
+            'noisyContrast': 'noisy_contrast',
+        }
         for case in cases:
             prot = self.newTraining(**case)
-            (name, value), = case.items()
+            ((name, value),) = case.items()
             if name == 'noisyContrast':
                 value = CONTRASTS[value]
             self.assertAgree(prot, 'train', dict(base, **{engineNames[name]: value}))
 
     def test_pick_diameters(self):
         rate = self.tomograms.getSamplingRate()
-        for diameter, threshold in itertools.product((-5.0, 0.0, 1.5 * rate, 2 * rate, 300.0),
-                                                     (None, 0.1)):
+        for diameter, threshold in itertools.product(
+            (-5.0, 0.0, 1.5 * rate, 2 * rate, 300.0), (None, 0.1)
+        ):
             prot = self.newProtocol(ProtDualPick, particleDiameter=diameter)
             values = dict(tomogram='t.mrc', outdir='o', diameter=diameter, top=500)
             if threshold is not None:
@@ -83,5 +94,9 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
                 prot.scoreThreshold.set(threshold)
                 values = dict(values, top=None, threshold=threshold)
             prot.inputTomograms.set(self.tomograms)
-            self.assertAgree(prot, 'pick', {k: v for k, v in values.items() if v is not None},
-                             extra=lambda: check_diameter(diameter, rate))
+            self.assertAgree(
+                prot,
+                'pick',
+                {k: v for k, v in values.items() if v is not None},
+                extra=lambda: check_diameter(diameter, rate),
+            )

@@ -1,4 +1,5 @@
 """The Plugin class: the engine command line and the installation recipe."""
+
 import os
 import sys
 import unittest
@@ -9,8 +10,13 @@ from scipion.install.funcs import Environment
 
 # Through the Domain, as Scipion loads it: that registers the plugin's variables.
 Plugin = Domain.getPlugin('dual').Plugin
-from dual.constants import (DUAL_ENV_ACTIVATION, DUAL_ENV_FLAG, DUAL_INSTALLED_FLAG,
-                            ENGINE_SOURCE, ENGINE_VERSION)
+from dual.constants import (  # noqa: E402 (after the Domain has loaded the plugin)
+    DUAL_ENV_ACTIVATION,
+    DUAL_ENV_FLAG,
+    DUAL_INSTALLED_FLAG,
+    ENGINE_SOURCE,
+    ENGINE_VERSION,
+)
 
 
 class RestoresActivation(unittest.TestCase):
@@ -24,15 +30,15 @@ class RestoresActivation(unittest.TestCase):
 
 
 class TestEngineCommand(RestoresActivation):
-
     def test_empty_activation_runs_current_python(self):
         Plugin._vars[DUAL_ENV_ACTIVATION] = ''
         self.assertEqual(Plugin.getEngineProgram(), '%s -m dual_engine' % sys.executable)
 
     def test_venv_activation(self):
         Plugin._vars[DUAL_ENV_ACTIVATION] = 'source /opt/venv/bin/activate'
-        self.assertEqual(Plugin.getEngineProgram(),
-                         'source /opt/venv/bin/activate && python -m dual_engine')
+        self.assertEqual(
+            Plugin.getEngineProgram(), 'source /opt/venv/bin/activate && python -m dual_engine'
+        )
 
     def test_conda_activation_initialises_conda(self):
         Plugin._vars[DUAL_ENV_ACTIVATION] = 'conda activate dual-x'
@@ -77,6 +83,7 @@ class TestInstallRecipe(unittest.TestCase):
 
     def test_torch_build_follows_cuda_major(self):
         import tempfile
+
         with tempfile.TemporaryDirectory() as tmp:
             lib = os.path.join(tmp, 'cuda-11.8', 'lib64')
             os.makedirs(lib)
@@ -85,9 +92,9 @@ class TestInstallRecipe(unittest.TestCase):
 
 
 class TestInstallationCheck(RestoresActivation):
-
     def test_default_environment_needs_installb(self):
         from dual.constants import DUAL_DEFAULT_ACTIVATION
+
         Plugin._vars[DUAL_ENV_ACTIVATION] = DUAL_DEFAULT_ACTIVATION
         errors = Plugin.validateInstallation()
         self.assertTrue(errors and 'DUAL_HOME' in ' '.join(errors), errors)
@@ -105,6 +112,7 @@ class TestProtocolsTree(unittest.TestCase):
         import json
         import dual.protocols
         from pyworkflow.protocol import Protocol
+
         parser = configparser.ConfigParser()
         parser.optionxform = str
         parser.read(os.path.join(os.path.dirname(dual.protocols.__file__), '..', 'protocols.conf'))
@@ -115,8 +123,12 @@ class TestProtocolsTree(unittest.TestCase):
                 if item.get('tag') == 'protocol':
                     listed.add(item['value'])
                 collect(item.get('children', []))
+
         collect(json.loads(parser['PROTOCOLS']['Tomography']))
-        exported = {name for name, obj in vars(dual.protocols).items()
-                    if isinstance(obj, type) and issubclass(obj, Protocol)}
+        exported = {
+            name
+            for name, obj in vars(dual.protocols).items()
+            if isinstance(obj, type) and issubclass(obj, Protocol)
+        }
         self.assertTrue(exported)
         self.assertEqual(listed, exported)

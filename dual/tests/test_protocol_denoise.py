@@ -1,6 +1,7 @@
 """ProtDualDenoise with a tiny model trained on phantoms: output tomograms keep the
 input's metadata; the form rejects bad inputs; the viewer draws. The tiny model does
 not denoise well: quality is not tested here."""
+
 import json
 import os
 
@@ -21,7 +22,6 @@ Plugin = Domain.getPlugin('dual').Plugin
 
 
 class TestDualDenoise(DualWorkflowTest):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -39,19 +39,25 @@ class TestDualDenoise(DualWorkflowTest):
 
     def test_denoised_tomograms_keep_the_input_metadata(self):
         first = self.tomograms.getFirstItem()
-        self.checkTomograms(self.denoised, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
-                            expectedDimensions=PHANTOM_DIMENSIONS,
-                            expectedOriginShifts=first.getOrigin().getShifts(),
-                            testSetAcqObj=self.tomograms.getAcquisition(),
-                            testAcqObj=first.getAcquisition())
+        self.checkTomograms(
+            self.denoised,
+            expectedSetSize=2,
+            expectedSRate=SMALL_VOXEL_SIZE,
+            expectedDimensions=PHANTOM_DIMENSIONS,
+            expectedOriginShifts=first.getOrigin().getShifts(),
+            testSetAcqObj=self.tomograms.getAcquisition(),
+            testAcqObj=first.getAcquisition(),
+        )
         inputs = {t.getTsId(): t.clone() for t in self.tomograms}
         self.assertEqual(sorted(t.getTsId() for t in self.denoised), sorted(inputs))
         for tomo in self.denoised:
             original = inputs[tomo.getTsId()]
-            self.assertEqual(tomo.getAcquisition().getAngleMax(),
-                             original.getAcquisition().getAngleMax())
-            with mrcfile.open(tomo.getFileName()) as out, \
-                    mrcfile.open(original.getFileName()) as raw:
+            self.assertEqual(
+                tomo.getAcquisition().getAngleMax(), original.getAcquisition().getAngleMax()
+            )
+            with mrcfile.open(tomo.getFileName()) as out, mrcfile.open(
+                original.getFileName()
+            ) as raw:
                 self.assertEqual(out.data.dtype, np.float32)
                 self.assertTrue(np.all(np.isfinite(out.data)))
                 self.assertFalse(np.allclose(out.data, raw.data))  # the network ran
@@ -77,14 +83,13 @@ class TestDualDenoise(DualWorkflowTest):
         views = viewer._showBeforeAfter()
         self.assertEqual(len(views), 1)
         figure = views[0].getFigure()
-        self.assertEqual(len(figure.axes), 8)   # 2 rows: slices XY, XZ and their spectra
+        self.assertEqual(len(figure.axes), 8)  # 2 rows: slices XY, XZ and their spectra
         plt.close(figure)
 
     def test_cpu_threads_are_shared_by_the_tomograms_run_at_once(self):
         # threads T: T - 1 tomograms at a time (one if T = 1), T // that many threads each
         for threads, perTomogram in ((1, 1), (2, 2), (3, 1), (8, 1)):
-            self.assertEqual(self.newDenoise(numberOfThreads=threads)._engineThreads(),
-                             perTomogram)
+            self.assertEqual(self.newDenoise(numberOfThreads=threads)._engineThreads(), perTomogram)
         self.assertEqual(self.newTraining(numberOfThreads=4)._engineThreads(), 4)
 
     # --------------------------- form checks -----------------------------
@@ -94,9 +99,12 @@ class TestDualDenoise(DualWorkflowTest):
 
     def modelLike(self, **changes):
         """A DualModel like the trained one, with some values changed."""
-        values = dict(path=self.model.getPath(), voxelSize=self.model.getVoxelSize(),
-                      subvolumeSize=self.model.getSubvolumeSize(),
-                      iterations=self.model.getIterations())
+        values = dict(
+            path=self.model.getPath(),
+            voxelSize=self.model.getVoxelSize(),
+            subvolumeSize=self.model.getSubvolumeSize(),
+            iterations=self.model.getIterations(),
+        )
         values.update(changes)
         return DualModel(**values)
 
@@ -104,16 +112,20 @@ class TestDualDenoise(DualWorkflowTest):
         self.assertEqual(self.newDenoise().validate(), [])
 
     def test_validate_rejects_a_model_at_another_voxel_size(self):
-        self.assertError(self.newDenoise(self.modelLike(voxelSize=25.0)),
-                         'but the model works at 25 A/voxel, 2.5x apart')
+        self.assertError(
+            self.newDenoise(self.modelLike(voxelSize=25.0)),
+            'but the model works at 25 A/voxel, 2.5x apart',
+        )
 
     def test_validate_rejects_volumes_smaller_than_a_subvolume(self):
-        self.assertError(self.newDenoise(self.modelLike(subvolumeSize=64)),
-                         'smaller than the 64^3 subvolumes')
+        self.assertError(
+            self.newDenoise(self.modelLike(subvolumeSize=64)), 'smaller than the 64^3 subvolumes'
+        )
 
     def test_validate_rejects_a_missing_model_file(self):
-        self.assertError(self.newDenoise(self.modelLike(path='/no/such/model.pt')),
-                         'does not exist')
+        self.assertError(
+            self.newDenoise(self.modelLike(path='/no/such/model.pt')), 'does not exist'
+        )
 
     def test_validate_rejects_an_empty_set(self):
         empty = unsavedTomogramSet(self.getOutputPath('empty.sqlite'))

@@ -1,4 +1,5 @@
 """ProtDualImportModel on a model trained outside Scipion with the engine's own CLI."""
+
 import filecmp
 import os
 import subprocess
@@ -19,25 +20,55 @@ Plugin = Domain.getPlugin('dual').Plugin
 
 def trainWithEngine(outdir, noisy, clean, iterations):
     """`dual-engine train` as a user would run it by hand (tiny model, CPU)."""
-    subprocess.run([sys.executable, '-m', 'dual_engine', 'train', outdir,
-                    '--noisy', *noisy, '--clean', *clean, '--iterations', str(iterations),
-                    '--subvolume-size', '16', '--unet-width', '4', '--unet-depth', '2',
-                    '--code-size', '4', '--noise-width', '4', '--disc-width', '4',
-                    '--batch-size', '2', '--voxel-size', '12', '--device', 'cpu',
-                    '--threads', '1'], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'dual_engine',
+            'train',
+            outdir,
+            '--noisy',
+            *noisy,
+            '--clean',
+            *clean,
+            '--iterations',
+            str(iterations),
+            '--subvolume-size',
+            '16',
+            '--unet-width',
+            '4',
+            '--unet-depth',
+            '2',
+            '--code-size',
+            '4',
+            '--noise-width',
+            '4',
+            '--disc-width',
+            '4',
+            '--batch-size',
+            '2',
+            '--voxel-size',
+            '12',
+            '--device',
+            'cpu',
+            '--threads',
+            '1',
+        ],
+        check=True,
+    )
     return os.path.join(outdir, 'model.pt')
 
 
 class TestDualImportModel(TestBaseCentralizedLayer):
-
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
         phantoms = makePhantoms(cls.getOutputPath('phantoms'), seeds=(0, 1))
         cls.noisy = [os.path.join(phantoms['TS_00'], 'reconstruction.mrc')]
         clean = [os.path.join(phantoms['TS_01'], 'grandmodel.mrc')]
-        cls.modelFile = trainWithEngine(cls.getOutputPath('engine_training'), cls.noisy,
-                                        clean, iterations=3)
+        cls.modelFile = trainWithEngine(
+            cls.getOutputPath('engine_training'), cls.noisy, clean, iterations=3
+        )
 
     def importModel(self, **values):
         prot = self.newProtocol(ProtDualImportModel, modelFile=self.modelFile, **values)
@@ -47,8 +78,9 @@ class TestDualImportModel(TestBaseCentralizedLayer):
     def test_import_copies_the_model_and_reads_its_settings(self):
         prot, model = self.importModel()
         self.assertIsInstance(model, DualModel)
-        self.assertEqual((model.getVoxelSize(), model.getSubvolumeSize(), model.getIterations()),
-                         (12.0, 16, 3))
+        self.assertEqual(
+            (model.getVoxelSize(), model.getSubvolumeSize(), model.getIterations()), (12.0, 16, 3)
+        )
         self.assertFalse(os.path.islink(model.getPath()))
         self.assertTrue(filecmp.cmp(model.getPath(), self.modelFile, shallow=False))
         self.assertEqual(model.getTrainingInfo()['noisy_volumes'], self.noisy)

@@ -1,5 +1,6 @@
 """Foundation tests: phantoms imported into a Scipion project, and the engine run
 from a protocol through Plugin.runEngine (no mocks: the real engine runs)."""
+
 import os
 
 import mrcfile
@@ -14,7 +15,6 @@ from dual.tests.phantoms import makePhantoms, SMALL_SHAPE, SMALL_VOXEL_SIZE
 
 
 class TestDualPhantom(TestBaseCentralizedLayer):
-
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
@@ -23,26 +23,43 @@ class TestDualPhantom(TestBaseCentralizedLayer):
 
     def test_import_phantom_tomograms(self):
         """tomo's own import protocol reads the engine's reconstructions and headers."""
-        prot = self.newProtocol(ProtImportTomograms,
-                                filesPath=self.phantomDir,
-                                filesPattern='*/reconstruction.mrc',
-                                samplingRate=SMALL_VOXEL_SIZE)
+        prot = self.newProtocol(
+            ProtImportTomograms,
+            filesPath=self.phantomDir,
+            filesPattern='*/reconstruction.mrc',
+            samplingRate=SMALL_VOXEL_SIZE,
+        )
         self.launchProtocol(prot)
         z, y, x = SMALL_SHAPE
-        self.checkTomograms(prot.Tomograms, expectedSetSize=2,
-                            expectedSRate=SMALL_VOXEL_SIZE, expectedDimensions=[x, y, z])
+        self.checkTomograms(
+            prot.Tomograms,
+            expectedSetSize=2,
+            expectedSRate=SMALL_VOXEL_SIZE,
+            expectedDimensions=[x, y, z],
+        )
 
     def test_phantom_protocol_runs_engine(self):
         """ProtDualPhantom calls the engine through Plugin.runEngine and a job file."""
         z, y, x = SMALL_SHAPE
-        prot = self.newProtocol(ProtDualPhantom, numberOfPhantoms=2, seed=3,
-                                sizeX=x, sizeY=y, sizeZ=z, voxelSize=12.0,
-                                tiltMin=-50, tiltMax=70, tiltStep=4, numberOfThreads=3)
+        prot = self.newProtocol(
+            ProtDualPhantom,
+            numberOfPhantoms=2,
+            seed=3,
+            sizeX=x,
+            sizeY=y,
+            sizeZ=z,
+            voxelSize=12.0,
+            tiltMin=-50,
+            tiltMax=70,
+            tiltStep=4,
+            numberOfThreads=3,
+        )
         self.launchProtocol(prot)
         for name in (OUT_TOMOGRAMS, OUT_GRAND_MODELS):
             outSet = getattr(prot, name)
-            self.checkTomograms(outSet, expectedSetSize=2, expectedSRate=12.0,
-                                expectedDimensions=[x, y, z])
+            self.checkTomograms(
+                outSet, expectedSetSize=2, expectedSRate=12.0, expectedDimensions=[x, y, z]
+            )
             self.assertEqual(sorted(t.getTsId() for t in outSet), ['TS_03', 'TS_04'])
         tomo = getattr(prot, OUT_TOMOGRAMS).getFirstItem()
         acq = tomo.getAcquisition()
@@ -60,4 +77,3 @@ class TestDualPhantom(TestBaseCentralizedLayer):
         prot = self.newProtocol(ProtDualPhantom, tiltMin=30, tiltMax=-30)
         errors = prot.validate()
         self.assertTrue(any('minimum tilt' in e for e in errors), errors)
-

@@ -10,6 +10,7 @@ reconstructions have dense = bright (the simulator's convention), hence polarity
 bright. The "denoised" tomograms are the reconstructions binned 2x (2x2x2 means) and
 written at 20 A/voxel.
 """
+
 import json
 import os
 
@@ -21,8 +22,11 @@ from pwem.objects import Transform
 from tomo.constants import BOTTOM_LEFT_CORNER, SCIPION
 from tomo.objects import Coordinate3D, Tomogram
 from tomo.protocols import ProtImportTomograms, ProtImportTomomasks
-from tomo.protocols.protocol_export_coords import (EXPORT_TO_DYNAMO, EXPORT_TO_STAR,
-                                                   ProtExportCoordinates3D)
+from tomo.protocols.protocol_export_coords import (
+    EXPORT_TO_DYNAMO,
+    EXPORT_TO_STAR,
+    ProtExportCoordinates3D,
+)
 from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
 from tomo.utils import existsPlugin
 
@@ -39,11 +43,11 @@ from dual.tests.phantoms import makePhantoms
 from dual.viewers import DualPicksViewer
 from dual.viewers.viewer_picks import plotPicks
 
-SHAPE = (48, 128, 128)           # Z Y X
+SHAPE = (48, 128, 128)  # Z Y X
 VOXEL = 10.0
 BINNED_VOXEL = 2 * VOXEL
-DIAMETER = 140.0                 # A, the tetramers' largest extent
-BOX = 14                         # DIAMETER at 10 A/px, already even
+DIAMETER = 140.0  # A, the tetramers' largest extent
+BOX = 14  # DIAMETER at 10 A/px, already even
 TS_IDS = ('TS_00', 'TS_01')
 PHANTOM_OPTIONS = ('--classes', 'tetramer', '--vesicles', '0', '--fiducials', '0')
 
@@ -55,21 +59,28 @@ def bin2(volume):
 
 
 class TestDualPick(TestBaseCentralizedLayer):
-
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
-        phantoms = makePhantoms(cls.getOutputPath('phantoms'), seeds=(0, 1), shape=SHAPE,
-                                voxelSize=VOXEL, extra=PHANTOM_OPTIONS)
+        phantoms = makePhantoms(
+            cls.getOutputPath('phantoms'),
+            seeds=(0, 1),
+            shape=SHAPE,
+            voxelSize=VOXEL,
+            extra=PHANTOM_OPTIONS,
+        )
         cls.truth = {}
         rawDir, binnedDir = cls.getOutputPath('raw'), cls.getOutputPath('binned')
         for folder in (rawDir, binnedDir):
             os.makedirs(folder, exist_ok=True)
         for tsId, folder in phantoms.items():
             cls.truth[tsId] = np.array(
-                [p.xyz for p in read_particle_locations(os.path.join(folder,
-                                                                     'particle_locations.txt'))
-                 if p.name not in DEFAULT_EXCLUDE])
+                [
+                    p.xyz
+                    for p in read_particle_locations(os.path.join(folder, 'particle_locations.txt'))
+                    if p.name not in DEFAULT_EXCLUDE
+                ]
+            )
             raw = os.path.join(rawDir, tsId + '.mrc')
             if not os.path.exists(raw):
                 os.symlink(os.path.join(folder, 'reconstruction.mrc'), raw)
@@ -88,15 +99,17 @@ class TestDualPick(TestBaseCentralizedLayer):
 
     @classmethod
     def importTomograms(cls, folder, pattern, samplingRate):
-        prot = cls.newProtocol(ProtImportTomograms, filesPath=folder, filesPattern=pattern,
-                               samplingRate=samplingRate)
+        prot = cls.newProtocol(
+            ProtImportTomograms, filesPath=folder, filesPattern=pattern, samplingRate=samplingRate
+        )
         cls.launchProtocol(prot)
         return prot.Tomograms
 
     @classmethod
     def newPick(cls, tomograms, originals=None, masks=None, **values):
-        values = dict(dict(particleDiameter=DIAMETER, polarity=POLARITY_BRIGHT,
-                           numberOfPicks=300), **values)
+        values = dict(
+            dict(particleDiameter=DIAMETER, polarity=POLARITY_BRIGHT, numberOfPicks=300), **values
+        )
         prot = cls.newProtocol(ProtDualPick, **values)
         prot.inputTomograms.set(tomograms)
         if originals is not None:
@@ -120,10 +133,14 @@ class TestDualPick(TestBaseCentralizedLayer):
         """{tsId: (xyz BOTTOM_LEFT_CORNER px of the precedent, scores)}, in id order."""
         picks = {}
         for tomo in coords.getPrecedents():
-            items = [(c.getPosition(BOTTOM_LEFT_CORNER), c.getScore())
-                     for c in coords.iterCoordinates(volume=tomo)]
-            picks[tomo.getTsId()] = (np.array([i[0] for i in items]).reshape(-1, 3),
-                                     np.array([i[1] for i in items]))
+            items = [
+                (c.getPosition(BOTTOM_LEFT_CORNER), c.getScore())
+                for c in coords.iterCoordinates(volume=tomo)
+            ]
+            picks[tomo.getTsId()] = (
+                np.array([i[0] for i in items]).reshape(-1, 3),
+                np.array([i[1] for i in items]),
+            )
         return picks
 
     def assertPicksEqual(self, actual, expected, tolerance, what):
@@ -137,16 +154,19 @@ class TestDualPick(TestBaseCentralizedLayer):
         coords = self.outputOf(self.rawPick)
         total = sum(len(self.enginePicks(self.rawPick, t)[0]) for t in TS_IDS)
         self.assertGreater(total, 100)
-        self.checkCoordinates(coords, expectedSetSize=total, expectedBoxSize=BOX,
-                              expectedSRate=VOXEL)
+        self.checkCoordinates(
+            coords, expectedSetSize=total, expectedBoxSize=BOX, expectedSRate=VOXEL
+        )
         self.assertEqual(coords.getPrecedents().getObjId(), self.raw.getObjId())
         self.assertEqual(sorted(coords.getTSIds()), list(TS_IDS))
         self.assertTrue(coords.isStreamClosed())
         # One engine job per tomogram, with the Scipion voxel size and our options.
         with open(self.rawPick._getExtraPath('pick_TS_00.json')) as f:
             job = json.load(f)
-        self.assertEqual((job['diameter'], job['voxel_size'], job['polarity'], job['top']),
-                         (DIAMETER, VOXEL, 'bright', 300))
+        self.assertEqual(
+            (job['diameter'], job['voxel_size'], job['polarity'], job['top']),
+            (DIAMETER, VOXEL, 'bright', 300),
+        )
         summary = ' '.join(self.rawPick.summary())
         self.assertIn('%d coordinates in 2 tomogram(s); box %d px' % (total, BOX), summary)
         self.assertIn('bright contrast', summary)
@@ -164,8 +184,11 @@ class TestDualPick(TestBaseCentralizedLayer):
         picks = self.scipionPicks(self.outputOf(self.rawPick))
         for tsId in TS_IDS:
             m = match_picks(picks[tsId][0], self.truth[tsId], DIAMETER / 2 / VOXEL)
-            print(tsId, 'precision %.2f recall %.2f (%d picks, %d particles)'
-                  % (m['precision'], m['recall'], m['n_picks'], m['n_truth']))
+            print(
+                tsId,
+                'precision %.2f recall %.2f (%d picks, %d particles)'
+                % (m['precision'], m['recall'], m['n_picks'], m['n_truth']),
+            )
             self.assertGreaterEqual(m['precision'], 0.85, m)
             self.assertGreaterEqual(m['recall'], 0.55, m)
             self.assertLess(m['mean_distance_voxels'], 2.5, m)
@@ -176,8 +199,9 @@ class TestDualPick(TestBaseCentralizedLayer):
         the originals' sampling rate and box size, and the picks hit the particles."""
         coords = self.outputOf(self.binnedPick)
         total = sum(len(self.enginePicks(self.binnedPick, t)[0]) for t in TS_IDS)
-        self.checkCoordinates(coords, expectedSetSize=total, expectedBoxSize=BOX,
-                              expectedSRate=VOXEL)
+        self.checkCoordinates(
+            coords, expectedSetSize=total, expectedBoxSize=BOX, expectedSRate=VOXEL
+        )
         self.assertEqual(coords.getPrecedents().getObjId(), self.raw.getObjId())
         picks = self.scipionPicks(coords)
         for tsId in TS_IDS:
@@ -198,8 +222,10 @@ class TestDualPick(TestBaseCentralizedLayer):
         picked, original = Tomogram(), Tomogram()
         picked.setSamplingRate(BINNED_VOXEL)
         original.setSamplingRate(VOXEL)
-        for tomo, shifts in ((picked, (-700.0, -610.0, -230.0)),
-                             (original, (-640.0, -640.0, -240.0))):
+        for tomo, shifts in (
+            (picked, (-700.0, -610.0, -230.0)),
+            (original, (-640.0, -640.0, -240.0)),
+        ):
             origin = Transform()
             origin.setShifts(*shifts)
             tomo.setOrigin(origin)
@@ -245,8 +271,9 @@ class TestDualPick(TestBaseCentralizedLayer):
             engine, _ = self.enginePicks(self.rawPick, tsId)
             self.assertPicksEqual(xyz[names == tsId], engine, 0.01, 'STAR %s' % tsId)
 
-            tblXyz, _, _ = read_dynamo_tbl(os.path.join(exports[EXPORT_TO_DYNAMO],
-                                                        tsId + '.tbl'), one_based=False)
+            tblXyz, _, _ = read_dynamo_tbl(
+                os.path.join(exports[EXPORT_TO_DYNAMO], tsId + '.tbl'), one_based=False
+            )
             self.assertPicksEqual(tblXyz, engine, 0.01, 'tbl %s' % tsId)
         # The engine's own Dynamo table is 1-based: the same picks, read back.
         own, _, _ = read_dynamo_tbl(self.rawPick._getExtraPath('TS_00', 'TS_00.tbl'))
@@ -257,24 +284,27 @@ class TestDualPick(TestBaseCentralizedLayer):
         os.makedirs(folder, exist_ok=True)
         z, y, x = (n // 2 for n in SHAPE)
         half = np.zeros((z, y, x), dtype=np.int8)
-        half[:, :, :x // 2] = 1
+        half[:, :, : x // 2] = 1
         for tsId in TS_IDS:
             with mrcfile.new(os.path.join(folder, tsId + '.mrc'), overwrite=True) as mrc:
                 mrc.set_data(half)
                 mrc.voxel_size = BINNED_VOXEL
-        importMasks = self.newProtocol(ProtImportTomomasks, filesPath=folder,
-                                       filesPattern='*.mrc', samplingRate=BINNED_VOXEL)
+        importMasks = self.newProtocol(
+            ProtImportTomomasks, filesPath=folder, filesPattern='*.mrc', samplingRate=BINNED_VOXEL
+        )
         importMasks.inputTomos.set(self.binned)
         self.launchProtocol(importMasks)
         masks = getattr(importMasks, ProtImportTomomasks._possibleOutputs.tomomasks.name)
 
         # Masks of the binned size cannot restrict the raw tomograms.
         errors = self.newPick(self.raw, masks=masks).validate()
-        self.assertTrue(any('a mask must have the size of its picked tomogram' in e
-                            for e in errors), errors)
+        self.assertTrue(
+            any('a mask must have the size of its picked tomogram' in e for e in errors), errors
+        )
 
-        prot = self.newPick(self.binned, masks=masks, selection=SELECT_THRESHOLD,
-                            scoreThreshold=0.0)
+        prot = self.newPick(
+            self.binned, masks=masks, selection=SELECT_THRESHOLD, scoreThreshold=0.0
+        )
         self.launchProtocol(prot)
         for tsId in TS_IDS:
             xyz, _ = self.enginePicks(prot, tsId)
@@ -288,13 +318,17 @@ class TestDualPick(TestBaseCentralizedLayer):
     def test_validate_rejects_bad_input(self):
         def errorsOf(**values):
             originals = values.pop('originals', None)
-            return ' | '.join(self.newPick(values.pop('tomograms', self.raw),
-                                           originals=originals, **values).validate())
+            return ' | '.join(
+                self.newPick(
+                    values.pop('tomograms', self.raw), originals=originals, **values
+                ).validate()
+            )
 
         self.assertEqual(errorsOf(), '')
         self.assertIn('Diameter must be > 0', errorsOf(particleDiameter=0))
-        self.assertIn('must span at least 2 voxels',
-                      errorsOf(tomograms=self.binned, particleDiameter=30))
+        self.assertIn(
+            'must span at least 2 voxels', errorsOf(tomograms=self.binned, particleDiameter=30)
+        )
         self.assertIn('Min_distance must be >= 0', errorsOf(minDistance=-5))
         self.assertIn('box size must be a positive', errorsOf(boxSize=0))
         self.assertIn('Top must be >= 1', errorsOf(numberOfPicks=0))
@@ -306,8 +340,9 @@ class TestDualPick(TestBaseCentralizedLayer):
             os.symlink(os.path.realpath(self.getOutputPath('raw', 'TS_00.mrc')), link)
         oneOriginal = self.importTomograms(folder, '*.mrc', VOXEL)
         errors = errorsOf(tomograms=self.binned, originals=oneOriginal)
-        self.assertIn('Original tomograms: no tomogram with the tsId of 1 picked '
-                      'tomogram(s): TS_01', errors)
+        self.assertIn(
+            'Original tomograms: no tomogram with the tsId of 1 picked tomogram(s): TS_01', errors
+        )
 
     def test_polarity_auto(self):
         """auto: bright for tomograms made by DUAL's denoiser or phantom simulator (a
@@ -319,8 +354,9 @@ class TestDualPick(TestBaseCentralizedLayer):
         prot.inputTomograms.setExtended('tomograms')
         self.assertEqual(prot._resolvePolarity(), 'bright')
 
-        phantom = self.newProtocol(ProtDualPhantom, numberOfPhantoms=1, sizeX=96, sizeY=96,
-                                   sizeZ=48, voxelSize=VOXEL)
+        phantom = self.newProtocol(
+            ProtDualPhantom, numberOfPhantoms=1, sizeX=96, sizeY=96, sizeZ=48, voxelSize=VOXEL
+        )
         self.launchProtocol(phantom)
         prot = self.newPick(getattr(phantom, OUT_TOMOGRAMS), polarity=0)
         self.launchProtocol(prot)
@@ -328,8 +364,12 @@ class TestDualPick(TestBaseCentralizedLayer):
             self.assertEqual(json.load(f)['polarity'], 'bright')
         self.assertEqual(prot.usedPolarity.get(), 'bright')  # stored at run time
         self.assertIn('bright (auto) contrast', ' '.join(prot.summary()))
-        self.checkCoordinates(self.outputOf(prot), expectedSetSize=len(
-            self.enginePicks(prot, 'TS_00')[0]), expectedBoxSize=BOX, expectedSRate=VOXEL)
+        self.checkCoordinates(
+            self.outputOf(prot),
+            expectedSetSize=len(self.enginePicks(prot, 'TS_00')[0]),
+            expectedBoxSize=BOX,
+            expectedSRate=VOXEL,
+        )
 
     def test_plot_draws_picks_coloured_by_score(self):
         volume = np.zeros((20, 40, 50), dtype=np.float32)
@@ -340,7 +380,7 @@ class TestDualPick(TestBaseCentralizedLayer):
         circles = figure.axes[0].patches
         self.assertEqual(len(circles), 2)
         # Drawn worst first; the full circle at the slice, a smaller one 2.5 voxels off.
-        self.assertAlmostEqual(circles[0].get_radius(), np.sqrt(16 - 2.5 ** 2))
+        self.assertAlmostEqual(circles[0].get_radius(), np.sqrt(16 - 2.5**2))
         self.assertAlmostEqual(circles[1].get_radius(), 4.0)
         self.assertNotEqual(circles[0].get_edgecolor(), circles[1].get_edgecolor())
         self.assertIn('2 of 3 picks', figure.axes[0].get_title())

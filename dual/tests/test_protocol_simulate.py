@@ -1,6 +1,7 @@
 """ProtDualSimulate with a tiny model trained on phantoms: synthetic tomograms from the
 grand models with their class masks, reproducible per seed; maps given as volumes;
 form checks; viewers."""
+
 import os
 
 import matplotlib.pyplot as plt
@@ -27,14 +28,12 @@ def byTsId(outSet):
 
 
 class TestDualSimulate(DualWorkflowTest):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.train, cls.model = cls.runTraining()
         cls.classMasks = cls.importClassMasks(cls.grandModels)
-        cls.simulate = cls.newSimulate(labels=cls.classMasks, variants=2, seed=3,
-                                       numberOfThreads=3)
+        cls.simulate = cls.newSimulate(labels=cls.classMasks, variants=2, seed=3, numberOfThreads=3)
         cls.launchProtocol(cls.simulate)
         cls.synthetic = byTsId(getattr(cls.simulate, SimulateOutputs.tomograms.name))
 
@@ -50,32 +49,44 @@ class TestDualSimulate(DualWorkflowTest):
     def test_synthetic_tomograms_per_map_and_variant(self):
         outSet = getattr(self.simulate, SimulateOutputs.tomograms.name)
         grandModel = self.grandModels.getFirstItem()
-        self.checkTomograms(outSet, expectedSetSize=4, expectedSRate=SMALL_VOXEL_SIZE,
-                            expectedDimensions=PHANTOM_DIMENSIONS,
-                            expectedOriginShifts=grandModel.getOrigin().getShifts(),
-                            testAcqObj=grandModel.getAcquisition())
-        self.assertEqual(sorted(self.synthetic),
-                         ['TS_00_sim00', 'TS_00_sim01', 'TS_01_sim00', 'TS_01_sim01'])
+        self.checkTomograms(
+            outSet,
+            expectedSetSize=4,
+            expectedSRate=SMALL_VOXEL_SIZE,
+            expectedDimensions=PHANTOM_DIMENSIONS,
+            expectedOriginShifts=grandModel.getOrigin().getShifts(),
+            testAcqObj=grandModel.getAcquisition(),
+        )
+        self.assertEqual(
+            sorted(self.synthetic), ['TS_00_sim00', 'TS_00_sim01', 'TS_01_sim00', 'TS_01_sim01']
+        )
         # Each variant and each map has its own noise.
         data = {tsId: readData(tomo) for tsId, tomo in self.synthetic.items()}
         self.assertFalse(np.allclose(data['TS_00_sim00'], data['TS_00_sim01']))
         self.assertTrue(all(np.all(np.isfinite(d)) for d in data.values()))
-        self.assertIn('4 synthetic tomograms (2 per map, seed 3) from 2 maps',
-                      ' '.join(self.simulate.summary()))
+        self.assertIn(
+            '4 synthetic tomograms (2 per map, seed 3) from 2 maps',
+            ' '.join(self.simulate.summary()),
+        )
         self.assertIn('We simulated 4 tomograms', ' '.join(self.simulate.methods()))
 
     def test_label_masks_follow_the_synthetic_tomograms(self):
         masks = getattr(self.simulate, SimulateOutputs.labels.name)
         self.assertIsInstance(masks, SetOfTomoMasks)
-        self.checkTomoMasks(masks, expectedSetSize=4, expectedSRate=SMALL_VOXEL_SIZE,
-                            expectedDimensions=PHANTOM_DIMENSIONS)
+        self.checkTomoMasks(
+            masks,
+            expectedSetSize=4,
+            expectedSRate=SMALL_VOXEL_SIZE,
+            expectedDimensions=PHANTOM_DIMENSIONS,
+        )
         inputMasks = byTsId(self.classMasks)
         for mask in masks:
             tsId = mask.getTsId()
             # Linked to its synthetic tomogram, holding its map's labels.
             self.assertEqual(mask.getVolName(), self.synthetic[tsId].getFileName())
-            np.testing.assert_array_equal(readData(mask),
-                                          readData(inputMasks[tsId.split('_sim')[0]]))
+            np.testing.assert_array_equal(
+                readData(mask), readData(inputMasks[tsId.split('_sim')[0]])
+            )
 
     def test_same_seed_reproduces_another_seed_differs(self):
         again = self.newSimulate(variants=1, seed=3)
@@ -86,27 +97,39 @@ class TestDualSimulate(DualWorkflowTest):
         reference = readData(self.synthetic['TS_01_sim00'])
         np.testing.assert_array_equal(
             readData(byTsId(getattr(again, SimulateOutputs.tomograms.name))['TS_01_sim00']),
-            reference)
-        self.assertFalse(np.allclose(
-            readData(byTsId(getattr(other, SimulateOutputs.tomograms.name))['TS_01_sim00']),
-            reference))
+            reference,
+        )
+        self.assertFalse(
+            np.allclose(
+                readData(byTsId(getattr(other, SimulateOutputs.tomograms.name))['TS_01_sim00']),
+                reference,
+            )
+        )
 
     def test_maps_given_as_volumes(self):
-        volumes = self.newProtocol(ProtImportVolumes,
-                                   filesPath=os.path.abspath(self.phantoms._getExtraPath()),
-                                   filesPattern='*/grandmodel.mrc',
-                                   samplingRate=SMALL_VOXEL_SIZE)
+        volumes = self.newProtocol(
+            ProtImportVolumes,
+            filesPath=os.path.abspath(self.phantoms._getExtraPath()),
+            filesPattern='*/grandmodel.mrc',
+            samplingRate=SMALL_VOXEL_SIZE,
+        )
         self.launchProtocol(volumes)
         prot = self.newSimulate(maps=volumes.outputVolumes)
         self.assertEqual(prot.validate(), [])
         self.launchProtocol(prot)
         outSet = getattr(prot, SimulateOutputs.tomograms.name)
-        self.checkTomograms(outSet, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
-                            expectedDimensions=PHANTOM_DIMENSIONS)
+        self.checkTomograms(
+            outSet,
+            expectedSetSize=2,
+            expectedSRate=SMALL_VOXEL_SIZE,
+            expectedDimensions=PHANTOM_DIMENSIONS,
+        )
         self.assertEqual(sorted(t.getTsId() for t in outSet), ['vol001_sim00', 'vol002_sim00'])
         # Label masks are matched by tsId, which plain volumes do not have.
-        self.assertError(self.newSimulate(maps=volumes.outputVolumes, labels=self.classMasks),
-                         'give the maps as tomograms')
+        self.assertError(
+            self.newSimulate(maps=volumes.outputVolumes, labels=self.classMasks),
+            'give the maps as tomograms',
+        )
 
     def test_viewers_draw(self):
         viewer = DualSimulateViewer(project=self.proj, protocol=self.simulate)
@@ -134,11 +157,11 @@ class TestDualSimulate(DualWorkflowTest):
         mask = self.classMasks.getFirstItem().clone()
         mask.cleanObjId()
         partial.append(mask)
-        self.assertError(self.newSimulate(labels=partial),
-                         'there is no mask with tsId TS_01')
+        self.assertError(self.newSimulate(labels=partial), 'there is no mask with tsId TS_01')
 
     def test_validate_rejects_a_model_at_another_voxel_size(self):
         prot = self.newSimulate()
-        prot.inputModel.set(DualModel(path=self.model.getPath(), voxelSize=4.0,
-                                      subvolumeSize=16, iterations=4))
+        prot.inputModel.set(
+            DualModel(path=self.model.getPath(), voxelSize=4.0, subvolumeSize=16, iterations=4)
+        )
         self.assertError(prot, '2.5x apart')

@@ -1,5 +1,6 @@
 """ProtDualTrain on phantoms: the model output, continuing from a model, resuming a
 run in Continue mode, and the form's checks. The real engine trains (tiny, on CPU)."""
+
 import json
 import os
 
@@ -26,7 +27,6 @@ def logIterations(prot):
 
 
 class TestDualTrain(DualWorkflowTest):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -39,8 +39,9 @@ class TestDualTrain(DualWorkflowTest):
         self.assertEqual(model.getPath(), self.train._getExtraPath('training', engine.MODEL_FILE))
         self.assertTrue(os.path.exists(model.getPath()))
         # The values come from the model file, read by the engine.
-        self.assertEqual((model.getVoxelSize(), model.getSubvolumeSize(), model.getIterations()),
-                         (10.0, 16, 4))
+        self.assertEqual(
+            (model.getVoxelSize(), model.getSubvolumeSize(), model.getIterations()), (10.0, 16, 4)
+        )
         info = model.getTrainingInfo()
         self.assertEqual(set(info['final_losses']), set(LOSS_KEYS))
         self.assertEqual(len(info['noisy_volumes']), 2)
@@ -57,8 +58,9 @@ class TestDualTrain(DualWorkflowTest):
         self.assertIn('We trained DUAL', ' '.join(self.train.methods()))
 
     def test_continue_from_model_counts_on(self):
-        prot, model = self.runTraining(self.model, continueTraining=True, iterations=3,
-                                       subvolumeSize=24)  # ignored: the model's settings win
+        prot, model = self.runTraining(
+            self.model, continueTraining=True, iterations=3, subvolumeSize=24
+        )  # ignored: the model's settings win
         self.assertEqual(model.getIterations(), 7)
         self.assertEqual(model.getSubvolumeSize(), 16)
         # The new run's log starts where the first model stopped.
@@ -100,18 +102,19 @@ class TestDualTrain(DualWorkflowTest):
 
     def test_validate_rejects_a_missing_sampling_rate(self):
         prot = self.newTraining()
-        tomograms = unsavedTomogramSet(self.getOutputPath('no_rate.sqlite'),
-                                     items=self.tomograms, samplingRate=0)
+        tomograms = unsavedTomogramSet(
+            self.getOutputPath('no_rate.sqlite'), items=self.tomograms, samplingRate=0
+        )
         prot.cleanVolumes.set(tomograms)
         self.assertError(prot, 'Clean volumes: the sampling rate is not set')
 
     def test_validate_rejects_volumes_smaller_than_a_subvolume(self):
         # 48 voxels of 10 A across in Z, 64^3 subvolumes of 10 A.
-        self.assertError(self.newTraining(subvolumeSize=64),
-                         'smaller than the 64^3 subvolumes')
+        self.assertError(self.newTraining(subvolumeSize=64), 'smaller than the 64^3 subvolumes')
         # The same phantoms at a 25 A working voxel size are 19 voxels thick.
-        self.assertError(self.newTraining(voxelSize=25.0, subvolumeSize=24),
-                         'only 19 voxels across')
+        self.assertError(
+            self.newTraining(voxelSize=25.0, subvolumeSize=24), 'only 19 voxels across'
+        )
 
     def test_validate_rejects_a_subvolume_not_multiple_of_8(self):
         self.assertError(self.newTraining(subvolumeSize=20), 'multiple of 8')
@@ -119,8 +122,9 @@ class TestDualTrain(DualWorkflowTest):
     def test_validate_continuing_needs_an_existing_model(self):
         self.assertError(self.newTraining(continueTraining=True), 'Choose the model')
         prot = self.newTraining(continueTraining=True)
-        prot.inputModel.set(DualModel(path='/no/such/model.pt', voxelSize=10.0,
-                                      subvolumeSize=16, iterations=4))
+        prot.inputModel.set(
+            DualModel(path='/no/such/model.pt', voxelSize=10.0, subvolumeSize=16, iterations=4)
+        )
         self.assertError(prot, 'does not exist')
 
     def test_validate_rejects_a_missing_engine(self):

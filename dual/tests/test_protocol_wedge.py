@@ -2,6 +2,7 @@
 reused by a second run; outputs keep the input's metadata and its measured Fourier
 coefficients; the form rejects what the engine cannot do. Compensation quality is
 tested in the engine's tests and measured in bench/."""
+
 import json
 
 import matplotlib.pyplot as plt
@@ -12,8 +13,7 @@ from dual.protocols import ProtDualPhantom, ProtDualWedge
 from dual.protocols.protocol_phantom import OUT_TOMOGRAMS
 from dual.protocols.protocol_wedge import RANGE_ESTIMATED, RANGE_GIVEN, WedgeOutputs
 from dual.tests.phantoms import SMALL_VOXEL_SIZE
-from dual.tests.workflow import (PHANTOM_DIMENSIONS, TINY_TRAINING, X, Y, Z,
-                                 DualWorkflowTest)
+from dual.tests.workflow import PHANTOM_DIMENSIONS, TINY_TRAINING, X, Y, Z, DualWorkflowTest
 from dual.viewers import DualTrainingViewer, DualWedgeViewer
 
 TILT_RANGE = (-50.0, 70.0)
@@ -33,13 +33,20 @@ def measuredCoefficientsKept(inPath, outPath, tiltRange, transition=5.0):
 
 
 class TestDualWedge(DualWorkflowTest):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        phantoms = cls.newProtocol(ProtDualPhantom, numberOfPhantoms=2, seed=5, sizeX=X,
-                                   sizeY=Y, sizeZ=Z, voxelSize=SMALL_VOXEL_SIZE,
-                                   tiltMin=TILT_RANGE[0], tiltMax=TILT_RANGE[1])
+        phantoms = cls.newProtocol(
+            ProtDualPhantom,
+            numberOfPhantoms=2,
+            seed=5,
+            sizeX=X,
+            sizeY=Y,
+            sizeZ=Z,
+            voxelSize=SMALL_VOXEL_SIZE,
+            tiltMin=TILT_RANGE[0],
+            tiltMax=TILT_RANGE[1],
+        )
         cls.launchProtocol(phantoms)
         cls.asymmetric = getattr(phantoms, OUT_TOMOGRAMS)
         # Tilt range from the tomograms' acquisition; the model is trained in the run.
@@ -65,33 +72,44 @@ class TestDualWedge(DualWorkflowTest):
         self.assertEqual(self.model.getIterations(), TINY_TRAINING['iterations'])
         with open(self.wedge._getExtraPath('wedge_train.json')) as f:
             job = json.load(f)
-        self.assertEqual((job['tilt_range'], job['tilt_axis'], job['device']),
-                         (list(TILT_RANGE), 'y', 'cpu'))
+        self.assertEqual(
+            (job['tilt_range'], job['tilt_axis'], job['device']), (list(TILT_RANGE), 'y', 'cpu')
+        )
         self.assertIn('missing wedge -50..70 deg', ' '.join(self.wedge.summary()))
 
     def test_outputs_keep_metadata_and_measured_coefficients(self):
         first = self.asymmetric.getFirstItem()
-        self.checkTomograms(self.output, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
-                            expectedDimensions=PHANTOM_DIMENSIONS,
-                            expectedOriginShifts=first.getOrigin().getShifts(),
-                            testSetAcqObj=self.asymmetric.getAcquisition(),
-                            testAcqObj=first.getAcquisition())
+        self.checkTomograms(
+            self.output,
+            expectedSetSize=2,
+            expectedSRate=SMALL_VOXEL_SIZE,
+            expectedDimensions=PHANTOM_DIMENSIONS,
+            expectedOriginShifts=first.getOrigin().getShifts(),
+            testSetAcqObj=self.asymmetric.getAcquisition(),
+            testAcqObj=first.getAcquisition(),
+        )
         inputs = {t.getTsId(): t.getFileName() for t in self.asymmetric}
         self.assertEqual(sorted(t.getTsId() for t in self.output), sorted(inputs))
         for tomo in self.output:
-            with mrcfile.open(tomo.getFileName()) as out, \
-                    mrcfile.open(inputs[tomo.getTsId()]) as raw:
+            with mrcfile.open(tomo.getFileName()) as out, mrcfile.open(
+                inputs[tomo.getTsId()]
+            ) as raw:
                 self.assertTrue(np.all(np.isfinite(out.data)))
-                self.assertFalse(np.allclose(out.data, raw.data))   # the cone was filled
+                self.assertFalse(np.allclose(out.data, raw.data))  # the cone was filled
                 self.assertAlmostEqual(float(out.voxel_size.x), SMALL_VOXEL_SIZE, places=3)
-            self.assertLess(measuredCoefficientsKept(inputs[tomo.getTsId()],
-                                                     tomo.getFileName(), TILT_RANGE), 1e-3)
-        self.assertIn('We filled the missing wedge of 2 tomograms',
-                      ' '.join(self.wedge.methods()))
+            self.assertLess(
+                measuredCoefficientsKept(inputs[tomo.getTsId()], tomo.getFileName(), TILT_RANGE),
+                1e-3,
+            )
+        self.assertIn('We filled the missing wedge of 2 tomograms', ' '.join(self.wedge.methods()))
 
     def test_reusing_the_model_with_a_given_range(self):
-        reuse = self.newWedge(model=self.model, tiltRangeSource=RANGE_GIVEN,
-                              tiltMin=TILT_RANGE[0], tiltMax=TILT_RANGE[1])
+        reuse = self.newWedge(
+            model=self.model,
+            tiltRangeSource=RANGE_GIVEN,
+            tiltMin=TILT_RANGE[0],
+            tiltMax=TILT_RANGE[1],
+        )
         self.launchProtocol(reuse)
         output = getattr(reuse, WedgeOutputs.tomograms.name)
         self.assertEqual(output.getSize(), 2)
@@ -120,10 +138,13 @@ class TestDualWedge(DualWorkflowTest):
     def test_validate(self):
         self.assertEqual(self.newWedge().validate(), [])
         self.assertEqual(self.newWedge(tiltRangeSource=RANGE_ESTIMATED).validate(), [])
-        self.assertError(self.newWedge(tiltRangeSource=RANGE_GIVEN, tiltMin=-40.0,
-                                       tiltMax=40.0), 'needs min <= -45 and max >= 45')
-        self.assertError(self.newWedge(tiltRangeSource=RANGE_GIVEN, tiltMin=30.0,
-                                       tiltMax=-30.0), 'must satisfy')
+        self.assertError(
+            self.newWedge(tiltRangeSource=RANGE_GIVEN, tiltMin=-40.0, tiltMax=40.0),
+            'needs min <= -45 and max >= 45',
+        )
+        self.assertError(
+            self.newWedge(tiltRangeSource=RANGE_GIVEN, tiltMin=30.0, tiltMax=-30.0), 'must satisfy'
+        )
         self.assertError(self.newWedge(subvolumeSize=20), 'multiple of 8')
         prot = self.newWedge()
         prot.useModel.set(True)
@@ -131,5 +152,4 @@ class TestDualWedge(DualWorkflowTest):
 
     def test_validate_rejects_a_denoising_model(self):
         _, denoiser = self.runTraining()
-        self.assertError(self.newWedge(model=denoiser),
-                         'trained for the "denoise" task')
+        self.assertError(self.newWedge(model=denoiser), 'trained for the "denoise" task')

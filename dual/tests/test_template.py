@@ -8,6 +8,7 @@ Data: phantoms made by the engine, 48x96x96 voxels at 10 A: reconstructions of s
 (unpaired, as in real use). The template's network is shrunk after loading, as a
 user would edit the boxes, so that training takes seconds.
 """
+
 import json
 import os
 import unittest
@@ -21,25 +22,45 @@ from dual.objects import DualModel
 from dual.contract import engine
 from dual.protocols.protocol_pick import PickOutputs
 from dual.templates import DENOISE_PICK, templateNames, templatePath
-from dual.templates.runner import (createProject, fillTemplate, loadTemplate, runWorkflow,
-                                   templateAliases)
+from dual.templates.runner import (
+    createProject,
+    fillTemplate,
+    loadTemplate,
+    runWorkflow,
+    templateAliases,
+)
 from dual.tests.phantoms import SMALL_SHAPE, SMALL_VOXEL_SIZE, makePhantoms
 from dual.tests.workflow import TINY_TRAINING
 
 Z, Y, X = SMALL_SHAPE
 DIMENSIONS = [X, Y, Z]
 NOISY_IDS, CLEAN_IDS = ('TS_00', 'TS_01'), ('TS_02', 'TS_03')
-DIAMETER = 140.0   # A: the largest phantom classes are 140-280 A
-BOX = 14           # DIAMETER at 10 A/px
+DIAMETER = 140.0  # A: the largest phantom classes are 140-280 A
+BOX = 14  # DIAMETER at 10 A/px
 PICKS = 20
 # Template object ids, in the template's order.
 IMPORT_NOISY, IMPORT_CLEAN, TRAIN, DENOISE, SIMULATE, PICK = '1', '2', '3', '4', '5', '6'
-LABELS = {IMPORT_NOISY: 'import noisy tomograms', IMPORT_CLEAN: 'import clean maps',
-          TRAIN: 'dual - train', DENOISE: 'dual - denoise',
-          SIMULATE: 'dual - simulate tomograms', PICK: 'dual - pick particles'}
-FIELDS = {'noisyPath', 'noisyPattern', 'noisySamplingRate', 'cleanPath', 'cleanPattern',
-          'cleanSamplingRate', 'workingVoxelSize', 'iterations', 'useGpu',
-          'particleDiameter', 'picksPerTomogram'}
+LABELS = {
+    IMPORT_NOISY: 'import noisy tomograms',
+    IMPORT_CLEAN: 'import clean maps',
+    TRAIN: 'dual - train',
+    DENOISE: 'dual - denoise',
+    SIMULATE: 'dual - simulate tomograms',
+    PICK: 'dual - pick particles',
+}
+FIELDS = {
+    'noisyPath',
+    'noisyPattern',
+    'noisySamplingRate',
+    'cleanPath',
+    'cleanPattern',
+    'cleanSamplingRate',
+    'workingVoxelSize',
+    'iterations',
+    'useGpu',
+    'particleDiameter',
+    'picksPerTomogram',
+}
 
 
 def phantomFolders():
@@ -54,11 +75,19 @@ def phantomFolders():
 
 def fieldValues(noisy, clean):
     """Every field of the template, as the test fills it."""
-    return dict(noisyPath=noisy, noisyPattern='{TS}/reconstruction.mrc',
-                noisySamplingRate=SMALL_VOXEL_SIZE, cleanPath=clean,
-                cleanPattern='{TS}/grandmodel.mrc', cleanSamplingRate=SMALL_VOXEL_SIZE,
-                workingVoxelSize=SMALL_VOXEL_SIZE, iterations=TINY_TRAINING['iterations'],
-                useGpu=False, particleDiameter=DIAMETER, picksPerTomogram=PICKS)
+    return dict(
+        noisyPath=noisy,
+        noisyPattern='{TS}/reconstruction.mrc',
+        noisySamplingRate=SMALL_VOXEL_SIZE,
+        cleanPath=clean,
+        cleanPattern='{TS}/grandmodel.mrc',
+        cleanSamplingRate=SMALL_VOXEL_SIZE,
+        workingVoxelSize=SMALL_VOXEL_SIZE,
+        iterations=TINY_TRAINING['iterations'],
+        useGpu=False,
+        particleDiameter=DIAMETER,
+        picksPerTomogram=PICKS,
+    )
 
 
 class TestDualTemplateFile(unittest.TestCase):
@@ -67,8 +96,7 @@ class TestDualTemplateFile(unittest.TestCase):
     def test_scipion_finds_the_template(self):
         # What `scipion3 template` and the GUI's template list ask every plugin for.
         plugin = Domain.getPluginModule('dual')._pluginInstance
-        self.assertEqual([t.getObjId() for t in plugin.getTemplates()],
-                         ['dual-' + DENOISE_PICK])
+        self.assertEqual([t.getObjId() for t in plugin.getTemplates()], ['dual-' + DENOISE_PICK])
         found = TemplateList()
         found.addPluginTemplates('dual-' + DENOISE_PICK)
         self.assertEqual(len(found.templates), 1)
@@ -79,14 +107,13 @@ class TestDualTemplateFile(unittest.TestCase):
         template = loadTemplate()
         self.assertEqual(set(templateAliases(template)), FIELDS)
         titles = [f.getTitle() for f in template.getParams().values()]
-        self.assertEqual(len(titles), 13)   # useGpu is a field of 3 boxes
+        self.assertEqual(len(titles), 13)  # useGpu is a field of 3 boxes
         self.assertEqual(templateAliases(template)['iterations'], '2000')
         # Unset folders do not validate: the user must give them.
         with self.assertRaisesRegex(ValueError, 'noisyPath'):
             fillTemplate(loadTemplate(), cleanPath=os.getcwd())
         with self.assertRaisesRegex(ValueError, 'Unknown template field'):
-            fillTemplate(loadTemplate(), noisyPath=os.getcwd(), cleanPath=os.getcwd(),
-                         diameter=100)
+            fillTemplate(loadTemplate(), noisyPath=os.getcwd(), cleanPath=os.getcwd(), diameter=100)
         with self.assertRaisesRegex(ValueError, 'iterations'):
             fillTemplate(loadTemplate(), iterations='many')
 
@@ -97,22 +124,19 @@ class TestDualTemplateFile(unittest.TestCase):
         template._replaceFields()
         workflow = json.loads(''.join(template.getContent()))
         protocols = Domain.getProtocols()
-        classById = {entry['object.id']: protocols[entry['object.className']]
-                     for entry in workflow}
+        classById = {entry['object.id']: protocols[entry['object.className']] for entry in workflow}
         for entry in workflow:
             prot = classById[entry['object.id']]()
             params = dict(prot.iterDefinitionAttributes())
             for key, value in entry.items():
                 if key.startswith(('object.', '_')) or key in ('runName', 'runMode'):
                     continue
-                self.assertIn(key, params, '%s has no parameter %s'
-                              % (type(prot).__name__, key))
+                self.assertIn(key, params, '%s has no parameter %s' % (type(prot).__name__, key))
                 if params[key].isPointer() and value:
                     # "<object.id>.<output>": an output the source box can produce.
                     sourceId, output = value.split('.', 1)
                     possible = classById[sourceId]._possibleOutputs
-                    names = possible.keys() if isinstance(possible, dict) \
-                        else possible.__members__
+                    names = possible.keys() if isinstance(possible, dict) else possible.__members__
                     self.assertIn(output, names, '%s: %s' % (entry['object.label'], key))
         self.assertEqual([e['object.label'] for e in workflow], list(LABELS.values()))
 
@@ -120,13 +144,17 @@ class TestDualTemplateFile(unittest.TestCase):
         """`scipion3 template FILE alias=value ... --nogui` skips the form only when the
         arguments fill every field; these do."""
         from scipion.scripts.kickoff import assignAllParams  # scipion-app: setup installs it
+
         noisy, clean = phantomFolders()
         template = loadTemplate()
-        args = ['%s=%s' % (k, str(v).lower() if isinstance(v, bool) else v)
-                for k, v in fieldValues(noisy, clean).items()]
+        args = [
+            '%s=%s' % (k, str(v).lower() if isinstance(v, bool) else v)
+            for k, v in fieldValues(noisy, clean).items()
+        ]
         self.assertTrue(assignAllParams(args, template))
-        self.assertEqual(template.getParams()['Picking: particle diameter (A)'].getValue(),
-                         str(DIAMETER))
+        self.assertEqual(
+            template.getParams()['Picking: particle diameter (A)'].getValue(), str(DIAMETER)
+        )
         self.assertTrue(templatePath().endswith('denoise_pick.json.template'))
 
 
@@ -136,21 +164,24 @@ class TestDualTemplateRun(TestBaseCentralizedLayer):
     @classmethod
     def setUpClass(cls):
         noisy, clean = phantomFolders()
-        cls.proj, cls.protocols = createProject(cls.__name__, loadTemplate(),
-                                                **fieldValues(noisy, clean))
+        cls.proj, cls.protocols = createProject(
+            cls.__name__, loadTemplate(), **fieldValues(noisy, clean)
+        )
         cls.outputPath = cls.proj.path
         os.chdir(cls.proj.path)  # protocols resolve their files from the project folder
         # Shrink the network and share the 2 cores, as a user would edit the boxes.
         train = cls.protocols[TRAIN]
         for name, value in TINY_TRAINING.items():
             getattr(train, name).set(value)
-        cls.protocols[DENOISE].numberOfThreads.set(3)   # both tomograms at once
+        cls.protocols[DENOISE].numberOfThreads.set(3)  # both tomograms at once
         cls.protocols[SIMULATE].numberOfThreads.set(3)
         for prot in cls.protocols.values():
             cls.proj.saveProtocol(prot)
         finished = runWorkflow(cls.proj, list(cls.protocols.values()), report=None)
-        cls.runs = {key: next(p for p in finished if p.getObjId() == prot.getObjId())
-                    for key, prot in cls.protocols.items()}
+        cls.runs = {
+            key: next(p for p in finished if p.getObjId() == prot.getObjId())
+            for key, prot in cls.protocols.items()
+        }
 
     def output(self, key, name):
         out = getattr(self.runs[key], name, None)
@@ -165,29 +196,42 @@ class TestDualTemplateRun(TestBaseCentralizedLayer):
     def test_imports(self):
         for key, tsIds in ((IMPORT_NOISY, NOISY_IDS), (IMPORT_CLEAN, CLEAN_IDS)):
             tomos = self.output(key, 'Tomograms')
-            self.checkTomograms(tomos, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
-                                expectedDimensions=DIMENSIONS)
+            self.checkTomograms(
+                tomos,
+                expectedSetSize=2,
+                expectedSRate=SMALL_VOXEL_SIZE,
+                expectedDimensions=DIMENSIONS,
+            )
             self.assertEqual(sorted(tomos.getTSIds()), list(tsIds))
 
     def test_training_settings_come_from_fields_and_edits(self):
         model = self.output(TRAIN, 'model')
         self.assertIsInstance(model, DualModel)
         self.assertTrue(os.path.exists(model.getPath()))
-        self.assertEqual((model.getIterations(), model.getVoxelSize(), model.getSubvolumeSize()),
-                         (TINY_TRAINING['iterations'], SMALL_VOXEL_SIZE,
-                          TINY_TRAINING['subvolumeSize']))
+        self.assertEqual(
+            (model.getIterations(), model.getVoxelSize(), model.getSubvolumeSize()),
+            (TINY_TRAINING['iterations'], SMALL_VOXEL_SIZE, TINY_TRAINING['subvolumeSize']),
+        )
         self.assertFalse(self.runs[TRAIN].useGpu.get())
 
     def test_denoised_tomograms_match_the_noisy_ones(self):
         denoised = self.output(DENOISE, 'tomograms')
-        self.checkTomograms(denoised, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
-                            expectedDimensions=DIMENSIONS)
+        self.checkTomograms(
+            denoised,
+            expectedSetSize=2,
+            expectedSRate=SMALL_VOXEL_SIZE,
+            expectedDimensions=DIMENSIONS,
+        )
         self.assertEqual(sorted(denoised.getTSIds()), list(NOISY_IDS))
 
     def test_simulated_tomograms_come_from_the_clean_maps(self):
         simulated = self.output(SIMULATE, 'tomograms')
-        self.checkTomograms(simulated, expectedSetSize=2, expectedSRate=SMALL_VOXEL_SIZE,
-                            expectedDimensions=DIMENSIONS)
+        self.checkTomograms(
+            simulated,
+            expectedSetSize=2,
+            expectedSRate=SMALL_VOXEL_SIZE,
+            expectedDimensions=DIMENSIONS,
+        )
         self.assertEqual(sorted(simulated.getTSIds()), [t + '_sim00' for t in CLEAN_IDS])
 
     def test_picks_refer_to_the_imported_tomograms(self):
@@ -195,10 +239,15 @@ class TestDualTemplateRun(TestBaseCentralizedLayer):
         coords = self.output(PICK, PickOutputs.coordinates.name)
         tables = {t: engine.read_picks_table(pick.getPicksFile(t))[0] for t in NOISY_IDS}
         self.assertTrue(all(0 < len(xyz) <= PICKS for xyz in tables.values()), tables)
-        self.checkCoordinates(coords, expectedSetSize=sum(map(len, tables.values())),
-                              expectedBoxSize=BOX, expectedSRate=SMALL_VOXEL_SIZE)
-        self.assertEqual(coords.getPrecedents().getObjId(),
-                         self.output(IMPORT_NOISY, 'Tomograms').getObjId())
+        self.checkCoordinates(
+            coords,
+            expectedSetSize=sum(map(len, tables.values())),
+            expectedBoxSize=BOX,
+            expectedSRate=SMALL_VOXEL_SIZE,
+        )
+        self.assertEqual(
+            coords.getPrecedents().getObjId(), self.output(IMPORT_NOISY, 'Tomograms').getObjId()
+        )
         self.assertEqual(sorted(coords.getTSIds()), list(NOISY_IDS))
         # Denoised tomograms are dense = bright: 'auto' chose it.
         self.assertEqual(pick.usedPolarity.get(), 'bright')

@@ -1,5 +1,6 @@
 """The viewers' plotting functions, headless (Agg): they draw, and the Fourier panels
 show a missing wedge where it is."""
+
 import json
 import unittest
 
@@ -22,10 +23,17 @@ def wedgeVolume(shape=(48, 64, 64), maxTilt=60.0, seed=0):
 
 
 class TestPlots(unittest.TestCase):
-
     def test_training_curves_one_panel_per_loss(self):
-        records = [dict(iteration=i, iterations=20, seconds=i, eta_seconds=20 - i,
-                        **{k: 1.0 / i for k in LOSS_KEYS}) for i in range(1, 21)]
+        records = [
+            dict(
+                iteration=i,
+                iterations=20,
+                seconds=i,
+                eta_seconds=20 - i,
+                **{k: 1.0 / i for k in LOSS_KEYS},
+            )
+            for i in range(1, 21)
+        ]
         figure = plots.plotTrainingCurves(records)
         self.assertIsInstance(figure, Figure)
         self.assertEqual(len(figure.axes), len(LOSS_KEYS))
@@ -36,6 +44,7 @@ class TestPlots(unittest.TestCase):
 
     def test_training_log_reader_skips_a_line_being_written(self):
         import tempfile
+
         with tempfile.NamedTemporaryFile('w', suffix='.jsonl', delete=False) as f:
             f.write(json.dumps({'iteration': 1, 'loss': 2.0}) + '\n')
             f.write('{"iteration": 2, "lo')
@@ -69,5 +78,5 @@ class TestPlots(unittest.TestCase):
         self.assertEqual(len(spectrum.lines), 2)
         self.assertEqual(len(histogram.patches), 2)
         frequency, power = plots.radialPowerSpectrum(real, 10.0)
-        self.assertAlmostEqual(frequency.max(), 0.05, delta=0.002)   # Nyquist of 10 A
+        self.assertAlmostEqual(frequency.max(), 0.05, delta=0.002)  # Nyquist of 10 A
         self.assertTrue(np.all(power >= 0))

@@ -2,6 +2,7 @@
 
 Everything runs for real (engine included) on CPU, at sizes that take seconds.
 """
+
 import os
 
 from pyworkflow.tests import setupTestProject
@@ -15,9 +16,20 @@ from dual.protocols.protocol_train import TrainOutputs
 from dual.tests.phantoms import SMALL_SHAPE, SMALL_VOXEL_SIZE
 
 # A DUAL model small enough to train for a few iterations in seconds on a CPU.
-TINY_TRAINING = dict(subvolumeSize=16, unetWidth=4, unetDepth=2, codeSize=4, noiseWidth=4,
-                     discWidth=4, batchSize=2, iterations=4, logEvery=1, checkpointEvery=2,
-                     useGpu=False, numberOfThreads=1)
+TINY_TRAINING = dict(
+    subvolumeSize=16,
+    unetWidth=4,
+    unetDepth=2,
+    codeSize=4,
+    noiseWidth=4,
+    discWidth=4,
+    batchSize=2,
+    iterations=4,
+    logEvery=1,
+    checkpointEvery=2,
+    useGpu=False,
+    numberOfThreads=1,
+)
 
 Z, Y, X = SMALL_SHAPE
 PHANTOM_DIMENSIONS = [X, Y, Z]
@@ -29,8 +41,15 @@ class DualWorkflowTest(TestBaseCentralizedLayer):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
-        cls.phantoms = cls.newProtocol(ProtDualPhantom, numberOfPhantoms=2, seed=0,
-                                       sizeX=X, sizeY=Y, sizeZ=Z, voxelSize=SMALL_VOXEL_SIZE)
+        cls.phantoms = cls.newProtocol(
+            ProtDualPhantom,
+            numberOfPhantoms=2,
+            seed=0,
+            sizeX=X,
+            sizeY=Y,
+            sizeZ=Z,
+            voxelSize=SMALL_VOXEL_SIZE,
+        )
         cls.launchProtocol(cls.phantoms)
         cls.tomograms = getattr(cls.phantoms, OUT_TOMOGRAMS)
         cls.grandModels = getattr(cls.phantoms, OUT_GRAND_MODELS)
@@ -60,8 +79,9 @@ class DualWorkflowTest(TestBaseCentralizedLayer):
         for tsId in ('TS_00', 'TS_01'):
             link = os.path.join(folder, '%s.mrc' % tsId)
             if not os.path.exists(link):
-                os.symlink(os.path.abspath(cls.phantoms._getExtraPath(tsId, 'class_mask.mrc')),
-                           link)
+                os.symlink(
+                    os.path.abspath(cls.phantoms._getExtraPath(tsId, 'class_mask.mrc')), link
+                )
         prot = cls.newProtocol(ProtImportTomomasks, filesPath=folder, filesPattern='*.mrc')
         prot.inputTomos.set(tomograms)
         cls.launchProtocol(prot)
@@ -78,7 +98,8 @@ def unsavedTomogramSet(path, items=(), samplingRate=None):
         if samplingRate is not None:
             tomo.setSamplingRate(samplingRate)
         outSet.append(tomo)
-    rate = samplingRate if samplingRate is not None else (
-        items.getSamplingRate() if items else 10.0)
+    rate = (
+        samplingRate if samplingRate is not None else (items.getSamplingRate() if items else 10.0)
+    )
     outSet.setSamplingRate(rate)
     return outSet

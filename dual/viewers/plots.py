@@ -5,6 +5,7 @@ tests call them headless with a plain Figure.
 Volumes are numpy arrays indexed [z, y, x] (as mrcfile reads them); the tilt axis is
 Y, so the missing wedge shows in XZ sections of the Fourier transform.
 """
+
 import mrcfile
 import numpy as np
 from matplotlib.figure import Figure
@@ -44,8 +45,9 @@ def plotTrainingCurves(records, figure=None):
         axes.grid(alpha=0.3)
     if records:
         last = records[-1]
-        figure.suptitle('DUAL training: iteration %d of %d' % (last['iteration'],
-                                                               last['iterations']))
+        figure.suptitle(
+            'DUAL training: iteration %d of %d' % (last['iteration'], last['iterations'])
+        )
     figure.tight_layout()
     return figure
 
@@ -94,8 +96,15 @@ def plotSlicesAndSpectra(volumes, titles, figure=None):
         for column, (image, label) in enumerate(zip(panels, columns)):
             axes = figure.add_subplot(len(volumes), len(columns), row * len(columns) + column + 1)
             low, high = np.percentile(image, [1, 99.5])
-            axes.imshow(image, cmap='gray', origin='lower', vmin=low, vmax=high,
-                        aspect='equal', interpolation='nearest')
+            axes.imshow(
+                image,
+                cmap='gray',
+                origin='lower',
+                vmin=low,
+                vmax=high,
+                aspect='equal',
+                interpolation='nearest',
+            )
             axes.set_title('%s: %s' % (title, label), fontsize=9)
             axes.set_xticks([])
             axes.set_yticks([])
@@ -109,9 +118,8 @@ def radialPowerSpectrum(volume, voxelSize, side=FOURIER_SIDE, bins=40):
     over spherical shells up to Nyquist: comparable between different voxel sizes."""
     cube = _apodized(_centralCube(volume, side))
     power = np.abs(np.fft.fftshift(np.fft.fftn(cube))) ** 2
-    grids = np.meshgrid(*[np.fft.fftshift(np.fft.fftfreq(n)) for n in cube.shape],
-                        indexing='ij')
-    radius = np.sqrt(sum(g ** 2 for g in grids))          # cycles per voxel
+    grids = np.meshgrid(*[np.fft.fftshift(np.fft.fftfreq(n)) for n in cube.shape], indexing='ij')
+    radius = np.sqrt(sum(g**2 for g in grids))  # cycles per voxel
     edges = np.linspace(0, 0.5, bins + 1)
     which = np.digitize(radius.ravel(), edges) - 1
     inside = (which >= 0) & (which < bins)
@@ -127,12 +135,13 @@ def plotRealVsSimulated(real, realVoxelSize, simulated, simulatedVoxelSize, figu
     figure = _newFigure(figure, (11, 4))
     histogram = figure.add_subplot(1, 2, 1)
     spectrum = figure.add_subplot(1, 2, 2)
-    for volume, voxelSize, label in ((real, realVoxelSize, 'real'),
-                                     (simulated, simulatedVoxelSize, 'simulated')):
+    for volume, voxelSize, label in (
+        (real, realVoxelSize, 'real'),
+        (simulated, simulatedVoxelSize, 'simulated'),
+    ):
         values = np.asarray(volume, dtype=np.float32).ravel()
         values = (values - values.mean()) / (values.std() or 1.0)
-        histogram.hist(values, bins=100, range=(-5, 5), density=True, histtype='step',
-                       label=label)
+        histogram.hist(values, bins=100, range=(-5, 5), density=True, histtype='step', label=label)
         frequency, power = radialPowerSpectrum(volume, voxelSize)
         spectrum.semilogy(frequency, power, label=label)
     histogram.set_title('Intensities (standardised)', fontsize=10)

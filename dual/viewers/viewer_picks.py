@@ -4,6 +4,7 @@ plotPicks draws from arrays into a matplotlib Figure (testable headless); the vi
 reads the files, chooses the slab and shows the figure through a pwem EmPlotter,
 which does not block the GUI.
 """
+
 import math
 import os
 
@@ -37,8 +38,9 @@ def slabRange(depth, sliceIndex=None, thickness=1):
     return first, min(depth, first + thickness)
 
 
-def plotPicks(volume, xyz, scores, sliceIndex=None, thickness=1, radius=5.0, figure=None,
-              title=None):
+def plotPicks(
+    volume, xyz, scores, sliceIndex=None, thickness=1, radius=5.0, figure=None, title=None
+):
     """An XY view of `volume` ([z, y, x]) with the picks drawn as circles coloured by score.
 
     The image is the mean of `thickness` slices centred on z = sliceIndex (default:
@@ -64,10 +66,11 @@ def plotPicks(volume, xyz, scores, sliceIndex=None, thickness=1, radius=5.0, fig
     grid = figure.add_gridspec(1, 2, width_ratios=[3, 1])
     axes = figure.add_subplot(grid[0, 0])
     low, high = np.percentile(image, [1, 99]) if image.size else (0, 1)
-    axes.imshow(image, cmap='gray', origin='lower', vmin=low, vmax=high,
-                interpolation='nearest')
-    norm = colors.Normalize(vmin=float(scores.min()) if len(scores) else 0.0,
-                            vmax=float(scores.max()) if len(scores) else 1.0)
+    axes.imshow(image, cmap='gray', origin='lower', vmin=low, vmax=high, interpolation='nearest')
+    norm = colors.Normalize(
+        vmin=float(scores.min()) if len(scores) else 0.0,
+        vmax=float(scores.max()) if len(scores) else 1.0,
+    )
     if norm.vmin == norm.vmax:
         norm = colors.Normalize(vmin=norm.vmin - 0.5, vmax=norm.vmax + 0.5)
     colormap = matplotlib.colormaps[SCORE_COLORMAP]
@@ -78,16 +81,25 @@ def plotPicks(volume, xyz, scores, sliceIndex=None, thickness=1, radius=5.0, fig
         dz = abs(z - zCentre)
         if dz >= radius:
             continue
-        axes.add_patch(Circle((x, y), math.sqrt(radius ** 2 - dz ** 2), fill=False, lw=1.5,
-                              edgecolor=colormap(norm(scores[index]))))
+        axes.add_patch(
+            Circle(
+                (x, y),
+                math.sqrt(radius**2 - dz**2),
+                fill=False,
+                lw=1.5,
+                edgecolor=colormap(norm(scores[index])),
+            )
+        )
         shown += 1
     axes.set_xlim(-0.5, image.shape[1] - 0.5)
     axes.set_ylim(-0.5, image.shape[0] - 0.5)
     axes.set_xlabel('x (voxels)')
     axes.set_ylabel('y (voxels)')
     slab = 'z = %d' % first if last - first == 1 else 'z = %d-%d' % (first, last - 1)
-    axes.set_title('%s%s: %d of %d picks' % (title + ', ' if title else '', slab, shown,
-                                             len(scores)), fontsize=10)
+    axes.set_title(
+        '%s%s: %d of %d picks' % (title + ', ' if title else '', slab, shown, len(scores)),
+        fontsize=10,
+    )
     mappable = ScalarMappable(norm=norm, cmap=colormap)
     mappable.set_array([])
     figure.colorbar(mappable, ax=axes, fraction=0.046, pad=0.04, label='score')
@@ -105,6 +117,7 @@ def plotPicks(volume, xyz, scores, sliceIndex=None, thickness=1, radius=5.0, fig
 class DualPicksViewer(ProtocolViewer):
     """The picks of a tomogram drawn on its slices, coloured by score, with the
     histogram of the scores."""
+
     _label = 'picks on tomogram slices'
     _targets = [ProtDualPick]
     _environments = [DESKTOP_TKINTER]
@@ -115,22 +128,40 @@ class DualPicksViewer(ProtocolViewer):
 
     def _defineParams(self, form):
         form.addSection(label='Visualization')
-        form.addParam('tomogram', params.EnumParam,
-                      choices=self._tomogramKeys() or ['(none)'], default=0,
-                      display=params.EnumParam.DISPLAY_COMBO, label='Tomogram (tsId)')
-        form.addParam('volume', params.EnumParam,
-                      choices=['picked tomogram', 'tomogram of the coordinates'],
-                      default=SHOW_PICKED, display=params.EnumParam.DISPLAY_HLIST,
-                      label='Draw on',
-                      help='picked tomogram: the volume the picker saw, with its picks '
-                           '(also while the protocol runs).\n'
-                           'tomogram of the coordinates: the output coordinates on the '
-                           'tomograms they refer to (the originals when given).')
-        form.addParam('sliceIndex', params.IntParam, default=-1, label='Z slice',
-                      help='Central slice of the view; -1: the middle of the tomogram.')
-        form.addParam('thickness', params.IntParam, default=5, label='Slices averaged',
-                      help='Number of slices averaged around the chosen one (more: less '
-                           'noise).')
+        form.addParam(
+            'tomogram',
+            params.EnumParam,
+            choices=self._tomogramKeys() or ['(none)'],
+            default=0,
+            display=params.EnumParam.DISPLAY_COMBO,
+            label='Tomogram (tsId)',
+        )
+        form.addParam(
+            'volume',
+            params.EnumParam,
+            choices=['picked tomogram', 'tomogram of the coordinates'],
+            default=SHOW_PICKED,
+            display=params.EnumParam.DISPLAY_HLIST,
+            label='Draw on',
+            help='picked tomogram: the volume the picker saw, with its picks '
+            '(also while the protocol runs).\n'
+            'tomogram of the coordinates: the output coordinates on the '
+            'tomograms they refer to (the originals when given).',
+        )
+        form.addParam(
+            'sliceIndex',
+            params.IntParam,
+            default=-1,
+            label='Z slice',
+            help='Central slice of the view; -1: the middle of the tomogram.',
+        )
+        form.addParam(
+            'thickness',
+            params.IntParam,
+            default=5,
+            label='Slices averaged',
+            help='Number of slices averaged around the chosen one (more: less noise).',
+        )
         form.addParam('showPicks', params.LabelParam, label='Show the picks')
 
     def _getVisualizeDict(self):
@@ -151,9 +182,16 @@ class DualPicksViewer(ProtocolViewer):
         radius = 0.5 * self.protocol.particleDiameter.get() / samplingRate
         plotter = EmPlotter(windowTitle='DUAL picks: %s' % key)
         with mrcfile.mmap(path.split(':')[0], mode='r', permissive=True) as mrc:
-            plotPicks(mrc.data, xyz, scores, sliceIndex=self.sliceIndex.get(),
-                      thickness=self.thickness.get(), radius=radius,
-                      figure=plotter.getFigure(), title=key)
+            plotPicks(
+                mrc.data,
+                xyz,
+                scores,
+                sliceIndex=self.sliceIndex.get(),
+                thickness=self.thickness.get(),
+                radius=radius,
+                figure=plotter.getFigure(),
+                title=key,
+            )
         return [plotter]
 
     def _pickedPicks(self, key):
@@ -162,11 +200,14 @@ class DualPicksViewer(ProtocolViewer):
         if not os.path.exists(table):
             return '%s has not been picked yet.' % key
         xyz, scores = engine.read_picks_table(table)
-        tomo = next(t for t in self.protocol.inputTomograms.get().iterItems()
-                    if itemKey(t) == key)
+        tomo = next(t for t in self.protocol.inputTomograms.get().iterItems() if itemKey(t) == key)
         picked = self.protocol.getPickedFile(key)  # what the engine read (MRC)
-        return (picked if os.path.exists(picked) else tomo.getFileName(), xyz, scores,
-                tomo.getSamplingRate())
+        return (
+            picked if os.path.exists(picked) else tomo.getFileName(),
+            xyz,
+            scores,
+            tomo.getSamplingRate(),
+        )
 
     def _outputPicks(self, key):
         """(volume file, xyz, scores, A/px) of the output coordinates, or a message."""
@@ -181,5 +222,9 @@ class DualPicksViewer(ProtocolViewer):
         for coord in outSet.iterCoordinates(volume=tomo):
             positions.append(coord.getPosition(BOTTOM_LEFT_CORNER))
             scores.append(coord.getScore())
-        return tomo.getFileName(), np.array(positions).reshape(-1, 3), np.array(scores), \
-            tomo.getSamplingRate()
+        return (
+            tomo.getFileName(),
+            np.array(positions).reshape(-1, 3),
+            np.array(scores),
+            tomo.getSamplingRate(),
+        )

@@ -1,5 +1,6 @@
 """Viewers of the DUAL protocols: training curves, before/after slices with their
 Fourier amplitudes, and real-vs-simulated statistics. The drawing is in plots.py."""
+
 import os
 
 import pyworkflow.protocol.params as params
@@ -23,6 +24,7 @@ def _plotter(draw, *args, windowTitle=''):
 
 class DualTrainingViewer(Viewer):
     """The losses of a DUAL training against the iteration (also while it runs)."""
+
     _label = 'training curves'
     _targets = [ProtDualTrain, ProtDualWedge]
     _environments = [DESKTOP_TKINTER]
@@ -30,16 +32,19 @@ class DualTrainingViewer(Viewer):
     def _visualize(self, protocol, **kwargs):
         records = readTrainingLog(protocol.getTrainingLogFile())
         if not records:
-            return [self.infoMessage('No training has logged any iteration (yet) in this '
-                                     'run.',
-                                     'DUAL training curves')]
-        return [_plotter(plots.plotTrainingCurves, records,
-                         windowTitle='DUAL training curves')]
+            return [
+                self.infoMessage(
+                    'No training has logged any iteration (yet) in this run.',
+                    'DUAL training curves',
+                )
+            ]
+        return [_plotter(plots.plotTrainingCurves, records, windowTitle='DUAL training curves')]
 
 
 class DualVolumesViewer(ProtocolViewer):
     """Base of the viewers of the protocols that output tomograms: pick one, compare it
     with the volume it came from."""
+
     _environments = [DESKTOP_TKINTER]
     _outputName = None
 
@@ -49,8 +54,14 @@ class DualVolumesViewer(ProtocolViewer):
 
     def _defineChoice(self, form, label):
         form.addSection(label='Visualization')
-        form.addParam('tomogram', params.EnumParam, choices=self._outputTsIds() or ['(none yet)'],
-                      default=0, display=params.EnumParam.DISPLAY_COMBO, label=label)
+        form.addParam(
+            'tomogram',
+            params.EnumParam,
+            choices=self._outputTsIds() or ['(none yet)'],
+            default=0,
+            display=params.EnumParam.DISPLAY_COMBO,
+            label=label,
+        )
 
     def _chosenTsId(self):
         tsIds = self._outputTsIds()
@@ -63,8 +74,12 @@ class DualVolumesViewer(ProtocolViewer):
 
     def _slicesView(self, before, beforeTitle, after, afterTitle, windowTitle):
         (beforeVolume, _), (afterVolume, _) = plots.readVolume(before), plots.readVolume(after)
-        return _plotter(plots.plotSlicesAndSpectra, [beforeVolume, afterVolume],
-                        [beforeTitle, afterTitle], windowTitle=windowTitle)
+        return _plotter(
+            plots.plotSlicesAndSpectra,
+            [beforeVolume, afterVolume],
+            [beforeTitle, afterTitle],
+            windowTitle=windowTitle,
+        )
 
     def _noOutput(self):
         return [self.infoMessage('There is no output tomogram yet.', self._label)]
@@ -72,13 +87,17 @@ class DualVolumesViewer(ProtocolViewer):
 
 class DualBeforeAfterViewer(DualVolumesViewer):
     """Base of the viewers that compare each output tomogram with its input."""
+
     _afterTitle = None
     _windowTitle = None
 
     def _defineParams(self, form):
         self._defineChoice(form, 'Tomogram (tsId)')
-        form.addParam('showBeforeAfter', params.LabelParam,
-                      label='Slices and Fourier amplitudes, before and after')
+        form.addParam(
+            'showBeforeAfter',
+            params.LabelParam,
+            label='Slices and Fourier amplitudes, before and after',
+        )
 
     def _getVisualizeDict(self):
         return {'showBeforeAfter': self._showBeforeAfter}
@@ -87,13 +106,20 @@ class DualBeforeAfterViewer(DualVolumesViewer):
         tsId = self._chosenTsId()
         if tsId is None:
             return self._noOutput()
-        return [self._slicesView(self.protocol.getInputFile(tsId), 'input',
-                                 self._outputFile(tsId), self._afterTitle,
-                                 '%s: %s' % (self._windowTitle, tsId))]
+        return [
+            self._slicesView(
+                self.protocol.getInputFile(tsId),
+                'input',
+                self._outputFile(tsId),
+                self._afterTitle,
+                '%s: %s' % (self._windowTitle, tsId),
+            )
+        ]
 
 
 class DualDenoiseViewer(DualBeforeAfterViewer):
     """Central slices and Fourier amplitudes of a tomogram before and after denoising."""
+
     _label = 'before / after denoising'
     _targets = [ProtDualDenoise]
     _outputName = DenoiseOutputs.tomograms.name
@@ -104,28 +130,43 @@ class DualDenoiseViewer(DualBeforeAfterViewer):
 class DualSimulateViewer(DualVolumesViewer):
     """A synthetic tomogram next to its clean map, and next to a real tomogram of the
     model's training data (intensity and power-spectrum statistics)."""
+
     _label = 'map / synthetic / real tomograms'
     _targets = [ProtDualSimulate]
     _outputName = SimulateOutputs.tomograms.name
 
     def _defineParams(self, form):
         self._defineChoice(form, 'Synthetic tomogram (tsId)')
-        form.addParam('showMapVsSynthetic', params.LabelParam,
-                      label='Slices and Fourier amplitudes: clean map vs synthetic')
-        form.addParam('showRealVsSynthetic', params.LabelParam,
-                      label='Real (model\'s training data) vs synthetic')
+        form.addParam(
+            'showMapVsSynthetic',
+            params.LabelParam,
+            label='Slices and Fourier amplitudes: clean map vs synthetic',
+        )
+        form.addParam(
+            'showRealVsSynthetic',
+            params.LabelParam,
+            label='Real (model\'s training data) vs synthetic',
+        )
 
     def _getVisualizeDict(self):
-        return {'showMapVsSynthetic': self._showMapVsSynthetic,
-                'showRealVsSynthetic': self._showRealVsSynthetic}
+        return {
+            'showMapVsSynthetic': self._showMapVsSynthetic,
+            'showRealVsSynthetic': self._showRealVsSynthetic,
+        }
 
     def _showMapVsSynthetic(self, paramName=None):
         tsId = self._chosenTsId()
         if tsId is None:
             return self._noOutput()
-        return [self._slicesView(self.protocol.getMapFile(tsId), 'clean map',
-                                 self._outputFile(tsId), 'synthetic',
-                                 'DUAL simulation: %s' % tsId)]
+        return [
+            self._slicesView(
+                self.protocol.getMapFile(tsId),
+                'clean map',
+                self._outputFile(tsId),
+                'synthetic',
+                'DUAL simulation: %s' % tsId,
+            )
+        ]
 
     def _realTomogramFile(self):
         """The first noisy tomogram the model was trained on that is still on disk."""
@@ -137,20 +178,38 @@ class DualSimulateViewer(DualVolumesViewer):
         if tsId is None:
             return self._noOutput()
         if real is None:
-            return [self.infoMessage('None of the tomograms the model was trained on is '
-                                     'available here.', self._label)]
+            return [
+                self.infoMessage(
+                    'None of the tomograms the model was trained on is available here.', self._label
+                )
+            ]
         (realVolume, realVoxel), (synthetic, syntheticVoxel) = (
-            plots.readVolume(real), plots.readVolume(self._outputFile(tsId)))
+            plots.readVolume(real),
+            plots.readVolume(self._outputFile(tsId)),
+        )
         title = 'DUAL simulation: real vs %s' % tsId
-        return [_plotter(plots.plotSlicesAndSpectra, [realVolume, synthetic],
-                         ['real', 'synthetic'], windowTitle=title),
-                _plotter(plots.plotRealVsSimulated, realVolume, realVoxel, synthetic,
-                         syntheticVoxel, windowTitle=title)]
+        return [
+            _plotter(
+                plots.plotSlicesAndSpectra,
+                [realVolume, synthetic],
+                ['real', 'synthetic'],
+                windowTitle=title,
+            ),
+            _plotter(
+                plots.plotRealVsSimulated,
+                realVolume,
+                realVoxel,
+                synthetic,
+                syntheticVoxel,
+                windowTitle=title,
+            ),
+        ]
 
 
 class DualWedgeViewer(DualBeforeAfterViewer):
     """Central XY and XZ slices and Fourier sections of a tomogram before and after
     missing-wedge compensation: the XZ Fourier section shows the cone being filled."""
+
     _label = 'before / after missing-wedge compensation'
     _targets = [ProtDualWedge]
     _outputName = WedgeOutputs.tomograms.name

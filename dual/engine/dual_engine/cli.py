@@ -6,6 +6,7 @@ keys are the command's option names (e.g. "voxel_size"), checked exactly like th
 command line; values given on the command line win. Handlers import their modules
 lazily so that `phantom`, `pick` or `evaluate` never pay for torch.
 """
+
 import argparse
 import json
 import os
@@ -18,78 +19,135 @@ from dual_engine.contract import COMMANDS, InputError, Job, RunError, command_fi
 
 def _phantom(job):
     from dual_engine.synth.phantom import make_phantom
+
     summary = make_phantom(
-        job.outdir, shape=job.shape, voxel_size=job.voxel_size, seed=job.seed,
-        tilt_range=job.tilt_range, tilt_step=job.tilt_step, defocus_um=job.defocus,
-        dose=job.dose, voltage_kv=job.voltage, cs_mm=job.cs,
+        job.outdir,
+        shape=job.shape,
+        voxel_size=job.voxel_size,
+        seed=job.seed,
+        tilt_range=job.tilt_range,
+        tilt_step=job.tilt_step,
+        defocus_um=job.defocus,
+        dose=job.dose,
+        voltage_kv=job.voltage,
+        cs_mm=job.cs,
         amplitude_contrast=job.amplitude_contrast,
-        classes=list(job.classes) if job.classes else None, n_particles=job.particles,
-        write_noise_free=job.noise_free, n_vesicles=job.vesicles, n_fiducials=job.fiducials,
-        defocus_jitter_um=job.defocus_jitter, contrast_volts=job.contrast_volts)
+        classes=list(job.classes) if job.classes else None,
+        n_particles=job.particles,
+        write_noise_free=job.noise_free,
+        n_vesicles=job.vesicles,
+        n_fiducials=job.fiducials,
+        defocus_jitter_um=job.defocus_jitter,
+        contrast_volts=job.contrast_volts,
+    )
     print(json.dumps(summary, indent=1))
 
 
 def _evaluate_volumes(job):
     from dual_engine.metrics import evaluate_volumes
+
     rows = evaluate_volumes(job.reference, list(job.volumes), ssim_window=job.ssim_window)
     print(json.dumps(rows, indent=1))
 
 
 def _evaluate_picks(job):
     from dual_engine.metrics import evaluate_picks
-    result = evaluate_picks(job.picks, job.truth, voxel_size=job.voxel_size,
-                            distance=job.distance, occupancy=job.occupancy,
-                            exclude=list(job.exclude))
+
+    result = evaluate_picks(
+        job.picks,
+        job.truth,
+        voxel_size=job.voxel_size,
+        distance=job.distance,
+        occupancy=job.occupancy,
+        exclude=list(job.exclude),
+    )
     print(json.dumps(result, indent=1))
 
 
 def _pick(job):
     from dual_engine.pick import pick_file
-    summary = pick_file(job.tomogram, job.outdir, job.diameter, top=job.top,
-                        threshold=job.threshold, min_distance=job.min_distance,
-                        polarity=job.polarity, mask=job.mask, margin=job.margin,
-                        voxel_size=job.voxel_size, tomo_name=job.tomo_name,
-                        formats=job.formats, tomo_index=job.tomo_index,
-                        workers=job.threads, overwrite=job.overwrite)
+
+    summary = pick_file(
+        job.tomogram,
+        job.outdir,
+        job.diameter,
+        top=job.top,
+        threshold=job.threshold,
+        min_distance=job.min_distance,
+        polarity=job.polarity,
+        mask=job.mask,
+        margin=job.margin,
+        voxel_size=job.voxel_size,
+        tomo_name=job.tomo_name,
+        formats=job.formats,
+        tomo_index=job.tomo_index,
+        workers=job.threads,
+        overwrite=job.overwrite,
+    )
     print(json.dumps(summary, indent=1))
 
 
 def _train(job):
     from dual_engine.train import train
-    summary = train(job.noisy, job.clean, job.outdir, job.config(), resume=job.resume,
-                    init_model=job.init_model, device=job.device, threads=job.threads,
-                    processes=job.processes, noisy_voxel_size=job.noisy_voxel_size,
-                    clean_voxel_size=job.clean_voxel_size, overwrite=job.overwrite,
-                    given=job.given)
+
+    summary = train(
+        job.noisy,
+        job.clean,
+        job.outdir,
+        job.config(),
+        resume=job.resume,
+        init_model=job.init_model,
+        device=job.device,
+        threads=job.threads,
+        processes=job.processes,
+        noisy_voxel_size=job.noisy_voxel_size,
+        clean_voxel_size=job.clean_voxel_size,
+        overwrite=job.overwrite,
+        given=job.given,
+    )
     print(json.dumps(summary, indent=1))
 
 
 def _wedge_train(job):
     from dual_engine.train import train
     from dual_engine.wedge import wedge_config
+
     cfg = wedge_config(job.config(), job.tomograms, job.tilt_range, job.tilt_axis)
-    summary = train(job.tomograms, job.tomograms, job.outdir, cfg, resume=job.resume,
-                    init_model=job.init_model, device=job.device, threads=job.threads,
-                    processes=job.processes, noisy_voxel_size=job.input_voxel_size,
-                    clean_voxel_size=job.input_voxel_size, overwrite=job.overwrite,
-                    given=job.given)
+    summary = train(
+        job.tomograms,
+        job.tomograms,
+        job.outdir,
+        cfg,
+        resume=job.resume,
+        init_model=job.init_model,
+        device=job.device,
+        threads=job.threads,
+        processes=job.processes,
+        noisy_voxel_size=job.input_voxel_size,
+        clean_voxel_size=job.input_voxel_size,
+        overwrite=job.overwrite,
+        given=job.given,
+    )
     print(json.dumps(summary, indent=1))
 
 
 def _denoise(job):
     from dual_engine.infer import denoise_files
+
     for result in denoise_files(job):
         print(json.dumps(result), flush=True)
 
 
 def _wedge(job):
     from dual_engine.infer import compensate_files
+
     for result in compensate_files(job):
         print(json.dumps(result), flush=True)
 
 
 def _simulate(job):
     from dual_engine.infer import simulate_files
+
     for result in simulate_files(job):
         print(json.dumps(result), flush=True)
 
@@ -97,10 +155,16 @@ def _simulate(job):
 def _model_info(job):
     from dual_engine.io import atomic_output
     from dual_engine.model import load_model
+
     cfg, state = load_model(job.model)
-    info = {'model': os.path.abspath(job.model), 'format': state['format'],
-            'engine_version': state.get('engine_version'), 'iteration': state['iteration'],
-            'config': cfg.to_dict(), 'training': state.get('training')}
+    info = {
+        'model': os.path.abspath(job.model),
+        'format': state['format'],
+        'engine_version': state.get('engine_version'),
+        'iteration': state['iteration'],
+        'config': cfg.to_dict(),
+        'training': state.get('training'),
+    }
     text = json.dumps(info, indent=1)
     if job.output:
         with atomic_output(job.output) as tmp, open(tmp, 'w') as f:
@@ -108,10 +172,18 @@ def _model_info(job):
     print(text)
 
 
-HANDLERS = {'phantom': _phantom, 'train': _train, 'wedge-train': _wedge_train,
-            'denoise': _denoise, 'wedge': _wedge, 'simulate': _simulate,
-            'model-info': _model_info, 'pick': _pick, 'evaluate volumes': _evaluate_volumes,
-            'evaluate picks': _evaluate_picks}
+HANDLERS = {
+    'phantom': _phantom,
+    'train': _train,
+    'wedge-train': _wedge_train,
+    'denoise': _denoise,
+    'wedge': _wedge,
+    'simulate': _simulate,
+    'model-info': _model_info,
+    'pick': _pick,
+    'evaluate volumes': _evaluate_volumes,
+    'evaluate picks': _evaluate_picks,
+}
 
 
 def _base_kind(kind):
@@ -159,8 +231,7 @@ def _add_command(commands, name, command):
     p = commands.add_parser(name, help=text, description=text)
     for cls, field in command_fields(command):
         _add_option(p, cls, field)
-    p.add_argument('--job', default=None, help='JSON file of option values (the command '
-                                               'line wins)')
+    p.add_argument('--job', default=None, help='JSON file of option values (the command line wins)')
     p.set_defaults(command=command)
     return p
 
@@ -173,8 +244,9 @@ def build_parser():
     for command in COMMANDS:
         if command.startswith('evaluate '):
             if evaluate is None:
-                e = commands.add_parser('evaluate', help='score denoised volumes or picks '
-                                                         'against ground truth')
+                e = commands.add_parser(
+                    'evaluate', help='score denoised volumes or picks against ground truth'
+                )
                 evaluate = e.add_subparsers(dest='what', metavar='WHAT')
             _add_command(evaluate, command.split()[1], command)
         else:
@@ -225,9 +297,11 @@ def main(argv=None):
     except RunError as err:
         print('dual-engine: error: %s' % err, file=sys.stderr)
         return 1
-    except OSError as err:   # a full disk or a vanished folder while writing
-        print('dual-engine: error: %s%s' % (err.strerror or err,
-                                           ': %s' % err.filename if err.filename else ''),
-              file=sys.stderr)
+    except OSError as err:  # a full disk or a vanished folder while writing
+        print(
+            'dual-engine: error: %s%s'
+            % (err.strerror or err, ': %s' % err.filename if err.filename else ''),
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -13,6 +13,7 @@ one checks every field (type, range, choices) and raises InputError with a messa
 the user. A command is a tuple of option classes (COMMANDS); its job-file keys are
 their field names.
 """
+
 import dataclasses
 import math
 import os
@@ -45,25 +46,37 @@ DYNAMO_SUFFIX = '.tbl'
 PICK_FORMATS = ('tsv', 'star', 'tbl')
 
 # ----------------------------------------------------------------------------- limits
-DEFAULT_TILE = 160            # inference tile side in voxels (infer.apply_tiled)
+DEFAULT_TILE = 160  # inference tile side in voxels (infer.apply_tiled)
 MIN_TILE = 32
-SUBVOLUME_MULTIPLE = 8        # three poolings' worth: the U-Nets and discriminators need it
-MIN_BATCH = 2                 # the noise-code KL term needs a batch covariance
-MIN_DIAMETER_VOXELS = 2.0     # a DoG cannot find particles thinner than this
+SUBVOLUME_MULTIPLE = 8  # three poolings' worth: the U-Nets and discriminators need it
+MIN_BATCH = 2  # the noise-code KL term needs a batch covariance
+MIN_DIAMETER_VOXELS = 2.0  # a DoG cannot find particles thinner than this
 # Inference brings each volume to the model's working voxel size and back; beyond this
 # factor the data should be binned (or a model trained at its voxel size) instead.
 MAX_VOXEL_SIZE_RATIO = 2.0
 TILT_AXES = ('y', 'x')
 TASKS = ('denoise', 'wedge')
 POLARITIES = ('bright', 'dark')
-CONTRASTS = ('auto', 'same', 'inverted', 'free')   # DualConfig.noisy_contrast
+CONTRASTS = ('auto', 'same', 'inverted', 'free')  # DualConfig.noisy_contrast
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 
 
 # ----------------------------------------------------------------------------- options
-def option(default=None, help='', *, required=False, ge=None, gt=None, le=None,
-           choices=None, positional=False, role=None, cli=True, metavar=None,
-           exclusive=None):
+def option(
+    default=None,
+    help='',
+    *,
+    required=False,
+    ge=None,
+    gt=None,
+    le=None,
+    choices=None,
+    positional=False,
+    role=None,
+    cli=True,
+    metavar=None,
+    exclusive=None,
+):
     """A dataclass field declaring one option.
 
     required: must be given (default None otherwise); ge / gt / le: numeric bounds (each
@@ -72,15 +85,28 @@ def option(default=None, help='', *, required=False, ge=None, gt=None, le=None,
     continued) or 'task' (set by the command); cli: False for settings stored in models
     but not set by users; exclusive: name of a group of which at most one may be given.
     """
-    meta = dict(help=help, required=required, ge=ge, gt=gt, le=le, choices=choices,
-                positional=positional, role=role, cli=cli, metavar=metavar,
-                exclusive=exclusive)
+    meta = dict(
+        help=help,
+        required=required,
+        ge=ge,
+        gt=gt,
+        le=le,
+        choices=choices,
+        positional=positional,
+        role=role,
+        cli=cli,
+        metavar=metavar,
+        exclusive=exclusive,
+    )
     return dataclasses.field(default=default, metadata=meta)
 
 
 def _check_number(name, value, meta):
-    for bound, ok, text in (('ge', lambda v, b: v >= b, '>='), ('gt', lambda v, b: v > b, '>'),
-                            ('le', lambda v, b: v <= b, '<=')):
+    for bound, ok, text in (
+        ('ge', lambda v, b: v >= b, '>='),
+        ('gt', lambda v, b: v > b, '>'),
+        ('le', lambda v, b: v <= b, '<='),
+    ):
         if meta.get(bound) is not None and not ok(value, meta[bound]):
             raise InputError('%s must be %s %g (got %g)' % (name, text, meta[bound], value))
 
@@ -88,7 +114,7 @@ def _check_number(name, value, meta):
 def coerce(name, value, kind, meta):
     """`value` checked against the annotation `kind` and the field's metadata; returns
     it converted (ints from whole floats, tuples from lists). Raises InputError."""
-    if typing.get_origin(kind) is typing.Union:           # Optional[X]
+    if typing.get_origin(kind) is typing.Union:  # Optional[X]
         if value is None:
             return None
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -100,10 +126,16 @@ def coerce(name, value, kind, meta):
         return value
     if kind in (int, float):
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (kind is int and not whole) or not math.isfinite(value):
-            raise InputError('%s must be %s (got %r)'
-                             % (name, 'an integer' if kind is int else 'a finite number', value))
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not whole)
+            or not math.isfinite(value)
+        ):
+            raise InputError(
+                '%s must be %s (got %r)'
+                % (name, 'an integer' if kind is int else 'a finite number', value)
+            )
         value = kind(value)
         _check_number(name, value, meta)
         return value
@@ -111,8 +143,9 @@ def coerce(name, value, kind, meta):
         if not isinstance(value, str):
             raise InputError('%s must be a string (got %r)' % (name, value))
         if meta.get('choices') and value not in meta['choices']:
-            raise InputError('%s must be one of %s (got %r)'
-                             % (name, ', '.join(meta['choices']), value))
+            raise InputError(
+                '%s must be one of %s (got %r)' % (name, ', '.join(meta['choices']), value)
+            )
         return value
     if typing.get_origin(kind) is tuple:
         args = typing.get_args(kind)
@@ -170,19 +203,23 @@ def check_tilt_range(tilt_range):
     """
     tmin, tmax = (float(t) for t in tilt_range)
     if not -90 < tmin < tmax < 90:
-        raise InputError('the tilt range must satisfy -90 < min < max < 90 degrees '
-                         '(got %g..%g)' % (tmin, tmax))
+        raise InputError(
+            'the tilt range must satisfy -90 < min < max < 90 degrees (got %g..%g)' % (tmin, tmax)
+        )
     if tmin > -45 or tmax < 45:
-        raise InputError('a tilt range of %g..%g degrees leaves directions that the swapped '
-                         'copy is missing too: missing-wedge compensation by domain swap '
-                         'needs min <= -45 and max >= 45 degrees' % (tmin, tmax))
+        raise InputError(
+            'a tilt range of %g..%g degrees leaves directions that the swapped '
+            'copy is missing too: missing-wedge compensation by domain swap '
+            'needs min <= -45 and max >= 45 degrees' % (tmin, tmax)
+        )
     return tmin, tmax
 
 
 def check_subvolume_size(size):
     if size % SUBVOLUME_MULTIPLE:
-        raise InputError('the subvolume size must be a multiple of %d (got %d)'
-                         % (SUBVOLUME_MULTIPLE, size))
+        raise InputError(
+            'the subvolume size must be a multiple of %d (got %d)' % (SUBVOLUME_MULTIPLE, size)
+        )
     return size
 
 
@@ -191,19 +228,29 @@ def check_fits_subvolume(name, shape, voxel_size, working_voxel_size, subvolume_
     resampled to the working voxel size (it is resampled to round(n * factor) voxels)."""
     side = int(round(min(shape) * voxel_size / working_voxel_size))
     if side < subvolume_size:
-        raise InputError('%s is %s voxels at %.2f A/voxel, only %d voxels across at the '
-                         'working voxel size of %.2f A, smaller than the %d^3 subvolumes: use '
-                         'a smaller subvolume size or a finer working voxel size'
-                         % (name, 'x'.join(map(str, shape)), voxel_size, side,
-                            working_voxel_size, subvolume_size))
+        raise InputError(
+            '%s is %s voxels at %.2f A/voxel, only %d voxels across at the '
+            'working voxel size of %.2f A, smaller than the %d^3 subvolumes: use '
+            'a smaller subvolume size or a finer working voxel size'
+            % (
+                name,
+                'x'.join(map(str, shape)),
+                voxel_size,
+                side,
+                working_voxel_size,
+                subvolume_size,
+            )
+        )
 
 
 def check_diameter(diameter, voxel_size):
     """A particle diameter (A) the DoG picker can use at `voxel_size` (A)."""
     if diameter / voxel_size < MIN_DIAMETER_VOXELS:
-        raise InputError('a %g A particle is only %.2f voxels of %g A: the diameter must '
-                         'span at least %g voxels' % (diameter, diameter / voxel_size,
-                                                      voxel_size, MIN_DIAMETER_VOXELS))
+        raise InputError(
+            'a %g A particle is only %.2f voxels of %g A: the diameter must '
+            'span at least %g voxels'
+            % (diameter, diameter / voxel_size, voxel_size, MIN_DIAMETER_VOXELS)
+        )
     return diameter
 
 
@@ -211,23 +258,38 @@ def check_voxel_size_ratio(voxel_size, working_voxel_size, what='the volume'):
     """Refuse resampling by more than MAX_VOXEL_SIZE_RATIO (a wrong header, usually)."""
     ratio = max(voxel_size, working_voxel_size) / min(voxel_size, working_voxel_size)
     if ratio > MAX_VOXEL_SIZE_RATIO:
-        raise InputError('%s: %.3g A/voxel, but the model works at %.3g A/voxel, %.1fx '
-                         'apart (at most %gx): check the voxel size, bin the data closer '
-                         'to %.3g A, or train a model at its voxel size'
-                         % (what, voxel_size, working_voxel_size, ratio,
-                            MAX_VOXEL_SIZE_RATIO, working_voxel_size))
+        raise InputError(
+            '%s: %.3g A/voxel, but the model works at %.3g A/voxel, %.1fx '
+            'apart (at most %gx): check the voxel size, bin the data closer '
+            'to %.3g A, or train a model at its voxel size'
+            % (
+                what,
+                voxel_size,
+                working_voxel_size,
+                ratio,
+                MAX_VOXEL_SIZE_RATIO,
+                working_voxel_size,
+            )
+        )
     return ratio
 
 
 def check_tomo_name(name):
     """A tomogram name usable as a file prefix and as a STAR rlnTomoName."""
     name = str(name)
-    if not name or any(c.isspace() for c in name) or name[0] in "#_'\"" \
-            or name.startswith(('data_', 'loop_')) or not re.fullmatch(r'[\w.+-]+', name) \
-            or name.startswith('.'):
-        raise InputError('tomogram name %r cannot be used: it must be non-empty, made of '
-                         'letters, digits and . _ + - only, and not start with #, _, ., a '
-                         'quote, data_ or loop_' % name)
+    if (
+        not name
+        or any(c.isspace() for c in name)
+        or name[0] in "#_'\""
+        or name.startswith(('data_', 'loop_'))
+        or not re.fullmatch(r'[\w.+-]+', name)
+        or name.startswith('.')
+    ):
+        raise InputError(
+            'tomogram name %r cannot be used: it must be non-empty, made of '
+            'letters, digits and . _ + - only, and not start with #, _, ., a '
+            'quote, data_ or loop_' % name
+        )
     return name
 
 
@@ -256,12 +318,16 @@ def check_outputs(paths, overwrite=False):
     for source, path in paths:
         real = os.path.realpath(path)
         if real in seen:
-            raise InputError('%s and %s would both be written to %s: give the inputs '
-                             'distinct file names' % (seen[real], source, path))
+            raise InputError(
+                '%s and %s would both be written to %s: give the inputs '
+                'distinct file names' % (seen[real], source, path)
+            )
         seen[real] = source
         if os.path.exists(path) and not overwrite:
-            raise InputError('%s exists already: remove it, choose another output folder, '
-                             'or give --overwrite' % path)
+            raise InputError(
+                '%s exists already: remove it, choose another output folder, '
+                'or give --overwrite' % path
+            )
     for folder in sorted({os.path.dirname(os.path.abspath(p)) for _, p in paths}):
         check_writable_folder(folder)
 
@@ -273,8 +339,9 @@ def check_writable_folder(folder, create=False):
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise InputError('cannot create the output folder %s: %s is not a folder'
-                         % (folder, existing))
+        raise InputError(
+            'cannot create the output folder %s: %s is not a folder' % (folder, existing)
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError('cannot write to %s: %s is not writable' % (folder, existing))
     if create:
@@ -307,8 +374,9 @@ STREAMS = {'weights': 1, 'train': 2, 'simulate': 3}
 def seed_sequence(seed, purpose, *keys):
     """The SeedSequence of stream (seed, purpose, *keys); keys are non-negative ints
     (e.g. rank and iteration for training, input index and variant for simulation)."""
-    return np.random.SeedSequence(int(seed), spawn_key=(STREAMS[purpose],) + tuple(
-        int(k) for k in keys))
+    return np.random.SeedSequence(
+        int(seed), spawn_key=(STREAMS[purpose],) + tuple(int(k) for k in keys)
+    )
 
 
 def numpy_rng(seed, purpose, *keys):
@@ -318,7 +386,7 @@ def numpy_rng(seed, purpose, *keys):
 def torch_seed(seed, purpose, *keys):
     """A 63-bit integer seed for torch.Generator.manual_seed, from the same stream."""
     state = seed_sequence(seed, purpose, *keys, 1).generate_state(1, np.uint64)[0]
-    return int(state) & (2 ** 63 - 1)
+    return int(state) & (2**63 - 1)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -327,16 +395,19 @@ class DualConfig(Options):
     """Everything that defines a DUAL model and its training, stored in every model file.
     Defaults: the paper where it gives a value (optimiser, loss weights, 32^3
     subvolumes, 1 nm voxels); measured choices elsewhere (README, "Engine defaults")."""
+
     voxel_size: float = option(10.0, 'working voxel size in A (paper: 10)', gt=0)
-    subvolume_size: int = option(32, 'side of the training subvolumes, a multiple of %d '
-                                     '(paper: 32)' % SUBVOLUME_MULTIPLE, ge=SUBVOLUME_MULTIPLE)
+    subvolume_size: int = option(
+        32,
+        'side of the training subvolumes, a multiple of %d (paper: 32)' % SUBVOLUME_MULTIPLE,
+        ge=SUBVOLUME_MULTIPLE,
+    )
     unet_width: int = option(16, "channels of the U-Nets' first level", ge=1)
     unet_depth: int = option(2, 'poolings in the U-Nets', ge=1, le=3)
     code_size: int = option(16, 'noise code dimension K', ge=1)
     noise_width: int = option(16, 'channels of the noise encoder/decoder', ge=1)
     disc_width: int = option(16, 'channels of the discriminators', ge=1)
-    batch_size: int = option(4, 'subvolumes per domain per iteration and process',
-                             ge=MIN_BATCH)
+    batch_size: int = option(4, 'subvolumes per domain per iteration and process', ge=MIN_BATCH)
     iterations: int = option(2000, 'total training iterations', ge=1, role='schedule')
     lr: float = option(1e-4, 'AdamW learning rate', gt=0)
     betas: Tuple[float, float] = option((0.9, 0.999), 'AdamW betas', cli=False, ge=0, le=1)
@@ -346,23 +417,31 @@ class DualConfig(Options):
     lambda_adv: float = option(1.0, 'weight of the adversarial loss', ge=0)
     lambda_kl: float = option(0.1, 'weight of the noise-code KL loss', ge=0)
     noisy_contrast: str = option(
-        'auto', "particle contrast of the noisy volumes against the clean ones: same, "
-                "inverted (raw reconstructions against density maps), free (unconstrained, "
-                "as in the paper) or auto (estimated from both domains when training "
-                "starts; free when unclear)", choices=CONTRASTS)
+        'auto',
+        "particle contrast of the noisy volumes against the clean ones: same, "
+        "inverted (raw reconstructions against density maps), free (unconstrained, "
+        "as in the paper) or auto (estimated from both domains when training "
+        "starts; free when unclear)",
+        choices=CONTRASTS,
+    )
     seed: int = option(0, 'random seed (weights and sampling)', ge=0)
     log_every: int = option(10, 'iterations between log lines', ge=1, role='schedule')
-    checkpoint_every: int = option(200, 'iterations between checkpoints', ge=1,
-                                   role='schedule')
+    checkpoint_every: int = option(200, 'iterations between checkpoints', ge=1, role='schedule')
     # 'denoise': noisy tomograms <-> clean volumes (paper, Methods). 'wedge': tomograms
     # <-> the same tomograms with the beam axis and the in-plane axis swapped, the
     # missing-wedge translation of the paper's Fig. 6 (wedge.py).
-    task: str = option('denoise', 'what the model translates', cli=False, choices=TASKS,
-                       role='task')
-    tilt_axis: str = option('y', 'tilt axis of the tomograms; training augmentation keeps '
-                                 'their missing wedge', choices=TILT_AXES, role='task')
-    tilt_range: Tuple[float, float] = option((-60.0, 60.0), 'tilt range of the wedge task',
-                                             cli=False, role='task')
+    task: str = option(
+        'denoise', 'what the model translates', cli=False, choices=TASKS, role='task'
+    )
+    tilt_axis: str = option(
+        'y',
+        'tilt axis of the tomograms; training augmentation keeps their missing wedge',
+        choices=TILT_AXES,
+        role='task',
+    )
+    tilt_range: Tuple[float, float] = option(
+        (-60.0, 60.0), 'tilt range of the wedge task', cli=False, role='task'
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -386,15 +465,15 @@ class DualConfig(Options):
 
 def settable_config_fields(role=None):
     """DualConfig fields a user sets (optionally only those of one role)."""
-    return [f for f in option_fields(DualConfig)
-            if role is None or f.metadata.get('role') == role]
+    return [f for f in option_fields(DualConfig) if role is None or f.metadata.get('role') == role]
 
 
 @dataclass
 class RunOptions(Options):
     device: str = option('auto', 'auto, cpu, cuda or cuda:N')
-    threads: Optional[int] = option(None, 'CPU threads for torch (default: the CPUs this '
-                                          'process may use)', ge=1)
+    threads: Optional[int] = option(
+        None, 'CPU threads for torch (default: the CPUs this process may use)', ge=1
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -405,37 +484,45 @@ class RunOptions(Options):
 @dataclass
 class TrainOptions(Options):
     noisy: Tuple[str, ...] = option(None, 'noisy-domain MRC volumes (tomograms)', required=True)
-    clean: Tuple[str, ...] = option(None, 'clean-domain MRC volumes (grand models or '
-                                          'high-SNR tomograms)', required=True)
-    noisy_voxel_size: Optional[float] = option(None, 'voxel size of the noisy volumes in A, '
-                                                     'if their headers are wrong', gt=0)
-    clean_voxel_size: Optional[float] = option(None, 'voxel size of the clean volumes in A, '
-                                                     'if their headers are wrong', gt=0)
+    clean: Tuple[str, ...] = option(
+        None, 'clean-domain MRC volumes (grand models or high-SNR tomograms)', required=True
+    )
+    noisy_voxel_size: Optional[float] = option(
+        None, 'voxel size of the noisy volumes in A, if their headers are wrong', gt=0
+    )
+    clean_voxel_size: Optional[float] = option(
+        None, 'voxel size of the clean volumes in A, if their headers are wrong', gt=0
+    )
 
 
 @dataclass
 class TrainingRunOptions(Options):
     """Where a training run writes, and how it starts: afresh, from its checkpoint, or
     from a model."""
-    outdir: str = option(None, 'folder for %s, %s and %s' % (MODEL_FILE, CHECKPOINT_FILE,
-                                                             TRAINING_LOG),
-                         required=True, positional=True)
+
+    outdir: str = option(
+        None,
+        'folder for %s, %s and %s' % (MODEL_FILE, CHECKPOINT_FILE, TRAINING_LOG),
+        required=True,
+        positional=True,
+    )
     resume: bool = option(False, 'continue from OUTDIR/%s if present' % CHECKPOINT_FILE)
     overwrite: bool = option(False, 'start afresh over an earlier run in OUTDIR')
-    init_model: Optional[str] = option(None, "start from this model file's weights and "
-                                             "iteration")
-    processes: int = option(1, 'DistributedDataParallel processes (one per GPU; gloo on CPU)',
-                            ge=1)
+    init_model: Optional[str] = option(None, "start from this model file's weights and iteration")
+    processes: int = option(1, 'DistributedDataParallel processes (one per GPU; gloo on CPU)', ge=1)
 
 
 @dataclass
 class WedgeTrainOptions(Options):
     tomograms: Tuple[str, ...] = option(None, 'MRC tomograms (beam along Z)', required=True)
     tilt_range: Optional[Tuple[float, float]] = option(
-        None, 'tilt range in degrees (default: estimated from the first tomogram)',
-        metavar=('MIN', 'MAX'))
-    input_voxel_size: Optional[float] = option(None, 'voxel size of the tomograms in A, if '
-                                                     'their headers are wrong', gt=0)
+        None,
+        'tilt range in degrees (default: estimated from the first tomogram)',
+        metavar=('MIN', 'MAX'),
+    )
+    input_voxel_size: Optional[float] = option(
+        None, 'voxel size of the tomograms in A, if their headers are wrong', gt=0
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -445,16 +532,23 @@ class WedgeTrainOptions(Options):
 
 @dataclass
 class InferenceOptions(Options):
-    model: str = option(None, 'model file written by training (%s)' % MODEL_FILE,
-                        required=True, positional=True)
+    model: str = option(
+        None, 'model file written by training (%s)' % MODEL_FILE, required=True, positional=True
+    )
     inputs: Tuple[str, ...] = option(None, 'MRC volumes', required=True, positional=True)
     outdir: str = option(None, 'output folder', required=True)
-    tile: int = option(DEFAULT_TILE, 'tile side in voxels; smaller tiles use less memory',
-                       ge=MIN_TILE, le=1024)
-    overlap: Optional[int] = option(None, 'voxels dropped at each tile border (default: the '
-                                          "network's receptive radius)", ge=0, le=256)
-    voxel_size: Optional[float] = option(None, 'voxel size of the inputs in A, if their '
-                                               'headers are wrong', gt=0)
+    tile: int = option(
+        DEFAULT_TILE, 'tile side in voxels; smaller tiles use less memory', ge=MIN_TILE, le=1024
+    )
+    overlap: Optional[int] = option(
+        None,
+        'voxels dropped at each tile border (default: the network\'s receptive radius)',
+        ge=0,
+        le=256,
+    )
+    voxel_size: Optional[float] = option(
+        None, 'voxel size of the inputs in A, if their headers are wrong', gt=0
+    )
     overwrite: bool = option(False, 'replace outputs that exist already')
 
 
@@ -466,11 +560,12 @@ class DenoiseOptions(Options):
 @dataclass
 class WedgeOptions(Options):
     tilt_range: Optional[Tuple[float, float]] = option(
-        None, "the tomograms' tilt range in degrees (default: the model's)",
-        metavar=('MIN', 'MAX'))
+        None, "the tomograms' tilt range in degrees (default: the model's)", metavar=('MIN', 'MAX')
+    )
     tilt_axis: Optional[str] = option(None, "default: the model's", choices=TILT_AXES)
-    transition: float = option(5.0, "degrees of smooth transition inside the cone's border",
-                               ge=0, le=45)
+    transition: float = option(
+        5.0, "degrees of smooth transition inside the cone's border", ge=0, le=45
+    )
     suffix: str = option('_wedge', 'added to each output name')
 
     def __post_init__(self):
@@ -483,41 +578,61 @@ class WedgeOptions(Options):
 class SimulateOptions(Options):
     variants: int = option(1, 'synthetic tomograms per map', ge=1, le=1000)
     seed: int = option(0, 'random seed', ge=0)
-    first_index: int = option(0, 'index of the first input among all the maps of a run '
-                                 '(maps simulated in separate calls then draw separate '
-                                 'noise)', ge=0)
+    first_index: int = option(
+        0,
+        'index of the first input among all the maps of a run '
+        '(maps simulated in separate calls then draw separate '
+        'noise)',
+        ge=0,
+    )
 
 
 @dataclass
 class ModelInfoOptions(Options):
-    model: str = option(None, 'model file (%s) or training checkpoint (%s)'
-                        % (MODEL_FILE, CHECKPOINT_FILE), required=True, positional=True)
+    model: str = option(
+        None,
+        'model file (%s) or training checkpoint (%s)' % (MODEL_FILE, CHECKPOINT_FILE),
+        required=True,
+        positional=True,
+    )
     output: Optional[str] = option(None, 'also write the JSON to this file')
 
 
 @dataclass
 class PickOptions(Options):
     tomogram: str = option(None, 'MRC tomogram', required=True, positional=True)
-    outdir: str = option(None, 'folder for NAME%s, NAME%s and NAME%s (NAME: --tomo-name or '
-                               "the tomogram's file stem)" % (PICKS_SUFFIX, STAR_SUFFIX,
-                                                              DYNAMO_SUFFIX),
-                         required=True, positional=True)
+    outdir: str = option(
+        None,
+        'folder for NAME%s, NAME%s and NAME%s (NAME: --tomo-name or '
+        "the tomogram's file stem)" % (PICKS_SUFFIX, STAR_SUFFIX, DYNAMO_SUFFIX),
+        required=True,
+        positional=True,
+    )
     diameter: float = option(None, 'particle diameter in A', required=True, gt=0)
-    top: Optional[int] = option(None, 'keep the N best picks (default 500 without '
-                                      '--threshold)', ge=1, exclusive='selection')
-    threshold: Optional[float] = option(None, "keep picks with DoG score >= T (score in units "
-                                              "of the tomogram's standard deviation)",
-                                        exclusive='selection')
-    min_distance: Optional[float] = option(None, 'A between picks, non-maximum suppression '
-                                                 '(default 24/28 of the diameter)', ge=0)
-    polarity: str = option('bright', 'bright: particles denser = brighter than background '
-                                     '(DUAL outputs, phantoms); dark: raw reconstructions',
-                           choices=POLARITIES)
+    top: Optional[int] = option(
+        None, 'keep the N best picks (default 500 without --threshold)', ge=1, exclusive='selection'
+    )
+    threshold: Optional[float] = option(
+        None,
+        "keep picks with DoG score >= T (score in units of the tomogram's standard deviation)",
+        exclusive='selection',
+    )
+    min_distance: Optional[float] = option(
+        None, 'A between picks, non-maximum suppression (default 24/28 of the diameter)', ge=0
+    )
+    polarity: str = option(
+        'bright',
+        'bright: particles denser = brighter than background '
+        '(DUAL outputs, phantoms); dark: raw reconstructions',
+        choices=POLARITIES,
+    )
     mask: Optional[str] = option(None, "MRC mask of the tomogram's shape: pick where > 0.5")
-    margin: Optional[float] = option(None, 'A from the volume faces where nothing is picked '
-                                           '(default: the radius)', ge=0)
-    voxel_size: Optional[float] = option(None, 'voxel size of the tomogram in A, if its '
-                                               'header is wrong', gt=0)
+    margin: Optional[float] = option(
+        None, 'A from the volume faces where nothing is picked (default: the radius)', ge=0
+    )
+    voxel_size: Optional[float] = option(
+        None, 'voxel size of the tomogram in A, if its header is wrong', gt=0
+    )
     tomo_name: Optional[str] = option(None, 'rlnTomoName and file prefix (default: file stem)')
     tomo_index: int = option(1, 'Dynamo table column 20', ge=1)
     formats: Tuple[str, ...] = option(PICK_FORMATS, 'tables to write', choices=PICK_FORMATS)
@@ -534,82 +649,117 @@ class PickOptions(Options):
 
 @dataclass
 class PhantomOptions(Options):
-    outdir: str = option(None, 'folder for reconstruction.mrc, grandmodel.mrc, masks and '
-                               'particle list', required=True, positional=True)
-    shape: Tuple[int, int, int] = option((64, 256, 256), 'volume size', ge=8, le=4096,
-                                         metavar=('Z', 'Y', 'X'))
+    outdir: str = option(
+        None,
+        'folder for reconstruction.mrc, grandmodel.mrc, masks and particle list',
+        required=True,
+        positional=True,
+    )
+    shape: Tuple[int, int, int] = option(
+        (64, 256, 256), 'volume size', ge=8, le=4096, metavar=('Z', 'Y', 'X')
+    )
     voxel_size: float = option(10.0, 'Angstrom per voxel', gt=0)
     seed: int = option(0, 'random seed', ge=0)
-    tilt_range: Tuple[float, float] = option((-60.0, 60.0), 'tilt range in degrees',
-                                             ge=-90, le=90, metavar=('MIN', 'MAX'))
+    tilt_range: Tuple[float, float] = option(
+        (-60.0, 60.0), 'tilt range in degrees', ge=-90, le=90, metavar=('MIN', 'MAX')
+    )
     tilt_step: float = option(3.0, 'degrees between tilts', gt=0)
     defocus: float = option(3.0, 'defocus in micrometres, underfocus positive')
     dose: float = option(100.0, 'total dose over the tilt series, e/A^2', gt=0)
     voltage: float = option(300.0, 'kV', gt=0)
     cs: float = option(2.7, 'spherical aberration in mm', ge=0)
     amplitude_contrast: float = option(0.07, 'amplitude contrast fraction', ge=0, le=1)
-    classes: Optional[Tuple[str, ...]] = option(None, 'macromolecule classes to pack '
-                                                      '(default: all)')
+    classes: Optional[Tuple[str, ...]] = option(
+        None, 'macromolecule classes to pack (default: all)'
+    )
     particles: Optional[int] = option(None, 'number of macromolecules to try to place', ge=0)
-    noise_free: bool = option(False, 'also write reconstruction_noisefree.mrc: same optics '
-                                     'and wedge, no noise')
-    vesicles: Optional[int] = option(None, 'number of vesicles to try to place (default: one '
-                                           'per (120 nm)^2 of area)', ge=0)
-    fiducials: Optional[int] = option(None, 'number of gold beads to try to place (default: '
-                                            'one per (120 nm)^2, at least 2)', ge=0)
-    defocus_jitter: float = option(0.1, 'per-tilt spread (sigma) of the defocus in '
-                                        'micrometres', ge=0)
-    contrast_volts: float = option(1.0, 'effective potential contrast of unit density in '
-                                        'volts; sets the SNR (1.0: Pearson ~0.17 with the '
-                                        'grand model)', gt=0)
+    noise_free: bool = option(
+        False, 'also write reconstruction_noisefree.mrc: same optics and wedge, no noise'
+    )
+    vesicles: Optional[int] = option(
+        None, 'number of vesicles to try to place (default: one per (120 nm)^2 of area)', ge=0
+    )
+    fiducials: Optional[int] = option(
+        None, 'number of gold beads to try to place (default: one per (120 nm)^2, at least 2)', ge=0
+    )
+    defocus_jitter: float = option(
+        0.1, 'per-tilt spread (sigma) of the defocus in micrometres', ge=0
+    )
+    contrast_volts: float = option(
+        1.0,
+        'effective potential contrast of unit density in '
+        'volts; sets the SNR (1.0: Pearson ~0.17 with the '
+        'grand model)',
+        gt=0,
+    )
 
 
 @dataclass
 class EvaluateVolumesOptions(Options):
-    reference: str = option(None, 'ground truth MRC (e.g. grandmodel.mrc)', required=True,
-                            positional=True)
-    volumes: Tuple[str, ...] = option(None, "MRC volumes on the reference's grid",
-                                      required=True, positional=True)
+    reference: str = option(
+        None, 'ground truth MRC (e.g. grandmodel.mrc)', required=True, positional=True
+    )
+    volumes: Tuple[str, ...] = option(
+        None, "MRC volumes on the reference's grid", required=True, positional=True
+    )
     ssim_window: int = option(7, 'SSIM window side in voxels', ge=3)
 
 
 @dataclass
 class EvaluatePicksOptions(Options):
-    picks: str = option(None, 'coordinate table (x y z score) or SHREC particle list',
-                        required=True, positional=True)
+    picks: str = option(
+        None,
+        'coordinate table (x y z score) or SHREC particle list',
+        required=True,
+        positional=True,
+    )
     truth: str = option(None, 'SHREC particle_locations.txt', required=True, positional=True)
     voxel_size: float = option(None, 'Angstrom per voxel of both lists', required=True, gt=0)
-    distance: Optional[float] = option(None, 'match radius in Angstrom for one-to-one distance '
-                                             'matching (give --distance, --occupancy or both)',
-                                       gt=0)
-    occupancy: Optional[str] = option(None, 'occupancy_mask.mrc for the SHREC 2021 hit '
-                                            'criterion (labels = lines of TRUTH)')
-    exclude: Tuple[str, ...] = option(('vesicle', 'fiducial'), 'ground-truth classes left '
-                                                               'out of scoring')
+    distance: Optional[float] = option(
+        None,
+        'match radius in Angstrom for one-to-one distance '
+        'matching (give --distance, --occupancy or both)',
+        gt=0,
+    )
+    occupancy: Optional[str] = option(
+        None, 'occupancy_mask.mrc for the SHREC 2021 hit criterion (labels = lines of TRUTH)'
+    )
+    exclude: Tuple[str, ...] = option(
+        ('vesicle', 'fiducial'), 'ground-truth classes left out of scoring'
+    )
 
 
 # Command -> (help, option classes). The job-file keys of a command are the fields of
 # its classes (DualConfig: those with cli=True).
 COMMANDS = {
-    'phantom': ('simulate a SHREC-2021-like tomogram with its ground truth',
-                (PhantomOptions,)),
-    'train': ('train DUAL on unpaired noisy and clean volumes',
-              (TrainOptions, TrainingRunOptions, DualConfig, RunOptions)),
-    'wedge-train': ('train a missing-wedge model on the tomograms themselves',
-                    (WedgeTrainOptions, TrainingRunOptions, DualConfig, RunOptions)),
-    'denoise': ('denoise tomograms with a trained model',
-                (InferenceOptions, DenoiseOptions, RunOptions)),
-    'wedge': ('fill the missing wedge of tomograms with a wedge model',
-              (InferenceOptions, WedgeOptions, RunOptions)),
-    'simulate': ('synthetic tomograms from clean density maps',
-                 (InferenceOptions, SimulateOptions, RunOptions)),
-    'model-info': ("a model file's settings and training summary, as JSON",
-                   (ModelInfoOptions,)),
+    'phantom': ('simulate a SHREC-2021-like tomogram with its ground truth', (PhantomOptions,)),
+    'train': (
+        'train DUAL on unpaired noisy and clean volumes',
+        (TrainOptions, TrainingRunOptions, DualConfig, RunOptions),
+    ),
+    'wedge-train': (
+        'train a missing-wedge model on the tomograms themselves',
+        (WedgeTrainOptions, TrainingRunOptions, DualConfig, RunOptions),
+    ),
+    'denoise': (
+        'denoise tomograms with a trained model',
+        (InferenceOptions, DenoiseOptions, RunOptions),
+    ),
+    'wedge': (
+        'fill the missing wedge of tomograms with a wedge model',
+        (InferenceOptions, WedgeOptions, RunOptions),
+    ),
+    'simulate': (
+        'synthetic tomograms from clean density maps',
+        (InferenceOptions, SimulateOptions, RunOptions),
+    ),
+    'model-info': ("a model file's settings and training summary, as JSON", (ModelInfoOptions,)),
     'pick': ("template-free DoG particle picking (the paper's DoG picker)", (PickOptions,)),
-    'evaluate volumes': ('PSNR, SSIM and Pearson of volumes against a reference',
-                         (EvaluateVolumesOptions,)),
-    'evaluate picks': ('precision, recall and F1 of picked coordinates',
-                       (EvaluatePicksOptions,)),
+    'evaluate volumes': (
+        'PSNR, SSIM and Pearson of volumes against a reference',
+        (EvaluateVolumesOptions,),
+    ),
+    'evaluate picks': ('precision, recall and F1 of picked coordinates', (EvaluatePicksOptions,)),
 }
 
 
@@ -619,8 +769,11 @@ def command_fields(command):
     seen, result = set(), []
     for cls in COMMANDS[command][1]:
         for f in option_fields(cls):
-            if f.name not in seen and not (cls is DualConfig and f.metadata.get('role') == 'task'
-                                           and command not in ('train', 'wedge-train')):
+            if f.name not in seen and not (
+                cls is DualConfig
+                and f.metadata.get('role') == 'task'
+                and command not in ('train', 'wedge-train')
+            ):
                 seen.add(f.name)
                 result.append((cls, f))
     return result
@@ -638,13 +791,18 @@ class Job:
         known = {f.name: cls for cls, f in command_fields(command)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise InputError('unknown option(s) for %s: %s (known: %s)'
-                             % (command, ', '.join(unknown), ', '.join(sorted(known))))
+            raise InputError(
+                'unknown option(s) for %s: %s (known: %s)'
+                % (command, ', '.join(unknown), ', '.join(sorted(known)))
+            )
         self.command, self.given = command, frozenset(values)
         self._parts = {}
         for cls in COMMANDS[command][1]:
-            mine = {name: values[name] for name, owner in known.items()
-                    if owner is cls and name in values}
+            mine = {
+                name: values[name]
+                for name, owner in known.items()
+                if owner is cls and name in values
+            }
             self._parts[cls] = cls(**mine)
 
     def __getattr__(self, name):
@@ -655,8 +813,9 @@ class Job:
 
     def config(self, **task):
         """The DualConfig of a training command: the given settings over the defaults."""
-        given = {f.name: getattr(self, f.name) for f in option_fields(DualConfig)
-                 if f.name in self.given}
+        given = {
+            f.name: getattr(self, f.name) for f in option_fields(DualConfig) if f.name in self.given
+        }
         given.update(task)
         return DualConfig(**given)
 

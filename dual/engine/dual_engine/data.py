@@ -1,6 +1,7 @@
 """Unpaired subvolume sampling from the noisy and the clean domain (paper, Methods:
 every volume rescaled to the working voxel size and standardised; random subvolumes
 drawn independently from each domain)."""
+
 import os
 
 import numpy as np
@@ -33,8 +34,7 @@ MIN_CONTRAST_SKEW = 0.25
 
 def low_pass_skewness(volumes):
     """Skewness of the volumes' voxels after a Gaussian low-pass (CONTRAST_SIGMA)."""
-    values = np.concatenate([ndimage.gaussian_filter(v, CONTRAST_SIGMA).ravel()
-                             for v in volumes])
+    values = np.concatenate([ndimage.gaussian_filter(v, CONTRAST_SIGMA).ravel() for v in volumes])
     return float(stats.skew(values))
 
 
@@ -48,7 +48,7 @@ def estimate_contrast(noisy, clean):
     return ('same' if skews[0] * skews[1] > 0 else 'inverted'), skews
 
 
-ARRAY_AXIS_OF_TILT_AXIS = {'x': 2, 'y': 1}   # tilt axis name -> array axis of a (Z, Y, X) volume
+ARRAY_AXIS_OF_TILT_AXIS = {'x': 2, 'y': 1}  # tilt axis name -> array axis of a (Z, Y, X) volume
 
 
 def wedge_preserving_flips(tilt_axis):
@@ -75,26 +75,41 @@ def wedge_swap_axes(tilt_axis):
 class Domain:
     """The volumes of one domain, held in memory at the working voxel size."""
 
-    def __init__(self, name, paths, working_voxel_size, subvolume_size, voxel_size=None,
-                 tilt_axis='y', swap_axes=None):
+    def __init__(
+        self,
+        name,
+        paths,
+        working_voxel_size,
+        subvolume_size,
+        voxel_size=None,
+        tilt_axis='y',
+        swap_axes=None,
+    ):
         if not paths:
             raise InputError("the %s domain has no volumes" % name)
         self.name = name
         self.volumes = []
         for path in paths:
             data, header_voxel_size = read_mrc(path)
-            if (voxel_size or header_voxel_size) > 0:   # else load_for_model says so
-                check_fits_subvolume(path, data.shape, voxel_size or header_voxel_size,
-                                     working_voxel_size, subvolume_size)
+            if (voxel_size or header_voxel_size) > 0:  # else load_for_model says so
+                check_fits_subvolume(
+                    path,
+                    data.shape,
+                    voxel_size or header_voxel_size,
+                    working_voxel_size,
+                    subvolume_size,
+                )
             volume = load_for_model(path, working_voxel_size, voxel_size)[0]
-            if swap_axes:   # the missing-wedge task's second domain (see wedge.py)
+            if swap_axes:  # the missing-wedge task's second domain (see wedge.py)
                 volume = np.ascontiguousarray(np.swapaxes(volume, *swap_axes))
             self.volumes.append(volume)
         self.size = subvolume_size
         self.flip_groups = wedge_preserving_flips(tilt_axis)
         # Each volume is drawn in proportion to how many subvolumes it holds.
-        counts = np.array([np.prod([s - subvolume_size + 1 for s in v.shape])
-                           for v in self.volumes], dtype=np.float64)
+        counts = np.array(
+            [np.prod([s - subvolume_size + 1 for s in v.shape]) for v in self.volumes],
+            dtype=np.float64,
+        )
         self.weights = counts / counts.sum()
 
     def sample(self, rng, count):
@@ -110,7 +125,8 @@ class Domain:
             volume = self.volumes[rng.choice(len(self.volumes), p=self.weights)]
             corner = [rng.integers(0, dim - s + 1) for dim in volume.shape]
             patch = volume[tuple(slice(c, c + s) for c in corner)]
-            flips = tuple(axis for group in self.flip_groups if rng.random() < 0.5
-                          for axis in group)
+            flips = tuple(
+                axis for group in self.flip_groups if rng.random() < 0.5 for axis in group
+            )
             batch[i, 0] = np.flip(patch, axis=flips) if flips else patch
         return batch

@@ -39,6 +39,7 @@ dynamo plugin writes its 0-based bottom-left-corner coordinates without the +1; 
 one_based=False to match such files. The reader returns positions 24-26 plus the shifts
 4-6 (Dynamo's refined particle position), which are zero in files written here.
 """
+
 import math
 import shlex
 
@@ -57,8 +58,9 @@ def _picks(xyz, scores):
     xyz = xyz.reshape(-1, 3) if xyz.size == 0 or xyz.ndim == 1 else xyz
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
-        raise InputError("coordinates must be an N x 3 array of (x, y, z), got shape %s"
-                         % (xyz.shape,))
+        raise InputError(
+            "coordinates must be an N x 3 array of (x, y, z), got shape %s" % (xyz.shape,)
+        )
     if len(scores) != len(xyz):
         raise InputError("%d coordinates but %d scores" % (len(xyz), len(scores)))
     if not (np.all(np.isfinite(xyz)) and np.all(np.isfinite(scores))):
@@ -74,8 +76,10 @@ def _positive(value, name):
 
 # --------------------------------------------------------------------------- RELION
 
-def write_relion_star(path, xyz, scores, tomo_name, voxel_size, shape=None,
-                      coordinate_pixel_size=None):
+
+def write_relion_star(
+    path, xyz, scores, tomo_name, voxel_size, shape=None, coordinate_pixel_size=None
+):
     """RELION tomography particle coordinates (see the module doc for every column).
 
     xyz: (x, y, z) voxels of the picked tomogram (0-based); voxel_size: its voxel size
@@ -85,8 +89,11 @@ def write_relion_star(path, xyz, scores, tomo_name, voxel_size, shape=None,
     """
     xyz, scores = _picks(xyz, scores)
     voxel_size = _positive(voxel_size, "the voxel size")
-    pixel = voxel_size if coordinate_pixel_size is None else _positive(
-        coordinate_pixel_size, "the coordinate pixel size")
+    pixel = (
+        voxel_size
+        if coordinate_pixel_size is None
+        else _positive(coordinate_pixel_size, "the coordinate pixel size")
+    )
     tomo_name = check_tomo_name(tomo_name)
     coords = xyz * (voxel_size / pixel)
     labels = ["rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]
@@ -96,18 +103,29 @@ def write_relion_star(path, xyz, scores, tomo_name, voxel_size, shape=None,
             raise InputError("shape must be the tomogram's (Z, Y, X) size, not %s" % (shape,))
         centre_xyz = np.array(shape[::-1], dtype=np.float64) / 2.0
         centred = (xyz - centre_xyz) * voxel_size
-        labels += ["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
-                   "rlnCenteredCoordinateZAngst"]
+        labels += [
+            "rlnCenteredCoordinateXAngst",
+            "rlnCenteredCoordinateYAngst",
+            "rlnCenteredCoordinateZAngst",
+        ]
         columns += [centred[:, 0], centred[:, 1], centred[:, 2]]
     labels.append("rlnAutopickFigureOfMerit")
 
     with atomic_output(path) as tmp, open(tmp, "w") as f:
         f.write("\n# version 30001\n")
-        f.write("# dual-engine %s DoG picks. rlnCoordinateX/Y/Z: pixels of %.6g A, 0-based "
-                "(voxel_size of the picked tomogram: %.6g A)%s\n"
-                % (__version__, pixel, voxel_size,
-                   "; rlnCentered*Angst: A from the centre of a %s (X Y Z) voxel tomogram"
-                   % " x ".join(str(int(n)) for n in shape[::-1]) if shape is not None else ""))
+        f.write(
+            "# dual-engine %s DoG picks. rlnCoordinateX/Y/Z: pixels of %.6g A, 0-based "
+            "(voxel_size of the picked tomogram: %.6g A)%s\n"
+            % (
+                __version__,
+                pixel,
+                voxel_size,
+                "; rlnCentered*Angst: A from the centre of a %s (X Y Z) voxel tomogram"
+                % " x ".join(str(int(n)) for n in shape[::-1])
+                if shape is not None
+                else "",
+            )
+        )
         f.write("\ndata_%s\n\nloop_\n" % STAR_BLOCK)
         for i, label in enumerate(labels, 1):
             f.write("_%s #%d\n" % (label, i))
@@ -149,8 +167,10 @@ def read_star_loops(path):
                 except ValueError as err:
                     raise InputError("%s:%d: %s" % (path, lineno, err)) from err
                 if len(values) != len(current["labels"]):
-                    raise InputError("%s:%d: %d values for %d columns"
-                                     % (path, lineno, len(values), len(current["labels"])))
+                    raise InputError(
+                        "%s:%d: %d values for %d columns"
+                        % (path, lineno, len(values), len(current["labels"]))
+                    )
                 current["rows"].append(values)
     return blocks
 
@@ -171,15 +191,17 @@ def read_relion_star(path, voxel_size=None, coordinate_pixel_size=None, shape=No
     pixel_labels = ["rlnCoordinate%s" % a for a in "XYZ"]
 
     def has_coordinates(block):
-        return set(pixel_labels) <= set(block["labels"]) or \
-            set(centred_labels) <= set(block["labels"])
+        return set(pixel_labels) <= set(block["labels"]) or set(centred_labels) <= set(
+            block["labels"]
+        )
 
     candidates = [blocks[STAR_BLOCK]] if STAR_BLOCK in blocks else []
     candidates += [b for b in blocks.values() if b not in candidates]
     table = next((b for b in candidates if has_coordinates(b)), None)
     if table is None:
-        raise InputError("%s has no loop with rlnCoordinateX/Y/Z or "
-                         "rlnCenteredCoordinateX/Y/ZAngst" % path)
+        raise InputError(
+            "%s has no loop with rlnCoordinateX/Y/Z or rlnCenteredCoordinateX/Y/ZAngst" % path
+        )
     labels, rows = table["labels"], table["rows"]
 
     def column(label, kind=float):
@@ -192,23 +214,34 @@ def read_relion_star(path, voxel_size=None, coordinate_pixel_size=None, shape=No
     if set(pixel_labels) <= set(labels):
         xyz = np.stack([column(c) for c in pixel_labels], axis=1) if rows else np.zeros((0, 3))
         if voxel_size is not None and coordinate_pixel_size is not None:
-            xyz = xyz * (_positive(coordinate_pixel_size, "the coordinate pixel size")
-                         / _positive(voxel_size, "the voxel size"))
+            xyz = xyz * (
+                _positive(coordinate_pixel_size, "the coordinate pixel size")
+                / _positive(voxel_size, "the voxel size")
+            )
     else:
         if voxel_size is None or shape is None:
-            raise InputError("%s has only RELION 5 centred coordinates: the voxel size "
-                             "and the tomogram shape are needed to convert them" % path)
-        centred = np.stack([column(c) for c in centred_labels], axis=1) if rows \
-            else np.zeros((0, 3))
-        xyz = centred / _positive(voxel_size, "the voxel size") \
+            raise InputError(
+                "%s has only RELION 5 centred coordinates: the voxel size "
+                "and the tomogram shape are needed to convert them" % path
+            )
+        centred = (
+            np.stack([column(c) for c in centred_labels], axis=1) if rows else np.zeros((0, 3))
+        )
+        xyz = (
+            centred / _positive(voxel_size, "the voxel size")
             + np.array(shape[::-1], dtype=np.float64) / 2.0
-    scores = column("rlnAutopickFigureOfMerit") if "rlnAutopickFigureOfMerit" in labels \
+        )
+    scores = (
+        column("rlnAutopickFigureOfMerit")
+        if "rlnAutopickFigureOfMerit" in labels
         else np.ones(len(rows))
+    )
     names = list(column("rlnTomoName", str)) if "rlnTomoName" in labels else [None] * len(rows)
     return xyz.reshape(-1, 3), scores, names
 
 
 # --------------------------------------------------------------------------- Dynamo
+
 
 def write_dynamo_tbl(path, xyz, scores, tomo_index=1, tilt_range=None, one_based=True):
     """Dynamo table of the picks (35 columns, see the module doc).
@@ -220,21 +253,48 @@ def write_dynamo_tbl(path, xyz, scores, tomo_index=1, tilt_range=None, one_based
     """
     xyz, scores = _picks(xyz, scores)
     if int(tomo_index) != tomo_index or tomo_index < 1:
-        raise InputError("the Dynamo tomogram number must be a positive integer, not %s"
-                         % tomo_index)
+        raise InputError(
+            "the Dynamo tomogram number must be a positive integer, not %s" % tomo_index
+        )
     ftype, ymin, ymax = 0, 0.0, 0.0
     if tilt_range is not None:
         ymin, ymax = (float(t) for t in tilt_range)
         if not (-90 <= ymin < ymax <= 90):
-            raise InputError("tilt range must be min < max within [-90, 90], not %s"
-                             % (tilt_range,))
+            raise InputError(
+                "tilt range must be min < max within [-90, 90], not %s" % (tilt_range,)
+            )
         ftype = 1
     position = xyz + (1.0 if one_based else 0.0)
     with atomic_output(path) as tmp, open(tmp, "w") as f:
         for i, ((x, y, z), score) in enumerate(zip(position, scores)):
-            row = ["%d" % (i + 1), "1", "1", "0", "0", "0", "0", "0", "0", "%.8g" % score,
-                   "0", "0", "%d" % ftype, "%.6g" % ymin, "%.6g" % ymax, "0", "0", "0", "0",
-                   "%d" % tomo_index, "0", "1", "0", "%.4f" % x, "%.4f" % y, "%.4f" % z]
+            row = [
+                "%d" % (i + 1),
+                "1",
+                "1",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "%.8g" % score,
+                "0",
+                "0",
+                "%d" % ftype,
+                "%.6g" % ymin,
+                "%.6g" % ymax,
+                "0",
+                "0",
+                "0",
+                "0",
+                "%d" % tomo_index,
+                "0",
+                "1",
+                "0",
+                "%.4f" % x,
+                "%.4f" % y,
+                "%.4f" % z,
+            ]
             row += ["0"] * (DYNAMO_COLUMNS - len(row))
             f.write(" ".join(row) + "\n")
 
@@ -253,10 +313,13 @@ def read_dynamo_tbl(path, one_based=True):
     if len(rows) == 0:
         return np.zeros((0, 3)), np.zeros(0), np.zeros(0, dtype=np.int64)
     if table.ndim != 2:
-        raise InputError("%s: rows of a Dynamo table must all have the same number of "
-                         "columns" % path)
+        raise InputError(
+            "%s: rows of a Dynamo table must all have the same number of columns" % path
+        )
     if table.shape[1] < 26:
-        raise InputError("%s has %d columns; a Dynamo table has at least 26 (x y z are "
-                         "columns 24-26)" % (path, table.shape[1]))
+        raise InputError(
+            "%s has %d columns; a Dynamo table has at least 26 (x y z are "
+            "columns 24-26)" % (path, table.shape[1])
+        )
     xyz = table[:, 23:26] + table[:, 3:6] - (1.0 if one_based else 0.0)
     return xyz, table[:, 9].copy(), table[:, 19].astype(np.int64)

@@ -8,6 +8,7 @@ Conventions used everywhere in the engine:
 Every writer goes through `atomic_output`, so an interrupted run never leaves a
 half-written file under the final name.
 """
+
 import contextlib
 import os
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ def atomic_output(path):
 def _remove_stale_temporaries(directory, prefix):
     """Remove <prefix><pid>.tmp files whose writer process no longer exists."""
     for name in os.listdir(directory):
-        pid = name[len(prefix):-len(".tmp")]
+        pid = name[len(prefix) : -len(".tmp")]
         if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
             continue
         try:
@@ -48,7 +49,7 @@ def _remove_stale_temporaries(directory, prefix):
         except ProcessLookupError:
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(directory, name))
-        except PermissionError:   # alive, someone else's
+        except PermissionError:  # alive, someone else's
             pass
 
 
@@ -71,8 +72,9 @@ def read_mrc(path, mmap=True):
     except (ValueError, OSError, EOFError) as err:
         raise InputError("cannot read %s as MRC: %s" % (path, err)) from err
     if data is None or data.ndim != 3:
-        raise InputError("%s is not a 3-D volume (shape %s)"
-                         % (path, None if data is None else data.shape))
+        raise InputError(
+            "%s is not a 3-D volume (shape %s)" % (path, None if data is None else data.shape)
+        )
     if np.iscomplexobj(data):
         raise InputError("%s holds complex values; the engine reads real volumes only" % path)
     return data, _isotropic_voxel_size(path, size)
@@ -81,8 +83,10 @@ def read_mrc(path, mmap=True):
 def _isotropic_voxel_size(path, size):
     sizes = [float(size.x), float(size.y), float(size.z)]
     if max(sizes) > 0 and (max(sizes) - min(sizes)) > 1e-3 * max(sizes):
-        raise InputError("%s has non-cubic voxels (%g x %g x %g A): resample it to an "
-                         "isotropic grid first" % (path, *sizes))
+        raise InputError(
+            "%s has non-cubic voxels (%g x %g x %g A): resample it to an "
+            "isotropic grid first" % (path, *sizes)
+        )
     return sizes[0]
 
 
@@ -134,16 +138,23 @@ def check_finite(volume, name="volume"):
     volume = np.asarray(volume)
     if not np.all(np.isfinite(volume)):
         raise InputError("%s contains NaN or infinite values" % name)
-    sample = volume.ravel()[::max(1, volume.size // 1000000)]
+    sample = volume.ravel()[:: max(1, volume.size // 1000000)]
     low, median, high = np.percentile(sample, [0.1, 50, 99.9])
     spread = float(high - low)
     extreme = max(abs(float(volume.max()) - median), abs(float(volume.min()) - median))
     if spread > 0 and extreme > OUTLIER_SPREADS * spread:
-        raise InputError("%s has extreme values (%.3g, while 99.8%% of it lies within %.3g "
-                         "of %.3g): a corrupt voxel? Clip or fix the volume first"
-                         % (name, float(volume.max()) if abs(float(volume.max()) - median)
-                            >= abs(float(volume.min()) - median) else float(volume.min()),
-                            spread, median))
+        raise InputError(
+            "%s has extreme values (%.3g, while 99.8%% of it lies within %.3g "
+            "of %.3g): a corrupt voxel? Clip or fix the volume first"
+            % (
+                name,
+                float(volume.max())
+                if abs(float(volume.max()) - median) >= abs(float(volume.min()) - median)
+                else float(volume.min()),
+                spread,
+                median,
+            )
+        )
 
 
 def standardize(volume, name="volume"):
@@ -159,6 +170,7 @@ def standardize(volume, name="volume"):
 @dataclass
 class Particle:
     """One line of a SHREC 2021 particle_locations.txt."""
+
     name: str
     x: float
     y: float
@@ -175,8 +187,10 @@ class Particle:
 def write_particle_locations(path, particles):
     with atomic_output(path) as tmp, open(tmp, "w") as f:
         for p in particles:
-            f.write("%s %d %d %d %.3f %.3f %.3f\n"
-                    % (p.name, round(p.x), round(p.y), round(p.z), p.rot_z1, p.rot_x, p.rot_z2))
+            f.write(
+                "%s %d %d %d %.3f %.3f %.3f\n"
+                % (p.name, round(p.x), round(p.y), round(p.z), p.rot_z1, p.rot_x, p.rot_z2)
+            )
 
 
 def read_particle_locations(path):
@@ -187,8 +201,9 @@ def read_particle_locations(path):
             if not fields:
                 continue
             if len(fields) not in (4, 7):
-                raise InputError("%s:%d: expected 'class x y z [rot_Z1 rot_X rot_Z2]'"
-                                 % (path, lineno))
+                raise InputError(
+                    "%s:%d: expected 'class x y z [rot_Z1 rot_X rot_Z2]'" % (path, lineno)
+                )
             particles.append(Particle(fields[0], *map(float, fields[1:])))
     return particles
 

@@ -1,4 +1,5 @@
 """DUAL's losses (paper, eqs. 3-9), each written once, and the polarity anchor."""
+
 import torch
 import torch.nn.functional as F
 

@@ -15,6 +15,7 @@ Pick conventions (coordinates in voxels, (x, y, z), arrays indexed [z, y, x]):
 - every pick that does not produce a new true positive is a false positive
   (fp = n_picks - tp), so duplicates lower the precision.
 """
+
 import os
 
 import numpy as np
@@ -24,8 +25,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from dual_engine.io import (InputError, read_coordinates, read_mrc,
-                            read_particle_locations, standardize)
+from dual_engine.io import (
+    InputError,
+    read_coordinates,
+    read_mrc,
+    read_particle_locations,
+    standardize,
+)
 
 DEFAULT_EXCLUDE = ("vesicle", "fiducial")
 VOXEL_SIZE_TOLERANCE = 0.01  # relative
@@ -34,10 +40,13 @@ SLAB_VOXELS = 1 << 22  # voxels per float64 work array in the slab loops (32 MB)
 
 # --------------------------------------------------------------------------- volumes
 
+
 def _check_same_shape(a, b, names=("reference", "volume")):
     if tuple(np.shape(a)) != tuple(np.shape(b)):
-        raise InputError("%s and %s differ in shape: %s vs %s"
-                         % (names[0], names[1], tuple(np.shape(a)), tuple(np.shape(b))))
+        raise InputError(
+            "%s and %s differ in shape: %s vs %s"
+            % (names[0], names[1], tuple(np.shape(a)), tuple(np.shape(b)))
+        )
 
 
 def standardized_pair(reference, volume):
@@ -71,8 +80,9 @@ def _mean_squared_difference(a, b):
 def _mean_product(a, b):
     total = 0.0
     for z0, z1 in _slabs(a.shape):
-        total += float(np.dot(a[z0:z1].astype(np.float64).ravel(),
-                              b[z0:z1].astype(np.float64).ravel()))
+        total += float(
+            np.dot(a[z0:z1].astype(np.float64).ravel(), b[z0:z1].astype(np.float64).ravel())
+        )
     return total / a.size
 
 
@@ -80,18 +90,19 @@ def _psnr_standardized(reference, volume, value_range):
     mse = _mean_squared_difference(reference, volume)
     if mse == 0:
         return float("inf")
-    return float(10.0 * np.log10(value_range ** 2 / mse))
+    return float(10.0 * np.log10(value_range**2 / mse))
 
 
 def _ssim_standardized(reference, volume, window, value_range):
     if window < 3 or window % 2 == 0:
         raise InputError("the SSIM window must be an odd number >= 3, not %s" % window)
     if min(reference.shape) < window:
-        raise InputError("volume shape %s is smaller than the SSIM window %d"
-                         % (tuple(reference.shape), window))
+        raise InputError(
+            "volume shape %s is smaller than the SSIM window %d" % (tuple(reference.shape), window)
+        )
     c1 = (0.01 * value_range) ** 2
     c2 = (0.03 * value_range) ** 2
-    n = window ** reference.ndim
+    n = window**reference.ndim
     sample = n / (n - 1.0)  # population -> sample (co)variance
     h = window // 2
     inner = (slice(h, -h),) * 3  # centres whose window lies inside the slab
@@ -105,15 +116,14 @@ def _ssim_standardized(reference, volume, window, value_range):
     # [s0, s1 + 2h), so every statistic comes from a full window inside the volume.
     n_centres = reference.shape[0] - 2 * h
     for s0, s1 in _slabs((n_centres,) + reference.shape[1:], halo=h):
-        x = reference[s0:s1 + 2 * h].astype(np.float64)
-        y = volume[s0:s1 + 2 * h].astype(np.float64)
+        x = reference[s0 : s1 + 2 * h].astype(np.float64)
+        y = volume[s0 : s1 + 2 * h].astype(np.float64)
         mx, my = local_mean(x), local_mean(y)
         vx = sample * (local_mean(x * x) - mx * mx)
         vy = sample * (local_mean(y * y) - my * my)
         vxy = sample * (local_mean(x * y) - mx * my)
         del x, y
-        ssim_map = ((2 * mx * my + c1) * (2 * vxy + c2)
-                    / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+        ssim_map = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
         total += float(ssim_map.sum())
         count += ssim_map.size
     return total / count
@@ -155,8 +165,10 @@ def psnr_ssim_on_reference_scale(reference, volume, window=7):
     ref = ((reference - mean) / std).astype(np.float32)
     vol = ((np.asarray(volume, dtype=np.float64) - mean) / std).astype(np.float32)
     value_range = data_range(ref)
-    return {"psnr": _psnr_standardized(ref, vol, value_range),
-            "ssim": _ssim_standardized(ref, vol, int(window), value_range)}
+    return {
+        "psnr": _psnr_standardized(ref, vol, value_range),
+        "ssim": _ssim_standardized(ref, vol, int(window), value_range),
+    }
 
 
 def pearson(a, b):
@@ -171,13 +183,15 @@ def pearson(a, b):
 
 # --------------------------------------------------------------------------- picks
 
+
 def _as_xyz(points, name):
     points = np.asarray(points, dtype=np.float64)
     if points.size == 0:
         return np.zeros((0, 3))
     if points.ndim != 2 or points.shape[1] != 3:
-        raise InputError("%s must be an N x 3 array of (x, y, z), got shape %s"
-                         % (name, points.shape))
+        raise InputError(
+            "%s must be an N x 3 array of (x, y, z), got shape %s" % (name, points.shape)
+        )
     if not np.all(np.isfinite(points)):
         raise InputError("%s contain NaN or infinite coordinates" % name)
     return points
@@ -187,9 +201,16 @@ def _rates(tp, n_picks, n_truth):
     precision = tp / n_picks if n_picks else 0.0
     recall = tp / n_truth if n_truth else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"tp": int(tp), "fp": int(n_picks - tp), "fn": int(n_truth - tp),
-            "precision": float(precision), "recall": float(recall), "f1": float(f1),
-            "n_picks": int(n_picks), "n_truth": int(n_truth)}
+    return {
+        "tp": int(tp),
+        "fp": int(n_picks - tp),
+        "fn": int(n_truth - tp),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "n_picks": int(n_picks),
+        "n_truth": int(n_truth),
+    }
 
 
 def one_to_one_pairs(picks_xyz, truth_xyz, max_distance_voxels):
@@ -208,8 +229,7 @@ def one_to_one_pairs(picks_xyz, truth_xyz, max_distance_voxels):
         return empty
     neighbours = cKDTree(truth).query_ball_point(picks, radius)
     pick_idx = np.repeat(np.arange(len(picks)), [len(n) for n in neighbours])
-    truth_idx = np.fromiter((j for n in neighbours for j in n), dtype=int,
-                            count=len(pick_idx))
+    truth_idx = np.fromiter((j for n in neighbours for j in n), dtype=int, count=len(pick_idx))
     dist = np.linalg.norm(picks[pick_idx] - truth[truth_idx], axis=1)
     within = dist <= radius
     pick_idx, truth_idx, dist = pick_idx[within], truth_idx[within], dist[within]
@@ -259,8 +279,9 @@ def match_picks(picks_xyz, truth_xyz, max_distance_voxels):
     return scores
 
 
-_CROSS_OFFSETS = np.array([[0, 0, 0], [-1, 0, 0], [1, 0, 0], [0, -1, 0],
-                           [0, 1, 0], [0, 0, -1], [0, 0, 1]])  # (z, y, x)
+_CROSS_OFFSETS = np.array(
+    [[0, 0, 0], [-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]]
+)  # (z, y, x)
 
 
 def labels_at(occupancy_volume, zyx, dilate=True):
@@ -282,8 +303,9 @@ def labels_at(occupancy_volume, zyx, dilate=True):
     return labels
 
 
-def occupancy_hits(picks_xyz, occupancy_volume, n_truth, excluded_labels=(),
-                   truth_xyz=None, dilate=True):
+def occupancy_hits(
+    picks_xyz, occupancy_volume, n_truth, excluded_labels=(), truth_xyz=None, dilate=True
+):
     """SHREC 2021 localisation criterion on an occupancy mask.
 
     `occupancy_volume` is indexed [z, y, x]; label 0 is background and label k > 0 is
@@ -318,18 +340,25 @@ def occupancy_hits(picks_xyz, occupancy_volume, n_truth, excluded_labels=(),
     first_pick = np.flatnonzero(on_particle)[first_pick]
     tp = len(hit_labels)
     if tp > n_truth:
-        raise InputError("the occupancy mask has more hit particles (%d) than the truth "
-                         "list has particles (%d): mask and list do not belong together"
-                         % (tp, n_truth))
+        raise InputError(
+            "the occupancy mask has more hit particles (%d) than the truth "
+            "list has particles (%d): mask and list do not belong together" % (tp, n_truth)
+        )
     scores = _rates(tp, len(picks), n_truth)
-    scores.update(n_background=int((labels <= 0).sum()), n_on_excluded=int(excluded.sum()),
-                  n_duplicates=int(on_particle.sum()) - tp, n_clipped=n_clipped,
-                  mean_distance_voxels=None)
+    scores.update(
+        n_background=int((labels <= 0).sum()),
+        n_on_excluded=int(excluded.sum()),
+        n_duplicates=int(on_particle.sum()) - tp,
+        n_clipped=n_clipped,
+        mean_distance_voxels=None,
+    )
     if truth_xyz is not None:
         truth = _as_xyz(truth_xyz, "truth")
         if tp and hit_labels.max() > len(truth):
-            raise InputError("occupancy label %d has no line in the particle list (%d lines)"
-                             % (hit_labels.max(), len(truth)))
+            raise InputError(
+                "occupancy label %d has no line in the particle list (%d lines)"
+                % (hit_labels.max(), len(truth))
+            )
         if tp:
             dist = np.linalg.norm(picks[first_pick] - truth[hit_labels - 1], axis=1)
             scores["mean_distance_voxels"] = float(dist.mean())
@@ -337,6 +366,7 @@ def occupancy_hits(picks_xyz, occupancy_volume, n_truth, excluded_labels=(),
 
 
 # --------------------------------------------------------------------------- files
+
 
 def _same_voxel_size(a, b):
     """True when equal within VOXEL_SIZE_TOLERANCE; an unset (0) header is not compared."""
@@ -358,8 +388,10 @@ def evaluate_volumes(reference_path, volume_paths, ssim_window=7):
         data, voxel = read_mrc(path)
         _check_same_shape(reference, data, ("reference %s" % reference_path, str(path)))
         if not _same_voxel_size(ref_voxel, voxel):
-            raise InputError("voxel size of %s (%.4g A) differs from the reference's (%.4g A)"
-                             % (path, voxel, ref_voxel))
+            raise InputError(
+                "voxel size of %s (%.4g A) differs from the reference's (%.4g A)"
+                % (path, voxel, ref_voxel)
+            )
         volumes.append((path, data))
     if ssim_window < 3 or ssim_window % 2 == 0:
         raise InputError("--ssim-window must be an odd number >= 3, not %s" % ssim_window)
@@ -369,10 +401,14 @@ def evaluate_volumes(reference_path, volume_paths, ssim_window=7):
     rows = []
     for path, data in volumes:
         vol = standardize(data, str(path))
-        rows.append({"volume": os.fspath(path),
-                     "psnr": _psnr_standardized(ref, vol, value_range),
-                     "ssim": _ssim_standardized(ref, vol, int(ssim_window), value_range),
-                     "pearson": _mean_product(ref, vol)})
+        rows.append(
+            {
+                "volume": os.fspath(path),
+                "psnr": _psnr_standardized(ref, vol, value_range),
+                "ssim": _ssim_standardized(ref, vol, int(ssim_window), value_range),
+                "pearson": _mean_product(ref, vol),
+            }
+        )
         del vol
     return rows
 
@@ -388,8 +424,9 @@ def _read_table(reader, path, what):
         raise InputError("cannot read %s file %s: %s" % (what, path, err)) from err
 
 
-def evaluate_picks(picks_path, truth_path, voxel_size, distance=None, occupancy=None,
-                   exclude=DEFAULT_EXCLUDE):
+def evaluate_picks(
+    picks_path, truth_path, voxel_size, distance=None, occupancy=None, exclude=DEFAULT_EXCLUDE
+):
     """Score picked coordinates against a SHREC particle list.
 
     picks_path: coordinate table (x y z score) or SHREC list, in voxels;
@@ -401,8 +438,10 @@ def evaluate_picks(picks_path, truth_path, voxel_size, distance=None, occupancy=
     Returns a dict with the counts and a "distance" and/or "occupancy" score block.
     """
     if distance is None and occupancy is None:
-        raise InputError("no scoring criterion: give a match distance in Angstrom "
-                         "(--distance) and/or an occupancy mask (--occupancy)")
+        raise InputError(
+            "no scoring criterion: give a match distance in Angstrom "
+            "(--distance) and/or an occupancy mask (--occupancy)"
+        )
     if not voxel_size or voxel_size <= 0:
         raise InputError("the voxel size must be positive, not %s" % voxel_size)
     if distance is not None and not distance > 0:
@@ -416,10 +455,15 @@ def evaluate_picks(picks_path, truth_path, voxel_size, distance=None, occupancy=
     all_truth = np.array([p.xyz for p in particles]).reshape(-1, 3)
     truth = all_truth[~is_excluded]
 
-    result = {"picks": os.fspath(picks_path), "truth": os.fspath(truth_path),
-              "voxel_size": float(voxel_size), "excluded_classes": sorted(excluded_names),
-              "n_picks": len(picks_xyz), "n_truth": len(truth),
-              "n_truth_excluded": int(is_excluded.sum())}
+    result = {
+        "picks": os.fspath(picks_path),
+        "truth": os.fspath(truth_path),
+        "voxel_size": float(voxel_size),
+        "excluded_classes": sorted(excluded_names),
+        "n_picks": len(picks_xyz),
+        "n_truth": len(truth),
+        "n_truth_excluded": int(is_excluded.sum()),
+    }
     if distance is not None:
         scores = match_picks(picks_xyz, truth, distance / voxel_size)
         scores["max_distance_angstrom"] = float(distance)
@@ -427,9 +471,13 @@ def evaluate_picks(picks_path, truth_path, voxel_size, distance=None, occupancy=
         result["distance"] = _with_angstrom(scores, voxel_size)
     if occupancy is not None:
         mask, _ = read_mrc(occupancy)
-        scores = occupancy_hits(picks_xyz, mask, len(truth),
-                                excluded_labels=np.flatnonzero(is_excluded) + 1,
-                                truth_xyz=all_truth)
+        scores = occupancy_hits(
+            picks_xyz,
+            mask,
+            len(truth),
+            excluded_labels=np.flatnonzero(is_excluded) + 1,
+            truth_xyz=all_truth,
+        )
         scores["occupancy_mask"] = os.fspath(occupancy)
         result["occupancy"] = _with_angstrom(scores, voxel_size)
     return result
@@ -442,6 +490,7 @@ def _with_angstrom(scores, voxel_size):
 
 
 # --------------------------------------------------------------------------- Fourier regions
+
 
 def fourier_region_scores(reference, volume, region, same_scale=True):
     """How well `volume` restores `reference` inside a Fourier region (rfftn-grid mask):
@@ -459,8 +508,7 @@ def fourier_region_scores(reference, volume, region, same_scale=True):
     if same_scale:
         scores = psnr_ssim_on_reference_scale(ref_part, vol_part)
     else:
-        scores = {'psnr': psnr(ref_part, vol_part),
-                  'ssim': ssim(ref_part, vol_part)}
+        scores = {'psnr': psnr(ref_part, vol_part), 'ssim': ssim(ref_part, vol_part)}
     # A region left empty (up to float32 round-off, e.g. a zero fill) correlates 0.
     if energy_b <= 1e-8 * energy_a or energy_a == 0:
         scores['fourier_correlation'] = 0.0

@@ -1,12 +1,18 @@
 """DUAL's two cycles (paper, eqs. 1-2) and the model file that holds a trained model."""
+
 import os
 
 import torch
 from torch import nn
 
 from dual_engine.contract import DualConfig, InputError, torch_seed
-from dual_engine.nets import (DomainDiscriminator, NoiseDecoder, NoiseEncoder, UNet3D,
-                              orthogonal_init)
+from dual_engine.nets import (
+    DomainDiscriminator,
+    NoiseDecoder,
+    NoiseEncoder,
+    UNet3D,
+    orthogonal_init,
+)
 from dual_engine.nets.noise import permute_voxels
 
 MODEL_FORMAT = 'dual-model-1'
@@ -21,11 +27,10 @@ class DualGenerators(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.denoiser = UNet3D(cfg.unet_width, cfg.unet_depth)                 # Dn
-        self.structural_generator = UNet3D(cfg.unet_width, cfg.unet_depth)     # Gs
-        self.noise_decoder = NoiseDecoder(cfg.code_size, cfg.subvolume_size,
-                                          cfg.noise_width)                     # Gn
-        self.noise_encoder = NoiseEncoder(cfg.code_size, cfg.noise_width)      # E
+        self.denoiser = UNet3D(cfg.unet_width, cfg.unet_depth)  # Dn
+        self.structural_generator = UNet3D(cfg.unet_width, cfg.unet_depth)  # Gs
+        self.noise_decoder = NoiseDecoder(cfg.code_size, cfg.subvolume_size, cfg.noise_width)  # Gn
+        self.noise_encoder = NoiseEncoder(cfg.code_size, cfg.noise_width)  # E
         self.code_size = cfg.code_size
 
     def simulate(self, clean, z, generator=None):
@@ -33,14 +38,18 @@ class DualGenerators(nn.Module):
         return self.structural_generator(clean + permute_voxels(self.noise_decoder(z), generator))
 
     def forward(self, noisy, clean, z, generator=None):
-        fake_noisy = self.simulate(clean, z, generator)               # t_f
-        rec_clean = self.denoiser(fake_noisy)                         # v_hat = Dn(t_f)
-        fake_clean = self.denoiser(noisy)                             # v_f = Dn(t_r)
-        code = self.noise_encoder(noisy)                              # E(t_r)
-        rec_noisy = self.structural_generator(
-            fake_clean + self.noise_decoder(code))                    # eq. 2: t_hat
-        return {'fake_noisy': fake_noisy, 'rec_clean': rec_clean,
-                'fake_clean': fake_clean, 'rec_noisy': rec_noisy, 'code': code}
+        fake_noisy = self.simulate(clean, z, generator)  # t_f
+        rec_clean = self.denoiser(fake_noisy)  # v_hat = Dn(t_f)
+        fake_clean = self.denoiser(noisy)  # v_f = Dn(t_r)
+        code = self.noise_encoder(noisy)  # E(t_r)
+        rec_noisy = self.structural_generator(fake_clean + self.noise_decoder(code))  # eq. 2: t_hat
+        return {
+            'fake_noisy': fake_noisy,
+            'rec_clean': rec_clean,
+            'fake_clean': fake_clean,
+            'rec_noisy': rec_noisy,
+            'code': code,
+        }
 
 
 class DualDiscriminators(nn.Module):
@@ -48,8 +57,8 @@ class DualDiscriminators(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.noisy = DomainDiscriminator(cfg.disc_width)   # D_t
-        self.clean = DomainDiscriminator(cfg.disc_width)   # D_v
+        self.noisy = DomainDiscriminator(cfg.disc_width)  # D_t
+        self.clean = DomainDiscriminator(cfg.disc_width)  # D_v
 
     def forward(self, noisy, clean):
         return self.noisy(noisy), self.clean(clean)
@@ -75,15 +84,20 @@ def load_model(path, map_location='cpu'):
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError('%s is not a DUAL model file, or holds more than weights and '
-                         'settings (refused without running it): %s' % (path, reason))
+        raise InputError(
+            '%s is not a DUAL model file, or holds more than weights and '
+            'settings (refused without running it): %s' % (path, reason)
+        )
     if not isinstance(state, dict) or state.get('format') != MODEL_FORMAT:
-        raise InputError('%s is not a DUAL model file (format %r)'
-                         % (path, state.get('format') if isinstance(state, dict) else None))
+        raise InputError(
+            '%s is not a DUAL model file (format %r)'
+            % (path, state.get('format') if isinstance(state, dict) else None)
+        )
     missing = [k for k in MODEL_KEYS if k not in state]
     if missing:
-        raise InputError('%s is an incomplete DUAL model file (missing %s)'
-                         % (path, ', '.join(missing)))
+        raise InputError(
+            '%s is an incomplete DUAL model file (missing %s)' % (path, ', '.join(missing))
+        )
     if not isinstance(state['iteration'], int) or state['iteration'] < 0:
         raise InputError('%s has an invalid iteration count %r' % (path, state['iteration']))
     return DualConfig.from_dict(state['config']), state
@@ -98,8 +112,9 @@ def load_generators(path, device='cpu'):
     try:
         generators.load_state_dict(state['generators'])
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise InputError('%s: its weights do not fit its settings (%s)'
-                         % (path, str(err).splitlines()[0]))
+        raise InputError(
+            '%s: its weights do not fit its settings (%s)' % (path, str(err).splitlines()[0])
+        )
     return cfg, generators.to(device).eval()
 
 

@@ -46,6 +46,7 @@ method='auto' therefore takes the FFT, except when sigma2 < FFT_MIN_SIGMA voxels
 the continuous Gaussian transfer function no longer matches the sampled kernel (10%
 apart at sigma 0.8) and the real-space filter is cheap.
 """
+
 import math
 import os
 import sys
@@ -56,18 +57,26 @@ from scipy import fft as sfft
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from dual_engine.contract import (DYNAMO_SUFFIX, PICK_FORMATS, PICKS_SUFFIX, POLARITIES,
-                                  STAR_SUFFIX, InputError, check_diameter, check_outputs,
-                                  check_tomo_name)
+from dual_engine.contract import (
+    DYNAMO_SUFFIX,
+    PICK_FORMATS,
+    PICKS_SUFFIX,
+    POLARITIES,
+    STAR_SUFFIX,
+    InputError,
+    check_diameter,
+    check_outputs,
+    check_tomo_name,
+)
 from dual_engine.io import check_finite, read_mrc
 
-SIGMA_RATIO = 1.1                 # sigma2 / sigma1 (paper, after Voss et al. 2009)
+SIGMA_RATIO = 1.1  # sigma2 / sigma1 (paper, after Voss et al. 2009)
 SIGMA_PER_RADIUS = 1.0 / math.sqrt(3.0)
-NMS_FRACTION = 24.0 / 28.0        # default min_distance / diameter (paper: 24 nm for 28 nm)
+NMS_FRACTION = 24.0 / 28.0  # default min_distance / diameter (paper: 24 nm for 28 nm)
 DEFAULT_TOP = 500
-PEAK_FLOOR = 1e-4                 # peaks need DoG > PEAK_FLOOR * max(DoG)
-TRUNCATE = 4.0                    # Gaussian support (sigmas), real-space and FFT padding
-FFT_MIN_SIGMA = 1.5               # voxels (sigma2): real-space filter below
+PEAK_FLOOR = 1e-4  # peaks need DoG > PEAK_FLOOR * max(DoG)
+TRUNCATE = 4.0  # Gaussian support (sigmas), real-space and FFT padding
+FFT_MIN_SIGMA = 1.5  # voxels (sigma2): real-space filter below
 METHODS = ("auto", "fft", "spatial")
 
 
@@ -108,10 +117,12 @@ def _dog_fft(volume, sigma1, sigma2, workers, offset):
 def _dog_spatial(volume, sigma1, sigma2, offset):
     if offset:
         volume = volume - np.float32(offset)
-    out = ndimage.gaussian_filter(volume, sigma1, output=np.float32, mode="reflect",
-                                  truncate=TRUNCATE)
-    out -= ndimage.gaussian_filter(volume, sigma2, output=np.float32, mode="reflect",
-                                   truncate=TRUNCATE)
+    out = ndimage.gaussian_filter(
+        volume, sigma1, output=np.float32, mode="reflect", truncate=TRUNCATE
+    )
+    out -= ndimage.gaussian_filter(
+        volume, sigma2, output=np.float32, mode="reflect", truncate=TRUNCATE
+    )
     return out
 
 
@@ -139,8 +150,10 @@ def _load_mask(mask, shape):
     else:
         data, name = np.asarray(mask), "the mask"
     if tuple(data.shape) != tuple(shape):
-        raise InputError("mask shape %s (Z Y X) differs from the tomogram's %s"
-                         % ("x".join(map(str, data.shape)), "x".join(map(str, shape))))
+        raise InputError(
+            "mask shape %s (Z Y X) differs from the tomogram's %s"
+            % ("x".join(map(str, data.shape)), "x".join(map(str, shape)))
+        )
     data = np.asarray(data)
     if data.dtype != bool:
         data = np.asarray(data, dtype=np.float32)
@@ -196,13 +209,14 @@ def suppress(xyz, scores, min_distance, top=None):
     return order[np.asarray(kept, dtype=np.int64)]
 
 
-def _check_options(volume, voxel_size, diameter, top, threshold, min_distance, polarity,
-                   margin):
+def _check_options(volume, voxel_size, diameter, top, threshold, min_distance, polarity, margin):
     if volume.ndim != 3:
         raise InputError("the tomogram must be a 3-D volume, not shape %s" % (volume.shape,))
     if not (voxel_size is not None and math.isfinite(voxel_size) and voxel_size > 0):
-        raise InputError("the voxel size must be > 0 A, not %s (set it with --voxel-size "
-                         "if the MRC header has none)" % voxel_size)
+        raise InputError(
+            "the voxel size must be > 0 A, not %s (set it with --voxel-size "
+            "if the MRC header has none)" % voxel_size
+        )
     if not (diameter is not None and math.isfinite(diameter) and diameter > 0):
         raise InputError("the particle diameter must be > 0 A, not %s" % diameter)
     check_diameter(diameter, voxel_size)
@@ -217,9 +231,20 @@ def _check_options(volume, voxel_size, diameter, top, threshold, min_distance, p
         raise InputError("polarity must be 'bright' or 'dark', not %r" % (polarity,))
 
 
-def dog_pick(volume, voxel_size, diameter, top=None, threshold=None, min_distance=None,
-             polarity="bright", mask=None, margin=None, method="auto", workers=1,
-             return_info=False):
+def dog_pick(
+    volume,
+    voxel_size,
+    diameter,
+    top=None,
+    threshold=None,
+    min_distance=None,
+    polarity="bright",
+    mask=None,
+    margin=None,
+    method="auto",
+    workers=1,
+    return_info=False,
+):
     """DoG picks of `volume` ([z, y, x]); returns (xyz [N, 3] voxels, scores [N]).
 
     voxel_size, diameter, min_distance and margin are in Angstrom; min_distance defaults
@@ -232,38 +257,55 @@ def dog_pick(volume, voxel_size, diameter, top=None, threshold=None, min_distanc
     """
     started = time.perf_counter()
     volume = np.asarray(volume)
-    _check_options(volume, voxel_size, diameter, top, threshold, min_distance, polarity,
-                   margin)
+    _check_options(volume, voxel_size, diameter, top, threshold, min_distance, polarity, margin)
     voxel_size, diameter = float(voxel_size), float(diameter)
     if top is None and threshold is None:
         top = DEFAULT_TOP
     sigma1, sigma2 = dog_sigmas(diameter, voxel_size)
-    min_distance_vox = (NMS_FRACTION * diameter if min_distance is None
-                        else float(min_distance)) / voxel_size
+    min_distance_vox = (
+        NMS_FRACTION * diameter if min_distance is None else float(min_distance)
+    ) / voxel_size
     margin_vox = (0.5 * diameter if margin is None else float(margin)) / voxel_size
     keep_mask = None if mask is None else _load_mask(mask, volume.shape)
 
     data = np.asarray(volume, dtype=np.float32)
     check_finite(data, "the tomogram")
-    info = {"sigma1_voxels": sigma1, "sigma2_voxels": sigma2,
-            "min_distance_voxels": min_distance_vox, "margin_voxels": margin_vox,
-            "polarity": polarity, "n_candidates": 0}
+    info = {
+        "sigma1_voxels": sigma1,
+        "sigma2_voxels": sigma2,
+        "min_distance_voxels": min_distance_vox,
+        "margin_voxels": margin_vox,
+        "polarity": polarity,
+        "n_candidates": 0,
+    }
     std = float(data.std(dtype=np.float64))
     lo = np.full(3, int(math.ceil(margin_vox - 1e-9)))
     hi = np.array(data.shape) - 1 - lo
     if std == 0:
         raise InputError("the tomogram is constant: there is nothing to pick")
     if np.any(hi < lo):
-        raise InputError("the %.0f A margin leaves nothing of a %s-voxel tomogram to pick in "
-                         "(a particle of %g A is %.0f voxels across): check the diameter, "
-                         "margin and voxel size" % (margin_vox * voxel_size,
-                                                    "x".join(map(str, data.shape)), diameter,
-                                                    diameter / voxel_size))
+        raise InputError(
+            "the %.0f A margin leaves nothing of a %s-voxel tomogram to pick in "
+            "(a particle of %g A is %.0f voxels across): check the diameter, "
+            "margin and voxel size"
+            % (
+                margin_vox * voxel_size,
+                "x".join(map(str, data.shape)),
+                diameter,
+                diameter / voxel_size,
+            )
+        )
     # The filter is linear: DoG of the standardised, polarity-corrected volume is
     # sign / std times the DoG of (volume - mean); no standardised copy is made.
     t0 = time.perf_counter()
-    dog = dog_filter(data, sigma1, sigma2, method=method, workers=workers,
-                     offset=float(data.mean(dtype=np.float64)))
+    dog = dog_filter(
+        data,
+        sigma1,
+        sigma2,
+        method=method,
+        workers=workers,
+        offset=float(data.mean(dtype=np.float64)),
+    )
     dog *= np.float32((-1.0 if polarity == "dark" else 1.0) / std)
     del data
     info["filter_seconds"] = time.perf_counter() - t0
@@ -292,9 +334,23 @@ def dog_pick(volume, voxel_size, diameter, top=None, threshold=None, min_distanc
     return result + ((info,) if return_info else ())
 
 
-def pick_file(tomogram, outdir, diameter, top=None, threshold=None, min_distance=None,
-              polarity="bright", mask=None, margin=None, voxel_size=None, tomo_name=None,
-              formats=PICK_FORMATS, tomo_index=1, workers=1, overwrite=False):
+def pick_file(
+    tomogram,
+    outdir,
+    diameter,
+    top=None,
+    threshold=None,
+    min_distance=None,
+    polarity="bright",
+    mask=None,
+    margin=None,
+    voxel_size=None,
+    tomo_name=None,
+    formats=PICK_FORMATS,
+    tomo_index=1,
+    workers=1,
+    overwrite=False,
+):
     """Pick one MRC tomogram and write the requested tables into `outdir`.
 
     Files: <name>_picks.tsv (io.write_coordinates: x y z score, voxels), <name>_picks.star
@@ -309,8 +365,10 @@ def pick_file(tomogram, outdir, diameter, top=None, threshold=None, min_distance
     started = time.perf_counter()
     unknown = sorted(set(formats) - set(PICK_FORMATS))
     if unknown or not formats:
-        raise InputError("formats must be among %s (got %s)"
-                         % (", ".join(PICK_FORMATS), ", ".join(unknown or ["none"])))
+        raise InputError(
+            "formats must be among %s (got %s)"
+            % (", ".join(PICK_FORMATS), ", ".join(unknown or ["none"]))
+        )
     if voxel_size is not None and not (math.isfinite(voxel_size) and voxel_size > 0):
         raise InputError("the voxel size must be > 0 A, not %s" % voxel_size)
     if int(tomo_index) != tomo_index or tomo_index < 1:
@@ -319,14 +377,23 @@ def pick_file(tomogram, outdir, diameter, top=None, threshold=None, min_distance
     voxel = float(voxel_size) if voxel_size is not None else header_voxel
     if not voxel > 0:
         raise InputError("%s has no voxel size in its header: give --voxel-size" % tomogram)
-    name = check_tomo_name(
-        tomo_name or os.path.splitext(os.path.basename(os.fspath(tomogram)))[0])
+    name = check_tomo_name(tomo_name or os.path.splitext(os.path.basename(os.fspath(tomogram)))[0])
     suffixes = {"tsv": PICKS_SUFFIX, "star": STAR_SUFFIX, "tbl": DYNAMO_SUFFIX}
     files = {f: os.path.join(outdir, name + suffixes[f]) for f in formats}
     check_outputs([(tomogram, path) for path in files.values()], overwrite)
-    xyz, scores, info = dog_pick(data, voxel, diameter, top=top, threshold=threshold,
-                                 min_distance=min_distance, polarity=polarity, mask=mask,
-                                 margin=margin, workers=workers, return_info=True)
+    xyz, scores, info = dog_pick(
+        data,
+        voxel,
+        diameter,
+        top=top,
+        threshold=threshold,
+        min_distance=min_distance,
+        polarity=polarity,
+        mask=mask,
+        margin=margin,
+        workers=workers,
+        return_info=True,
+    )
     if "tsv" in files:
         write_coordinates(files["tsv"], xyz, scores)
     if "star" in files:
@@ -334,13 +401,25 @@ def pick_file(tomogram, outdir, diameter, top=None, threshold=None, min_distance
     if "tbl" in files:
         export.write_dynamo_tbl(files["tbl"], xyz, scores, tomo_index=tomo_index)
     if top is not None and len(scores) < top:
-        print("%s: %d picks, fewer than the %d asked for (no more peaks at least %.0f A apart "
-              "and %.0f A from the faces)" % (name, len(scores), top,
-                                             info["min_distance_voxels"] * voxel,
-                                             info["margin_voxels"] * voxel), file=sys.stderr)
+        print(
+            "%s: %d picks, fewer than the %d asked for (no more peaks at least %.0f A apart "
+            "and %.0f A from the faces)"
+            % (
+                name,
+                len(scores),
+                top,
+                info["min_distance_voxels"] * voxel,
+                info["margin_voxels"] * voxel,
+            ),
+            file=sys.stderr,
+        )
     return {
-        "tomogram": os.fspath(tomogram), "tomo_name": name, "shape": list(data.shape),
-        "voxel_size": voxel, "diameter": float(diameter), "polarity": polarity,
+        "tomogram": os.fspath(tomogram),
+        "tomo_name": name,
+        "shape": list(data.shape),
+        "voxel_size": voxel,
+        "diameter": float(diameter),
+        "polarity": polarity,
         "count": int(len(scores)),
         "sigma1_voxels": round(info["sigma1_voxels"], 4),
         "sigma2_voxels": round(info["sigma2_voxels"], 4),

@@ -8,6 +8,7 @@ Files in the output folder:
   model.pt             the trained model, written once training reaches its iterations
   .training.lock       held while a run trains, so a second run in the folder is refused
 """
+
 import contextlib
 import fcntl
 import json
@@ -16,20 +17,33 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from dual_engine import __version__
-from dual_engine.contract import (CHECKPOINT_FILE, MODEL_FILE, TRAINING_LOCK, TRAINING_LOG,
-                                  DualConfig, InputError, RunError, check_writable_folder,
-                                  numpy_rng,
-                                  settable_config_fields, torch_seed)
+from dual_engine.contract import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    TRAINING_LOCK,
+    TRAINING_LOG,
+    DualConfig,
+    InputError,
+    RunError,
+    check_writable_folder,
+    numpy_rng,
+    settable_config_fields,
+    torch_seed,
+)
 from dual_engine.data import Domain, estimate_contrast, wedge_swap_axes
 from dual_engine.io import atomic_output
-from dual_engine.losses import (discriminator_loss, generator_adversarial_loss,
-                                noise_code_kl, polarity_loss, reconstruction_loss)
+from dual_engine.losses import (
+    discriminator_loss,
+    generator_adversarial_loss,
+    noise_code_kl,
+    polarity_loss,
+    reconstruction_loss,
+)
 from dual_engine.model import MODEL_FORMAT, build, load_model, resolve_device
 
 # A generator loss above this (or not finite) means the GAN has diverged.
@@ -66,7 +80,8 @@ class Trainer:
         # noise codes and permutations (streams keyed by rank and iteration).
         self.rng = numpy_rng(seed, 'train', self.rank, self.iteration)
         self.torch_rng = torch.Generator().manual_seed(
-            torch_seed(seed, 'train', self.rank, self.iteration))
+            torch_seed(seed, 'train', self.rank, self.iteration)
+        )
 
     # ------------------------------------------------------------------ one iteration
     def step(self):
@@ -80,7 +95,8 @@ class Trainer:
         n = cfg.batch_size
         d_noisy, d_clean = self.discriminators(
             torch.cat([noisy, out['fake_noisy'].detach()]),
-            torch.cat([clean, out['fake_clean'].detach()]))
+            torch.cat([clean, out['fake_clean'].detach()]),
+        )
         real_t, fake_t = [o[:n] for o in d_noisy], [o[n:] for o in d_noisy]
         real_v, fake_v = [o[:n] for o in d_clean], [o[n:] for o in d_clean]
         loss_d = discriminator_loss(real_t, fake_t) + discriminator_loss(real_v, fake_v)
@@ -91,32 +107,47 @@ class Trainer:
         # Generators, encoder and denoiser (eq. 3), against the updated, frozen discriminators.
         critics = _unwrap(self.discriminators)
         critics.requires_grad_(False)
-        loss_adv = (generator_adversarial_loss(critics.noisy(out['fake_noisy'])) +
-                    generator_adversarial_loss(critics.clean(out['fake_clean'])))
+        loss_adv = generator_adversarial_loss(
+            critics.noisy(out['fake_noisy'])
+        ) + generator_adversarial_loss(critics.clean(out['fake_clean']))
         critics.requires_grad_(True)
         loss_rec_clean = reconstruction_loss(clean, out['rec_clean'])
         loss_rec_noisy = reconstruction_loss(noisy, out['rec_noisy'])
         loss_kl = noise_code_kl(out['code'])
         loss_pol = polarity_loss(out['fake_clean'], noisy, self.contrast_sign)
-        loss_g = (cfg.lambda_rec * (loss_rec_clean + loss_rec_noisy) +
-                  cfg.lambda_adv * loss_adv + cfg.lambda_kl * loss_kl + loss_pol)
+        loss_g = (
+            cfg.lambda_rec * (loss_rec_clean + loss_rec_noisy)
+            + cfg.lambda_adv * loss_adv
+            + cfg.lambda_kl * loss_kl
+            + loss_pol
+        )
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
         self.iteration += 1
-        return {'loss': loss_g.item(), 'rec_clean': loss_rec_clean.item(),
-                'rec_noisy': loss_rec_noisy.item(), 'adv': loss_adv.item(),
-                'kl': loss_kl.item(), 'polarity': loss_pol.item(), 'disc': loss_d.item()}
+        return {
+            'loss': loss_g.item(),
+            'rec_clean': loss_rec_clean.item(),
+            'rec_noisy': loss_rec_noisy.item(),
+            'adv': loss_adv.item(),
+            'kl': loss_kl.item(),
+            'polarity': loss_pol.item(),
+            'disc': loss_d.item(),
+        }
 
     # ------------------------------------------------------------------ state
     def state(self, extra=None):
-        state = {'format': MODEL_FORMAT, 'engine_version': __version__,
-                 'config': self.cfg.to_dict(), 'iteration': self.iteration,
-                 'generators': _unwrap(self.generators).state_dict(),
-                 'discriminators': _unwrap(self.discriminators).state_dict(),
-                 'opt_g': self.opt_g.state_dict(), 'opt_d': self.opt_d.state_dict(),
-                 'rng': {'numpy': self.rng.bit_generator.state,
-                         'torch': self.torch_rng.get_state()}}
+        state = {
+            'format': MODEL_FORMAT,
+            'engine_version': __version__,
+            'config': self.cfg.to_dict(),
+            'iteration': self.iteration,
+            'generators': _unwrap(self.generators).state_dict(),
+            'discriminators': _unwrap(self.discriminators).state_dict(),
+            'opt_g': self.opt_g.state_dict(),
+            'opt_d': self.opt_d.state_dict(),
+            'rng': {'numpy': self.rng.bit_generator.state, 'torch': self.torch_rng.get_state()},
+        }
         state.update(extra or {})
         return state
 
@@ -174,74 +205,144 @@ def _prepare_config(outdir, cfg, resume, init_model, given=frozenset()):
         _refuse_changes(saved_cfg, cfg, given, ('schedule', 'task'), init_model)
         # The weights (and architecture) come from the model; the task is this run's.
         for f in settable_config_fields('schedule') + [
-                f for f in _all_fields() if f.metadata.get('role') == 'task']:
+            f for f in _all_fields() if f.metadata.get('role') == 'task'
+        ]:
             setattr(saved_cfg, f.name, getattr(cfg, f.name))
         if state['iteration'] >= saved_cfg.iterations:
-            raise InputError('%s has trained %d iterations already, not fewer than the %d '
-                             'asked for: ask for more iterations' % (
-                                 init_model, state['iteration'], saved_cfg.iterations))
+            raise InputError(
+                '%s has trained %d iterations already, not fewer than the %d '
+                'asked for: ask for more iterations'
+                % (init_model, state['iteration'], saved_cfg.iterations)
+            )
         return saved_cfg, state, False
     return cfg, None, False
 
 
 def _all_fields():
     import dataclasses
+
     return list(dataclasses.fields(DualConfig))
 
 
 def _refuse_changes(saved, cfg, given, kept_roles, source):
-    changed = [f.name for f in settable_config_fields() if f.name in given
-               and f.metadata.get('role') not in kept_roles
-               and getattr(cfg, f.name) != 'auto'   # resolved when the run began
-               and getattr(saved, f.name) != getattr(cfg, f.name)]
+    changed = [
+        f.name
+        for f in settable_config_fields()
+        if f.name in given
+        and f.metadata.get('role') not in kept_roles
+        and getattr(cfg, f.name) != 'auto'  # resolved when the run began
+        and getattr(saved, f.name) != getattr(cfg, f.name)
+    ]
     if changed:
-        raise InputError('%s was trained with other settings (%s): a continued run keeps '
-                         'them; leave them out, or train afresh in another folder'
-                         % (source, ', '.join('%s %s, not %s' % (n, getattr(saved, n),
-                                                                 getattr(cfg, n))
-                                              for n in changed)))
+        raise InputError(
+            '%s was trained with other settings (%s): a continued run keeps '
+            'them; leave them out, or train afresh in another folder'
+            % (
+                source,
+                ', '.join(
+                    '%s %s, not %s' % (n, getattr(saved, n), getattr(cfg, n)) for n in changed
+                ),
+            )
+        )
 
 
-def _worker(rank, world_size, init_file, noisy_paths, clean_paths, outdir, cfg_dict,
-            resume, init_model, device, threads, noisy_voxel_size, clean_voxel_size, given):
+def _worker(
+    rank,
+    world_size,
+    init_file,
+    noisy_paths,
+    clean_paths,
+    outdir,
+    cfg_dict,
+    resume,
+    init_model,
+    device,
+    threads,
+    noisy_voxel_size,
+    clean_voxel_size,
+    given,
+):
     if threads:
         torch.set_num_threads(threads)
     if device.startswith('cuda') and world_size > 1:
         device = 'cuda:%d' % rank
     if world_size > 1:
         backend = 'nccl' if device.startswith('cuda') else 'gloo'
-        dist.init_process_group(backend, init_method='file://' + init_file,
-                                rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend, init_method='file://' + init_file, rank=rank, world_size=world_size
+        )
     try:
-        return _train_process(rank, world_size, noisy_paths, clean_paths, outdir,
-                              DualConfig.from_dict(cfg_dict), resume, init_model, device,
-                              noisy_voxel_size, clean_voxel_size, given)
+        return _train_process(
+            rank,
+            world_size,
+            noisy_paths,
+            clean_paths,
+            outdir,
+            DualConfig.from_dict(cfg_dict),
+            resume,
+            init_model,
+            device,
+            noisy_voxel_size,
+            clean_voxel_size,
+            given,
+        )
     finally:
         if world_size > 1:
             dist.destroy_process_group()
 
 
-def _train_process(rank, world_size, noisy_paths, clean_paths, outdir, cfg, resume,
-                   init_model, device, noisy_voxel_size, clean_voxel_size, given):
+def _train_process(
+    rank,
+    world_size,
+    noisy_paths,
+    clean_paths,
+    outdir,
+    cfg,
+    resume,
+    init_model,
+    device,
+    noisy_voxel_size,
+    clean_voxel_size,
+    given,
+):
     cfg, state, same_run = _prepare_config(outdir, cfg, resume, init_model, given)
-    noisy = Domain('noisy', noisy_paths, cfg.voxel_size, cfg.subvolume_size, noisy_voxel_size,
-                   tilt_axis=cfg.tilt_axis)
+    noisy = Domain(
+        'noisy',
+        noisy_paths,
+        cfg.voxel_size,
+        cfg.subvolume_size,
+        noisy_voxel_size,
+        tilt_axis=cfg.tilt_axis,
+    )
     # The wedge task's second domain is the first one with two axes swapped (wedge.py).
     swap = wedge_swap_axes(cfg.tilt_axis) if cfg.task == 'wedge' else None
-    clean = Domain('clean', clean_paths, cfg.voxel_size, cfg.subvolume_size, clean_voxel_size,
-                   tilt_axis=cfg.tilt_axis, swap_axes=swap)
-    if cfg.noisy_contrast == 'auto':   # resolved once, then stored with the model
+    clean = Domain(
+        'clean',
+        clean_paths,
+        cfg.voxel_size,
+        cfg.subvolume_size,
+        clean_voxel_size,
+        tilt_axis=cfg.tilt_axis,
+        swap_axes=swap,
+    )
+    if cfg.noisy_contrast == 'auto':  # resolved once, then stored with the model
         cfg.noisy_contrast, skews = estimate_contrast(noisy, clean)
         if rank == 0:
-            print('Particle contrast of the noisy volumes: %s (low-pass skewness %.2f noisy, '
-                  '%.2f clean)' % (cfg.noisy_contrast, skews[0], skews[1]), flush=True)
+            print(
+                'Particle contrast of the noisy volumes: %s (low-pass skewness %.2f noisy, '
+                '%.2f clean)' % (cfg.noisy_contrast, skews[0], skews[1]),
+                flush=True,
+            )
     trainer = Trainer(cfg, noisy, clean, device, rank, world_size)
     log_path = os.path.join(outdir, TRAINING_LOG)
     if state is not None:
         trainer.load_state(state, restore_rng=same_run and world_size == 1)
         if rank == 0:
-            print('Continuing from iteration %d (%s)' % (trainer.iteration,
-                  'checkpoint' if same_run else init_model), flush=True)
+            print(
+                'Continuing from iteration %d (%s)'
+                % (trainer.iteration, 'checkpoint' if same_run else init_model),
+                flush=True,
+            )
     if rank == 0:
         _truncate_log(log_path, trainer.iteration)
     start, first = time.time(), trainer.iteration
@@ -254,23 +355,45 @@ def _train_process(rank, world_size, noisy_paths, clean_paths, outdir, cfg, resu
         if it % cfg.log_every == 0 or it == cfg.iterations:
             elapsed = time.time() - start
             per_it = elapsed / (it - first)
-            record = dict(iteration=it, iterations=cfg.iterations, seconds=round(elapsed, 2),
-                          eta_seconds=round(per_it * (cfg.iterations - it), 1),
-                          **{k: round(v, 5) for k, v in losses.items()})
+            record = dict(
+                iteration=it,
+                iterations=cfg.iterations,
+                seconds=round(elapsed, 2),
+                eta_seconds=round(per_it * (cfg.iterations - it), 1),
+                **{k: round(v, 5) for k, v in losses.items()},
+            )
             with open(log_path, 'a') as f:
                 f.write(json.dumps(record) + '\n')
-            print('iteration %d/%d  loss %.4f  rec %.3f/%.3f  adv %.3f  kl %.3f  disc %.3f  '
-                  'ETA %s' % (it, cfg.iterations, losses['loss'], losses['rec_clean'],
-                              losses['rec_noisy'], losses['adv'], losses['kl'],
-                              losses['disc'], _hms(record['eta_seconds'])), flush=True)
+            print(
+                'iteration %d/%d  loss %.4f  rec %.3f/%.3f  adv %.3f  kl %.3f  disc %.3f  '
+                'ETA %s'
+                % (
+                    it,
+                    cfg.iterations,
+                    losses['loss'],
+                    losses['rec_clean'],
+                    losses['rec_noisy'],
+                    losses['adv'],
+                    losses['kl'],
+                    losses['disc'],
+                    _hms(record['eta_seconds']),
+                ),
+                flush=True,
+            )
         if it % cfg.checkpoint_every == 0 and it < cfg.iterations:
             save(trainer.state(), os.path.join(outdir, CHECKPOINT_FILE))
     spread = _replica_spread(trainer.generators) if world_size > 1 else 0.0
     if rank == 0:
-        summary = {'iterations': trainer.iteration, 'seconds': round(time.time() - start, 1),
-                   'final_losses': losses, 'noisy_volumes': list(noisy_paths),
-                   'clean_volumes': list(clean_paths), 'processes': world_size,
-                   'device': device, 'replica_weight_spread': spread}
+        summary = {
+            'iterations': trainer.iteration,
+            'seconds': round(time.time() - start, 1),
+            'final_losses': losses,
+            'noisy_volumes': list(noisy_paths),
+            'clean_volumes': list(clean_paths),
+            'processes': world_size,
+            'device': device,
+            'replica_weight_spread': spread,
+        }
         # Checkpoint first: a crash between the two writes leaves a final checkpoint,
         # from which --resume writes the model without training again.
         save(trainer.state(), os.path.join(outdir, CHECKPOINT_FILE))
@@ -286,9 +409,11 @@ def _checked_step(trainer, outdir):
     except torch.linalg.LinAlgError:
         losses = {'loss': math.nan}
     if not all(math.isfinite(v) for v in losses.values()) or losses['loss'] > DIVERGED_LOSS:
-        raise RunError('training diverged at iteration %d (generator loss %s): the last '
-                       'checkpoint in %s is from before; try a lower learning rate or '
-                       'other loss weights' % (trainer.iteration, losses['loss'], outdir))
+        raise RunError(
+            'training diverged at iteration %d (generator loss %s): the last '
+            'checkpoint in %s is from before; try a lower learning rate or '
+            'other loss weights' % (trainer.iteration, losses['loss'], outdir)
+        )
     return losses
 
 
@@ -306,9 +431,21 @@ def _hms(seconds):
     return '%d:%02d:%02d' % (seconds // 3600, seconds % 3600 // 60, seconds % 60)
 
 
-def train(noisy_paths, clean_paths, outdir, cfg=None, resume=False, init_model=None,
-          device='auto', threads=None, processes=1, noisy_voxel_size=None,
-          clean_voxel_size=None, overwrite=False, given=None):
+def train(
+    noisy_paths,
+    clean_paths,
+    outdir,
+    cfg=None,
+    resume=False,
+    init_model=None,
+    device='auto',
+    threads=None,
+    processes=1,
+    noisy_voxel_size=None,
+    clean_voxel_size=None,
+    overwrite=False,
+    given=None,
+):
     """Train DUAL on unpaired noisy and clean volumes; returns the training summary.
 
     processes > 1 runs DistributedDataParallel: one process per GPU on CUDA, or CPU
@@ -321,16 +458,32 @@ def train(noisy_paths, clean_paths, outdir, cfg=None, resume=False, init_model=N
     given = frozenset(f.name for f in _all_fields()) if given is None else frozenset(given)
     device = resolve_device(device)
     if device.startswith('cuda') and processes > torch.cuda.device_count():
-        raise InputError('%d processes requested but only %d GPU(s) are visible'
-                         % (processes, torch.cuda.device_count()))
+        raise InputError(
+            '%d processes requested but only %d GPU(s) are visible'
+            % (processes, torch.cuda.device_count())
+        )
     if resume and init_model and os.path.exists(os.path.join(outdir, CHECKPOINT_FILE)):
-        init_model = None   # the checkpoint is further along than the model it started from
+        init_model = None  # the checkpoint is further along than the model it started from
     _check_outdir(outdir, resume, overwrite)
-    if not threads:   # processes on one CPU share its cores
-        threads = default_threads() if device.startswith('cuda') else \
-            max(1, default_threads() // processes)
-    args = (list(noisy_paths), list(clean_paths), outdir, cfg.to_dict(), resume, init_model,
-            device, threads, noisy_voxel_size, clean_voxel_size, given)
+    if not threads:  # processes on one CPU share its cores
+        threads = (
+            default_threads()
+            if device.startswith('cuda')
+            else max(1, default_threads() // processes)
+        )
+    args = (
+        list(noisy_paths),
+        list(clean_paths),
+        outdir,
+        cfg.to_dict(),
+        resume,
+        init_model,
+        device,
+        threads,
+        noisy_voxel_size,
+        clean_voxel_size,
+        given,
+    )
     with training_lock(outdir):
         if overwrite:
             for name in (CHECKPOINT_FILE, MODEL_FILE, TRAINING_LOG):
@@ -340,8 +493,9 @@ def train(noisy_paths, clean_paths, outdir, cfg=None, resume=False, init_model=N
             return _worker(0, 1, None, *args)
         with tempfile.TemporaryDirectory() as tmp:
             init_file = os.path.join(tmp, 'ddp_init')
-            torch.multiprocessing.spawn(_worker, args=(processes, init_file) + args,
-                                        nprocs=processes, join=True)
+            torch.multiprocessing.spawn(
+                _worker, args=(processes, init_file) + args, nprocs=processes, join=True
+            )
     return load_model(os.path.join(outdir, MODEL_FILE))[1]['training']
 
 
@@ -350,12 +504,16 @@ def _check_outdir(outdir, resume, overwrite):
     request (overwrite); anything else would erase a finished model and its log."""
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise InputError('%s exists and is not a folder' % outdir)
-    earlier = [n for n in (MODEL_FILE, CHECKPOINT_FILE, TRAINING_LOG)
-               if os.path.exists(os.path.join(outdir, n))]
+    earlier = [
+        n
+        for n in (MODEL_FILE, CHECKPOINT_FILE, TRAINING_LOG)
+        if os.path.exists(os.path.join(outdir, n))
+    ]
     if earlier and not (resume or overwrite):
-        raise InputError('%s holds an earlier run (%s): continue it with --resume, replace '
-                         'it with --overwrite, or choose another folder'
-                         % (outdir, ', '.join(earlier)))
+        raise InputError(
+            '%s holds an earlier run (%s): continue it with --resume, replace '
+            'it with --overwrite, or choose another folder' % (outdir, ', '.join(earlier))
+        )
     check_writable_folder(outdir, create=True)
 
 
@@ -367,8 +525,10 @@ def training_lock(outdir):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise InputError('another training is running in %s (it holds %s); wait for it '
-                             'or train in another folder' % (outdir, path))
+            raise InputError(
+                'another training is running in %s (it holds %s); wait for it '
+                'or train in another folder' % (outdir, path)
+            )
         try:
             yield
         finally:

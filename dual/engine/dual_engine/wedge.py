@@ -14,6 +14,7 @@ theta measures the central plane containing the direction (cos theta, -sin theta
 the phantom simulator's convention (synth/acquisition.py); for data with the opposite
 handedness, give the tilt range negated and swapped (-70..50 for 50..-70).
 """
+
 import numpy as np
 
 from dual_engine.data import ARRAY_AXIS_OF_TILT_AXIS
@@ -40,9 +41,9 @@ def _frequency_grids(shape, tilt_axis):
     """(k_perp, k_z) broadcastable to the rfftn grid of a (Z, Y, X) volume."""
     nz, ny, nx = shape
     kz = np.fft.fftfreq(nz)[:, None, None]
-    if ARRAY_AXIS_OF_TILT_AXIS[tilt_axis] == 1:      # tilt about Y: k_perp is k_x, the rfft axis
+    if ARRAY_AXIS_OF_TILT_AXIS[tilt_axis] == 1:  # tilt about Y: k_perp is k_x, the rfft axis
         k_perp = np.fft.rfftfreq(nx)[None, None, :]
-    else:                               # tilt about X: k_perp is k_y
+    else:  # tilt about X: k_perp is k_y
         k_perp = np.fft.fftfreq(ny)[None, :, None]
     return k_perp, kz
 
@@ -69,8 +70,9 @@ def _rfft_shape(shape):
     return tuple(shape[:-1]) + (shape[-1] // 2 + 1,)
 
 
-def combine(volume, translated, tilt_range, tilt_axis='y', transition=TRANSITION_DEGREES,
-            match_gain=False):
+def combine(
+    volume, translated, tilt_range, tilt_axis='y', transition=TRANSITION_DEGREES, match_gain=False
+):
     """`volume`'s Fourier coefficients where measured, `translated`'s in the missing cone.
 
     match_gain: first scale `translated` by the least-squares gain that best maps its
@@ -80,14 +82,15 @@ def combine(volume, translated, tilt_range, tilt_axis='y', transition=TRANSITION
     both. Returns (result, gain).
     """
     if volume.shape != translated.shape:
-        raise InputError('volume %s and translation %s differ in shape'
-                         % (volume.shape, translated.shape))
+        raise InputError(
+            'volume %s and translation %s differ in shape' % (volume.shape, translated.shape)
+        )
     weight = measured_weight(volume.shape, tilt_range, tilt_axis, transition)
     spectrum, fill = np.fft.rfftn(volume), np.fft.rfftn(translated)
     gain = 1.0
     if match_gain:
         measured = weight == 1
-        measured[(0,) * volume.ndim] = False   # the mean says nothing about contrast
+        measured[(0,) * volume.ndim] = False  # the mean says nothing about contrast
         energy = float(np.sum(np.abs(fill[measured]) ** 2))
         if energy > 0:
             gain = float(np.real(np.sum(spectrum[measured] * np.conj(fill[measured]))) / energy)
@@ -125,8 +128,11 @@ def turned_cone_mask(shape, tilt_range):
 def radial_frequency(shape):
     """|k| in cycles/voxel on the rfftn grid of a (Z, Y, X) volume."""
     nz, ny, nx = shape
-    return np.sqrt(np.fft.fftfreq(nz)[:, None, None] ** 2 + np.fft.fftfreq(ny)[None, :, None] ** 2
-                   + np.fft.rfftfreq(nx)[None, None, :] ** 2)
+    return np.sqrt(
+        np.fft.fftfreq(nz)[:, None, None] ** 2
+        + np.fft.fftfreq(ny)[None, :, None] ** 2
+        + np.fft.rfftfreq(nx)[None, None, :] ** 2
+    )
 
 
 def estimate_tilt_range(volume, tilt_axis='y', band=(0.05, 0.3), step=1.0):
@@ -145,8 +151,12 @@ def estimate_tilt_range(volume, tilt_axis='y', band=(0.05, 0.3), step=1.0):
     inside = (radius >= band[0]) & (radius <= band[1]) & ~((k_perp == 0) & (kz == 0))
     shells = np.round(radius[inside] * max(volume.shape)).astype(int)
     log_power = np.log(power[inside] + 1e-12)
-    shell_median = np.array([np.median(log_power[shells == s]) if np.any(shells == s) else 0
-                             for s in range(shells.max() + 1)])
+    shell_median = np.array(
+        [
+            np.median(log_power[shells == s]) if np.any(shells == s) else 0
+            for s in range(shells.max() + 1)
+        ]
+    )
     log_power -= shell_median[shells]
     bins = np.floor((angle[inside] + 90.0) / step).astype(int)
     count = int(round(180.0 / step))
@@ -159,14 +169,17 @@ def estimate_tilt_range(volume, tilt_axis='y', band=(0.05, 0.3), step=1.0):
     # Thin volumes leave directions near the untilted one without samples: interpolate.
     profile = np.interp(centres, centres[filled], sums[filled] / hits[filled])
     low, high = np.percentile(profile, [10, 90])
-    if high - low < 1.0:   # less than a factor e in power: no visible wedge
-        raise InputError('no missing wedge is visible in the Fourier power of this volume; '
-                         'give the tilt range')
+    if high - low < 1.0:  # less than a factor e in power: no visible wedge
+        raise InputError(
+            'no missing wedge is visible in the Fourier power of this volume; give the tilt range'
+        )
     measured = profile > 0.5 * (low + high)
     zero = int(np.argmin(np.abs(centres)))
     if not measured[zero]:
-        raise InputError('the untilted direction looks unmeasured: the tilt axis is '
-                         'probably not %s; give the tilt range and axis' % tilt_axis)
+        raise InputError(
+            'the untilted direction looks unmeasured: the tilt axis is '
+            'probably not %s; give the tilt range and axis' % tilt_axis
+        )
     hi = zero
     while hi + 1 < count and measured[hi + 1]:
         hi += 1
@@ -180,11 +193,20 @@ def wedge_config(cfg, tomogram_paths, tilt_range=None, tilt_axis='y'):
     """`cfg` set up for the wedge task; the tilt range estimated from the first tomogram
     when not given (printed, and stored in the model)."""
     from dataclasses import replace
+
     if tilt_range is None:
         tilt_range = estimate_tilt_range(np.array(read_mrc(tomogram_paths[0])[0]), tilt_axis)
-        print('Estimated tilt range from %s: %.0f..%.0f degrees'
-              % (tomogram_paths[0], tilt_range[0], tilt_range[1]), flush=True)
+        print(
+            'Estimated tilt range from %s: %.0f..%.0f degrees'
+            % (tomogram_paths[0], tilt_range[0], tilt_range[1]),
+            flush=True,
+        )
     # Both domains are the same tomograms: the translation keeps their contrast.
     contrast = 'same' if cfg.noisy_contrast == 'auto' else cfg.noisy_contrast
-    return replace(cfg, task='wedge', tilt_axis=tilt_axis, noisy_contrast=contrast,
-                   tilt_range=check_tilt_range(tilt_range))
+    return replace(
+        cfg,
+        task='wedge',
+        tilt_axis=tilt_axis,
+        noisy_contrast=contrast,
+        tilt_range=check_tilt_range(tilt_range),
+    )

@@ -1,4 +1,5 @@
 """The contract (contract.py): option classes, shared rules and random streams."""
+
 import dataclasses
 import itertools
 
@@ -6,19 +7,31 @@ import numpy as np
 import pytest
 
 from dual_engine import contract
-from dual_engine.contract import (COMMANDS, DualConfig, InputError, Job, check_tilt_range,
-                                  make_job, numpy_rng, seed_sequence, torch_seed)
+from dual_engine.contract import (
+    COMMANDS,
+    DualConfig,
+    InputError,
+    Job,
+    check_tilt_range,
+    make_job,
+    numpy_rng,
+    seed_sequence,
+    torch_seed,
+)
 
 
 def test_contract_imports_neither_torch_nor_scipion():
     """The plugin loads contract.py in Scipion's Python, which need not have torch."""
     import subprocess
     import sys
-    code = ("import sys, importlib.util as u; s = u.spec_from_file_location('c', %r); "
-            "m = u.module_from_spec(s); sys.modules['c'] = m; s.loader.exec_module(m); "
-            "bad = [n for n in sys.modules if n.split('.')[0] in "
-            "('torch', 'pyworkflow', 'pwem', 'dual_engine', 'scipy', 'mrcfile')]; "
-            "print(bad); sys.exit(1 if bad else 0)" % contract.__file__)
+
+    code = (
+        "import sys, importlib.util as u; s = u.spec_from_file_location('c', %r); "
+        "m = u.module_from_spec(s); sys.modules['c'] = m; s.loader.exec_module(m); "
+        "bad = [n for n in sys.modules if n.split('.')[0] in "
+        "('torch', 'pyworkflow', 'pwem', 'dual_engine', 'scipy', 'mrcfile')]; "
+        "print(bad); sys.exit(1 if bad else 0)" % contract.__file__
+    )
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -27,6 +40,7 @@ def test_tilt_range_rule_matches_the_geometry():
     """The closed-form rule (min <= -45, max >= 45) against a direct check of every
     direction: is some direction missing both in the tomogram and in its swapped copy?"""
     from dual_engine.wedge import _direction_angle, _distance_outside
+
     rad = np.radians(np.arange(-90.0, 90.0, 0.05))
     k_perp, k_z = np.cos(rad), -np.sin(rad)
     for tmin, tmax in itertools.product(range(-85, 0, 5), range(5, 90, 5)):
@@ -51,8 +65,9 @@ def test_every_command_declares_help_and_checkable_defaults():
             for field in dataclasses.fields(cls):
                 assert field.metadata['help'], (command, field.name)
         # Only the required options are missing: a job of them alone is complete.
-        required = {f.name for _, f in contract.command_fields(command)
-                    if f.metadata.get('required')}
+        required = {
+            f.name for _, f in contract.command_fields(command) if f.metadata.get('required')
+        }
         with pytest.raises(InputError, match='is required'):
             Job(command, {})
         assert required
@@ -70,9 +85,13 @@ def test_make_job_writes_only_given_values_and_checks_them():
 def test_model_settings_from_a_file_are_checked():
     good = DualConfig().to_dict()
     assert DualConfig.from_dict(good) == DualConfig()
-    for change, message in [({'unet_width': 0}, 'unet_width'), ({'lr': 'x'}, 'lr'),
-                            ({'betas': [0.9]}, 'betas'), ({'task': 'segment'}, 'task'),
-                            ({'nonsense': 1}, 'unknown DUAL settings')]:
+    for change, message in [
+        ({'unet_width': 0}, 'unet_width'),
+        ({'lr': 'x'}, 'lr'),
+        ({'betas': [0.9]}, 'betas'),
+        ({'task': 'segment'}, 'task'),
+        ({'nonsense': 1}, 'unknown DUAL settings'),
+    ]:
         with pytest.raises(InputError, match=message):
             DualConfig.from_dict(dict(good, **change))
 
@@ -81,10 +100,13 @@ def test_streams_never_share_draws():
     """Training (rank x iteration), simulation (input x variant) and the weights: every
     key gives its own stream, including the pairs the old arithmetic seeds confused
     (seed*1000 + rank + iteration, seed + 1000*index, seed*100003 + variant)."""
-    keys = ([('train', r, i) for r in range(3) for i in range(3)] +
-            [('simulate', i, v) for i in range(3) for v in range(3)] + [('weights',)])
+    keys = (
+        [('train', r, i) for r in range(3) for i in range(3)]
+        + [('simulate', i, v) for i in range(3) for v in range(3)]
+        + [('weights',)]
+    )
     for seed in (0, 1, 1000):
-        draws = {key: tuple(numpy_rng(seed, *key).integers(0, 2 ** 62, 4)) for key in keys}
+        draws = {key: tuple(numpy_rng(seed, *key).integers(0, 2**62, 4)) for key in keys}
         assert len(set(draws.values())) == len(keys)
         torch_seeds = {torch_seed(seed, *key) for key in keys}
         assert len(torch_seeds) == len(keys)

@@ -1,5 +1,6 @@
 """Overlap-tile inference: denoise and simulate keep the input's grid, tiles leave no
 seams, and a trained denoiser brings a phantom tomogram closer to its grand model."""
+
 import os
 
 import numpy as np
@@ -22,9 +23,17 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     noisy, clean = phantom_domains(root, phantoms=5)
     # Small, but at the paper's 32^3 subvolumes: ~120 iterations already denoise.
-    cfg = tiny_config(subvolume_size=32, unet_width=8, code_size=8, noise_width=8,
-                      disc_width=8, batch_size=4, iterations=120, log_every=40,
-                      checkpoint_every=1000)
+    cfg = tiny_config(
+        subvolume_size=32,
+        unet_width=8,
+        code_size=8,
+        noise_width=8,
+        disc_width=8,
+        batch_size=4,
+        iterations=120,
+        log_every=40,
+        checkpoint_every=1000,
+    )
     train(noisy, clean, str(root / "model"), cfg, threads=2)
     return str(root / "model" / MODEL), str(root / "4")
 
@@ -38,7 +47,7 @@ def test_tiles_cover_the_volume_without_seams():
     whole = whole.numpy()[20:-20, 20:-20, 20:-20]
     # The overlap covers the U-Net's receptive radius (~22 voxels at depth 2), and tile
     # starts keep the pooling grid: away from the borders, tiling changes nothing.
-    tiled = apply_tiled(volume, net, tile=64, multiple=4)   # overlap: receptive radius
+    tiled = apply_tiled(volume, net, tile=64, multiple=4)  # overlap: receptive radius
     assert tiled.shape == volume.shape
     inner = (slice(12, -12),) * 3
     np.testing.assert_allclose(tiled[inner], whole[inner], atol=1e-4)
@@ -73,7 +82,7 @@ def test_denoise_other_voxel_size_and_tiny_volume(trained, tmp_path):
     model, held_out = trained
     raw = read_mrc(os.path.join(held_out, "reconstruction.mrc"))[0]
     coarse = str(tmp_path / "coarse.mrc")
-    write_mrc(coarse, raw[::2, ::2, ::2], 20.0)   # model works at 10 A
+    write_mrc(coarse, raw[::2, ::2, ::2], 20.0)  # model works at 10 A
     denoise(model, coarse, str(tmp_path / "coarse_dn.mrc"))
     out, voxel = read_mrc(str(tmp_path / "coarse_dn.mrc"))
     assert out.shape == raw[::2, ::2, ::2].shape and voxel == 20.0

@@ -3,14 +3,20 @@
 Expected values come from numpy re-implementations of the documented formulas or from
 closed forms worked out by hand; nothing is copied from a run of the code under test.
 """
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from dual_engine.losses import (EPS, discriminator_loss, generator_adversarial_loss,
-                                noise_code_kl, reconstruction_loss)
+from dual_engine.losses import (
+    EPS,
+    discriminator_loss,
+    generator_adversarial_loss,
+    noise_code_kl,
+    reconstruction_loss,
+)
 
 
 def t64(array):
@@ -22,6 +28,7 @@ def np_sigmoid(x):
 
 
 # ------------------------------------------------------------- reconstruction (eqs. 4-5)
+
 
 def np_reconstruction(target, estimate):
     """log(MSE) + log(1 - Pearson) per volume (numpy's corrcoef), mean over the batch."""
@@ -45,7 +52,7 @@ def test_reconstruction_loss_is_the_documented_formula():
 def test_reconstruction_loss_of_a_negated_volume_by_hand():
     # t has zero mean; e = -t: Pearson = -1, so 1 - r = 2, and MSE = mean((2t)^2) = 4 mean(t^2)
     t = np.array([1.0, -2.0, 3.0, -2.0, 0.0, 0.0]).reshape(1, 1, 1, 2, 3)
-    expected = math.log(4 * np.mean(t ** 2) + EPS) + math.log(2 + EPS)
+    expected = math.log(4 * np.mean(t**2) + EPS) + math.log(2 + EPS)
     assert reconstruction_loss(t64(t), t64(-t)).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -53,8 +60,10 @@ def test_reconstruction_loss_averages_volumes_over_the_batch():
     rng = np.random.default_rng(1)
     target = rng.normal(size=(2, 1, 3, 4, 5))
     estimate = target + rng.normal(size=target.shape) * np.array([0.1, 2.0]).reshape(2, 1, 1, 1, 1)
-    per_volume = [reconstruction_loss(t64(target[i:i + 1]), t64(estimate[i:i + 1])).item()
-                  for i in range(2)]
+    per_volume = [
+        reconstruction_loss(t64(target[i : i + 1]), t64(estimate[i : i + 1])).item()
+        for i in range(2)
+    ]
     both = reconstruction_loss(t64(target), t64(estimate)).item()
     assert both == pytest.approx(np.mean(per_volume), rel=1e-9)
     assert per_volume[0] < per_volume[1]  # the closer estimate has the lower loss
@@ -64,8 +73,10 @@ def test_reconstruction_loss_decreases_as_the_estimate_approaches_the_target():
     rng = np.random.default_rng(2)
     target = rng.normal(size=(2, 1, 4, 4, 4))
     noise = rng.normal(size=target.shape)
-    losses = [reconstruction_loss(t64(target), t64(target + s * noise)).item()
-              for s in (3.0, 1.0, 0.3, 0.1, 0.0)]
+    losses = [
+        reconstruction_loss(t64(target), t64(target + s * noise)).item()
+        for s in (3.0, 1.0, 0.3, 0.1, 0.0)
+    ]
     assert all(a > b for a, b in zip(losses, losses[1:])), losses
     # at the target both logs bottom out near log(EPS): MSE = 0 and 1 - Pearson ~ 0
     assert losses[-1] == pytest.approx(2 * math.log(EPS), abs=0.1)
@@ -73,10 +84,15 @@ def test_reconstruction_loss_decreases_as_the_estimate_approaches_the_target():
 
 # ------------------------------------------------------------------ adversarial (eqs. 6-8)
 
+
 def np_discriminator(real_branches, fake_branches):
     """sum over branches of mean(-log D(real)) + mean(-log(1 - D(fake))), D = sigmoid."""
-    return float(sum(np.mean(-np.log(np_sigmoid(r))) + np.mean(-np.log(1 - np_sigmoid(f)))
-                     for r, f in zip(real_branches, fake_branches)))
+    return float(
+        sum(
+            np.mean(-np.log(np_sigmoid(r))) + np.mean(-np.log(1 - np_sigmoid(f)))
+            for r, f in zip(real_branches, fake_branches)
+        )
+    )
 
 
 def np_generator(fake_branches):
@@ -109,16 +125,18 @@ def test_adversarial_losses_at_perfect_undecided_and_worst_discriminators():
     # perfect discriminator: D(real) = 1, D(fake) = 0 -> no discriminator loss, and the
     # generator pays -log(0+) = 30 per branch
     assert discriminator_loss([big * o for o in ones], [-big * o for o in ones]).item() < 1e-9
-    assert generator_adversarial_loss([-big * o for o in ones]).item() == pytest.approx(2 * big,
-                                                                                    rel=1e-9)
+    assert generator_adversarial_loss([-big * o for o in ones]).item() == pytest.approx(
+        2 * big, rel=1e-9
+    )
     # undecided discriminator: D = 1/2 everywhere -> 2 log 2 per branch, log 2 for G
     zeros = [0 * o for o in ones]
     assert discriminator_loss(zeros, zeros).item() == pytest.approx(2 * 2 * math.log(2), rel=1e-12)
     assert generator_adversarial_loss(zeros).item() == pytest.approx(2 * math.log(2), rel=1e-12)
     # worst discriminator (real called fake, fake called real): 30 + 30 per branch, and a
     # fully fooled discriminator costs the generator nothing
-    assert discriminator_loss([-big * o for o in ones],
-                              [big * o for o in ones]).item() == pytest.approx(2 * 2 * big, rel=1e-9)
+    assert discriminator_loss(
+        [-big * o for o in ones], [big * o for o in ones]
+    ).item() == pytest.approx(2 * 2 * big, rel=1e-9)
     assert generator_adversarial_loss([big * o for o in ones]).item() < 1e-9
 
 
@@ -141,8 +159,9 @@ def test_gradients_push_the_right_way():
     loss.backward()
     for f in fake_g:
         # the generator wants the opposite of the discriminator: raise D(fake)
-        np.testing.assert_allclose(f.grad.numpy(), (np_sigmoid(f.detach()) - 1) / f.numel(),
-                                   rtol=1e-9)
+        np.testing.assert_allclose(
+            f.grad.numpy(), (np_sigmoid(f.detach()) - 1) / f.numel(), rtol=1e-9
+        )
         assert (f.grad < 0).all()
     # and a gradient step does that: fake scores up, generator loss down
     stepped = [(f - 10.0 * f.grad).detach() for f in fake_g]
@@ -151,6 +170,7 @@ def test_gradients_push_the_right_way():
 
 
 # --------------------------------------------------------------------- noise code (eq. 9)
+
 
 def np_kl(codes):
     """KL(N(0, I) || N(mu, Sigma)), Sigma = sample covariance shrunk towards I with
@@ -267,6 +287,7 @@ def test_kl_gradient_pulls_the_codes_towards_the_standard_normal():
 # --------------------------------------------------------------------- polarity anchor
 def test_polarity_anchor_breaks_the_sign_tie_and_is_zero_once_the_sign_is_right():
     from dual_engine.losses import POLARITY_MARGIN, POLARITY_POOL, polarity_loss
+
     gen = torch.Generator().manual_seed(0)
     noisy = torch.randn(2, 1, 16, 16, 16, generator=gen, dtype=torch.float64)
     # Perfectly (anti-)correlated: block means correlate +-1 as well.
@@ -276,9 +297,21 @@ def test_polarity_anchor_breaks_the_sign_tie_and_is_zero_once_the_sign_is_right(
     assert float(polarity_loss(-noisy, noisy, 0.0)) == 0.0
     # Independent numpy value: block means, their correlation per sample, batch mean.
     other = torch.randn(2, 1, 16, 16, 16, generator=gen, dtype=torch.float64)
-    blocks = [v.numpy().reshape(2, 16 // POLARITY_POOL, POLARITY_POOL, 16 // POLARITY_POOL,
-                                POLARITY_POOL, 16 // POLARITY_POOL, POLARITY_POOL)
-              .mean(axis=(2, 4, 6)).reshape(2, -1) for v in (other, noisy)]
+    blocks = [
+        v.numpy()
+        .reshape(
+            2,
+            16 // POLARITY_POOL,
+            POLARITY_POOL,
+            16 // POLARITY_POOL,
+            POLARITY_POOL,
+            16 // POLARITY_POOL,
+            POLARITY_POOL,
+        )
+        .mean(axis=(2, 4, 6))
+        .reshape(2, -1)
+        for v in (other, noisy)
+    ]
     r = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(*blocks)])
     expected = max(0.0, POLARITY_MARGIN - r)
     assert float(polarity_loss(other, noisy, 1.0)) == pytest.approx(expected, abs=1e-6)

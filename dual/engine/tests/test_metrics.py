@@ -9,10 +9,24 @@ import pytest
 from scipy import ndimage
 
 from dual_engine import metrics
-from dual_engine.io import (InputError, Particle, read_mrc, write_coordinates, write_mrc,
-                            write_particle_locations)
-from dual_engine.metrics import (evaluate_picks, evaluate_volumes, labels_at, match_picks,
-                                 occupancy_hits, pearson, psnr, ssim)
+from dual_engine.io import (
+    InputError,
+    Particle,
+    read_mrc,
+    write_coordinates,
+    write_mrc,
+    write_particle_locations,
+)
+from dual_engine.metrics import (
+    evaluate_picks,
+    evaluate_volumes,
+    labels_at,
+    match_picks,
+    occupancy_hits,
+    pearson,
+    psnr,
+    ssim,
+)
 
 ENGINE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,12 +52,16 @@ def slow_ssim(reference, volume, window):
                 bx, by = x[cube].ravel(), y[cube].ravel()
                 mx, my = bx.mean(), by.mean()
                 cov = np.cov(bx, by)  # sample (n-1) (co)variances
-                values.append((2 * mx * my + c1) * (2 * cov[0, 1] + c2)
-                              / ((mx ** 2 + my ** 2 + c1) * (cov[0, 0] + cov[1, 1] + c2)))
+                values.append(
+                    (2 * mx * my + c1)
+                    * (2 * cov[0, 1] + c2)
+                    / ((mx**2 + my**2 + c1) * (cov[0, 0] + cov[1, 1] + c2))
+                )
     return float(np.mean(values))
 
 
 # ----------------------------------------------------------------- volume metrics
+
 
 def test_identical_volumes_score_perfectly():
     v = smooth_volume()
@@ -56,8 +74,10 @@ def test_more_noise_scores_lower():
     rng = np.random.default_rng(1)
     v = smooth_volume()
     noise = rng.normal(size=v.shape) * v.std()
-    scores = [(psnr(v, v + s * noise), ssim(v, v + s * noise), pearson(v, v + s * noise))
-              for s in (0.05, 0.2, 0.5, 1.0, 3.0)]
+    scores = [
+        (psnr(v, v + s * noise), ssim(v, v + s * noise), pearson(v, v + s * noise))
+        for s in (0.05, 0.2, 0.5, 1.0, 3.0)
+    ]
     for column in zip(*scores):
         assert all(a > b for a, b in zip(column, column[1:])), column
 
@@ -126,12 +146,15 @@ def test_bad_volume_inputs_are_refused():
 
 # ----------------------------------------------------------------- distance matching
 
+
 def test_match_picks_duplicate_far_and_near():
     truth = [[10, 10, 10], [30, 30, 30], [50, 50, 50]]
-    picks = [[11, 10, 10],    # 1 voxel from particle 0
-             [10, 12, 10],    # duplicate of particle 0 (2 voxels)
-             [80, 80, 80],    # far from everything
-             [30, 31.5, 30]]  # 1.5 voxels from particle 1
+    picks = [
+        [11, 10, 10],  # 1 voxel from particle 0
+        [10, 12, 10],  # duplicate of particle 0 (2 voxels)
+        [80, 80, 80],  # far from everything
+        [30, 31.5, 30],
+    ]  # 1.5 voxels from particle 1
     s = match_picks(picks, truth, 3.0)
     assert (s["tp"], s["fp"], s["fn"]) == (2, 2, 1)
     assert s["precision"] == pytest.approx(0.5)
@@ -166,10 +189,11 @@ def test_match_picks_empty_inputs():
 
 # ----------------------------------------------------------------- occupancy criterion
 
+
 def label_volume():
     """20^3 labels: particle 1 a cube, particle 2 (to exclude) a cube, particle 3 never hit."""
     occ = np.zeros((20, 20, 20), dtype=np.int16)
-    occ[2:5, 2:5, 2:5] = 1          # z, y, x in 2..4
+    occ[2:5, 2:5, 2:5] = 1  # z, y, x in 2..4
     occ[10:13, 10:13, 10:13] = 2
     occ[15:18, 2:5, 15:18] = 3
     return occ
@@ -178,17 +202,24 @@ def label_volume():
 def test_occupancy_hits_hand_built():
     occ = label_volume()
     truth_xyz = [[3, 3, 3], [11, 11, 11], [16, 3, 16]]
-    picks = [[3, 3, 3],        # particle 1
-             [4.4, 2.6, 3.2],  # particle 1 again: a duplicate (rounds to 4, 3, 3)
-             [11, 11, 11],     # particle 2: excluded
-             [8, 8, 8],        # background
-             [5, 3, 3],        # one voxel beyond particle 1 along x: a hit only after dilation
-             [-6, 3, 3]]       # outside: clipped to x = 0, background
+    picks = [
+        [3, 3, 3],  # particle 1
+        [4.4, 2.6, 3.2],  # particle 1 again: a duplicate (rounds to 4, 3, 3)
+        [11, 11, 11],  # particle 2: excluded
+        [8, 8, 8],  # background
+        [5, 3, 3],  # one voxel beyond particle 1 along x: a hit only after dilation
+        [-6, 3, 3],
+    ]  # outside: clipped to x = 0, background
     s = occupancy_hits(picks, occ, n_truth=2, excluded_labels=[2], truth_xyz=truth_xyz)
     assert (s["tp"], s["fp"], s["fn"]) == (1, 5, 1)
     assert s["precision"] == pytest.approx(1 / 6)
     assert s["recall"] == pytest.approx(1 / 2)
-    assert (s["n_background"], s["n_on_excluded"], s["n_duplicates"], s["n_clipped"]) == (2, 1, 2, 1)
+    assert (s["n_background"], s["n_on_excluded"], s["n_duplicates"], s["n_clipped"]) == (
+        2,
+        1,
+        2,
+        1,
+    )
     assert s["mean_distance_voxels"] == pytest.approx(0.0)  # first hit is the first pick
 
     plain = occupancy_hits(picks, occ, n_truth=2, excluded_labels=[2], dilate=False)
@@ -214,27 +245,41 @@ def test_labels_at_equals_full_grey_dilation():
     rng = np.random.default_rng(7)
     occ = rng.integers(0, 6, size=(7, 8, 9)) * (rng.random((7, 8, 9)) < 0.3)
     dilated = ndimage.grey_dilation(occ, footprint=ndimage.generate_binary_structure(3, 1))
-    zyx = np.stack(np.meshgrid(*[np.arange(n) for n in occ.shape], indexing="ij"), -1).reshape(-1, 3)
+    zyx = np.stack(np.meshgrid(*[np.arange(n) for n in occ.shape], indexing="ij"), -1).reshape(
+        -1, 3
+    )
     assert np.array_equal(labels_at(occ, zyx, dilate=True), dilated.ravel())
     assert np.array_equal(labels_at(occ, zyx, dilate=False), occ.ravel())
 
 
 # ----------------------------------------------------------------- file level and CLI
 
+
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=ENGINE_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "dual_engine"] + [str(a) for a in args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dual_engine"] + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def write_picks_case(tmp_path):
     occ = label_volume()
     write_mrc(tmp_path / "occupancy_mask.mrc", occ, 10.0)
-    write_particle_locations(tmp_path / "particle_locations.txt", [
-        Particle("1BXN", 3, 3, 3), Particle("vesicle", 11, 11, 11), Particle("4CR2", 16, 3, 16)])
+    write_particle_locations(
+        tmp_path / "particle_locations.txt",
+        [Particle("1BXN", 3, 3, 3), Particle("vesicle", 11, 11, 11), Particle("4CR2", 16, 3, 16)],
+    )
     picks = [[3, 3, 3], [3.4, 3, 3], [11, 11, 11], [16, 4, 17], [8, 8, 8]]
     write_coordinates(tmp_path / "picks.txt", picks, [5, 4, 3, 2, 1])
-    return tmp_path / "picks.txt", tmp_path / "particle_locations.txt", tmp_path / "occupancy_mask.mrc"
+    return (
+        tmp_path / "picks.txt",
+        tmp_path / "particle_locations.txt",
+        tmp_path / "occupancy_mask.mrc",
+    )
 
 
 def test_evaluate_picks_files(tmp_path):
@@ -270,8 +315,9 @@ def test_evaluate_volumes_files(tmp_path):
     write_mrc(tmp_path / "ref.mrc", v, 10.0)
     write_mrc(tmp_path / "low.mrc", v + 0.2 * v.std() * rng.normal(size=v.shape), 10.05)
     write_mrc(tmp_path / "high.mrc", v + 2.0 * v.std() * rng.normal(size=v.shape), 10.0)
-    rows = evaluate_volumes(tmp_path / "ref.mrc", [tmp_path / "low.mrc", tmp_path / "high.mrc"],
-                            ssim_window=5)
+    rows = evaluate_volumes(
+        tmp_path / "ref.mrc", [tmp_path / "low.mrc", tmp_path / "high.mrc"], ssim_window=5
+    )
     assert [os.path.basename(r["volume"]) for r in rows] == ["low.mrc", "high.mrc"]
     assert rows[0]["psnr"] > rows[1]["psnr"] and rows[0]["ssim"] > rows[1]["ssim"]
     low, _ = read_mrc(tmp_path / "low.mrc")
@@ -289,8 +335,9 @@ def test_cli_evaluate_volumes(tmp_path):
     v = smooth_volume((12, 14, 16)).astype(np.float32)
     write_mrc(tmp_path / "ref.mrc", v, 10.0)
     write_mrc(tmp_path / "noisy.mrc", v + v.std() * rng.normal(size=v.shape), 10.0)
-    done = run_cli("evaluate", "volumes", tmp_path / "ref.mrc", tmp_path / "ref.mrc",
-                   tmp_path / "noisy.mrc")
+    done = run_cli(
+        "evaluate", "volumes", tmp_path / "ref.mrc", tmp_path / "ref.mrc", tmp_path / "noisy.mrc"
+    )
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert rows[0]["psnr"] == math.inf and rows[0]["ssim"] == pytest.approx(1.0)
@@ -304,8 +351,9 @@ def test_cli_evaluate_volumes(tmp_path):
 
 def test_cli_evaluate_picks(tmp_path):
     picks, truth, occ = write_picks_case(tmp_path)
-    done = run_cli("evaluate", "picks", picks, truth, "--voxel-size", 10,
-                   "--distance", 20, "--occupancy", occ)
+    done = run_cli(
+        "evaluate", "picks", picks, truth, "--voxel-size", 10, "--distance", 20, "--occupancy", occ
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["distance"]["tp"] == 2 and result["occupancy"]["tp"] == 2

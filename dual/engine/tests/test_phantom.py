@@ -1,4 +1,5 @@
 """The phantom simulator, checked on its real output (small volumes, generated once)."""
+
 import json
 import os
 import subprocess
@@ -18,8 +19,13 @@ from dual_engine.synth.phantom import make_phantom
 ENGINE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (48, 128, 128)
 VOXEL = 10.0
-MRC_NAMES = ("reconstruction", "reconstruction_noisefree", "grandmodel", "class_mask",
-             "occupancy_mask")
+MRC_NAMES = (
+    "reconstruction",
+    "reconstruction_noisefree",
+    "grandmodel",
+    "class_mask",
+    "occupancy_mask",
+)
 
 
 def _load(folder):
@@ -35,8 +41,13 @@ def phantom(tmp_path_factory):
 
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=ENGINE_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "dual_engine"] + [str(a) for a in args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dual_engine"] + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def wedge_ratio(volume, max_tilt, margin=8.0):
@@ -59,7 +70,7 @@ def shell_correlation(a, b, k_lo, k_hi):
     """Fourier correlation of two volumes in the shell k_lo <= |k| < k_hi (cycles/voxel)."""
     fa, fb = np.fft.fftn(a - a.mean()), np.fft.fftn(b - b.mean())
     kz, ky, kx = np.meshgrid(*(np.fft.fftfreq(n) for n in a.shape), indexing="ij")
-    k = np.sqrt(kx ** 2 + ky ** 2 + kz ** 2)
+    k = np.sqrt(kx**2 + ky**2 + kz**2)
     shell = (k >= k_lo) & (k < k_hi)
     cross = np.real(fa[shell] * np.conj(fb[shell])).sum()
     return cross / np.sqrt((np.abs(fa[shell]) ** 2).sum() * (np.abs(fb[shell]) ** 2).sum())
@@ -99,15 +110,23 @@ def test_grand_model_contents(phantom):
     assert np.median(gold) > 4 * np.median(protein)
     # Weak background inside the slab, nothing outside it.
     slab_first, slab_last = json.load(open(os.path.join(folder, "phantom.json")))["slab_z"]
-    assert np.all(density[:slab_first] == 0) and np.all(density[slab_last + 1:] == 0)
-    empty = volumes["occupancy_mask"][slab_first:slab_last + 1] == 0
-    background = density[slab_first:slab_last + 1][empty]
+    assert np.all(density[:slab_first] == 0) and np.all(density[slab_last + 1 :] == 0)
+    empty = volumes["occupancy_mask"][slab_first : slab_last + 1] == 0
+    background = density[slab_first : slab_last + 1][empty]
     assert 0.02 < np.median(background) < 0.3
     # Classes differ in size: the ribosome-like class is the largest.
-    sizes = {n: np.mean([np.sum(volumes["occupancy_mask"] == i + 1)
-                         for i, p in enumerate(read_particle_locations(
-                             os.path.join(folder, "particle_locations.txt"))) if p.name == n])
-             for n in ("ribosome", "dimer")}
+    sizes = {
+        n: np.mean(
+            [
+                np.sum(volumes["occupancy_mask"] == i + 1)
+                for i, p in enumerate(
+                    read_particle_locations(os.path.join(folder, "particle_locations.txt"))
+                )
+                if p.name == n
+            ]
+        )
+        for n in ("ribosome", "dimer")
+    }
     assert sizes["ribosome"] > 10 * sizes["dimer"]
 
 
@@ -169,19 +188,37 @@ def test_same_seed_reproduces_other_seed_differs(phantom, tmp_path):
     again = _load(tmp_path / "same")
     for name in MRC_NAMES:
         assert again[name].tobytes() == volumes[name].tobytes(), name
-    assert (open(tmp_path / "same" / "particle_locations.txt").read()
-            == open(os.path.join(folder, "particle_locations.txt")).read())
+    assert (
+        open(tmp_path / "same" / "particle_locations.txt").read()
+        == open(os.path.join(folder, "particle_locations.txt")).read()
+    )
     make_phantom(tmp_path / "other", shape=SHAPE, voxel_size=VOXEL, seed=8)
-    other = {name: mrcfile.read(tmp_path / "other" / (name + ".mrc"))
-             for name in ("grandmodel", "reconstruction")}
+    other = {
+        name: mrcfile.read(tmp_path / "other" / (name + ".mrc"))
+        for name in ("grandmodel", "reconstruction")
+    }
     assert not np.array_equal(other["grandmodel"], volumes["grandmodel"])
     assert not np.array_equal(other["reconstruction"], volumes["reconstruction"])
 
 
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "cli"
-    result = run_cli("phantom", out, "--shape", 32, 96, 96, "--voxel-size", 16, "--seed", 3,
-                     "--particles", 12, "--tilt-step", 5)
+    result = run_cli(
+        "phantom",
+        out,
+        "--shape",
+        32,
+        96,
+        96,
+        "--voxel-size",
+        16,
+        "--seed",
+        3,
+        "--particles",
+        12,
+        "--tilt-step",
+        5,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert sum(summary["counts"][n] for n in MACROMOLECULES if n in summary["counts"]) >= 10
@@ -193,9 +230,16 @@ def test_cli_end_to_end(tmp_path):
 
 def test_cli_job_file(tmp_path):
     out = tmp_path / "job"
-    job = {"outdir": str(out), "shape": [32, 96, 96], "voxel_size": 12.0, "seed": 1,
-           "classes": ["dimer", "tetramer"], "particles": 8, "noise_free": True,
-           "tilt_range": [-45, 45]}
+    job = {
+        "outdir": str(out),
+        "shape": [32, 96, 96],
+        "voxel_size": 12.0,
+        "seed": 1,
+        "classes": ["dimer", "tetramer"],
+        "particles": 8,
+        "noise_free": True,
+        "tilt_range": [-45, 45],
+    }
     (tmp_path / "job.json").write_text(json.dumps(job))
     result = run_cli("phantom", "--job", tmp_path / "job.json")
     assert result.returncode == 0, result.stderr
@@ -208,18 +252,21 @@ def test_cli_job_file(tmp_path):
     assert record["tilt_angles"][0] == -45 and record["tilt_angles"][-1] == 45
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(classes=["ribosome", "spaceship"]), "valid classes: ribosome"),
-    (dict(shape=(20, 64, 64), classes=None), "too small for class 'ribosome'"),
-    (dict(shape=(8, 64, 64)), "too small"),
-    (dict(tilt_range=(-95, 60)), "inside (-90, 90)"),
-    (dict(tilt_range=(30, 10)), "minimum must be below"),
-    (dict(tilt_step=0), "tilt step must be > 0"),
-    (dict(dose=-5), "dose must be > 0"),
-    (dict(defocus_um=-1), "defocus_um must be >= 0"),
-    (dict(voxel_size=0), "voxel size must be > 0"),
-    (dict(n_particles=-3), "n_particles must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(classes=["ribosome", "spaceship"]), "valid classes: ribosome"),
+        (dict(shape=(20, 64, 64), classes=None), "too small for class 'ribosome'"),
+        (dict(shape=(8, 64, 64)), "too small"),
+        (dict(tilt_range=(-95, 60)), "inside (-90, 90)"),
+        (dict(tilt_range=(30, 10)), "minimum must be below"),
+        (dict(tilt_step=0), "tilt step must be > 0"),
+        (dict(dose=-5), "dose must be > 0"),
+        (dict(defocus_um=-1), "defocus_um must be >= 0"),
+        (dict(voxel_size=0), "voxel size must be > 0"),
+        (dict(n_particles=-3), "n_particles must be >= 0"),
+    ],
+)
 def test_bad_inputs(tmp_path, kwargs, message):
     options = dict(shape=(32, 64, 64), voxel_size=VOXEL, classes=["dimer"])
     options.update(kwargs)
@@ -229,7 +276,8 @@ def test_bad_inputs(tmp_path, kwargs, message):
 
 
 def test_cli_reports_bad_class(tmp_path, capsys):
-    code = cli.main(["phantom", str(tmp_path / "x"), "--shape", "32", "64", "64",
-                     "--classes", "dimer", "blob"])
+    code = cli.main(
+        ["phantom", str(tmp_path / "x"), "--shape", "32", "64", "64", "--classes", "dimer", "blob"]
+    )
     assert code == 2
     assert "'blob'" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """DoG picking and the RELION / Dynamo exports, on small synthetic volumes (seconds)."""
+
 import json
 import os
 import subprocess
@@ -10,22 +11,28 @@ import pytest
 from scipy.spatial.distance import pdist
 
 from dual_engine import cli
-from dual_engine.export import (read_dynamo_tbl, read_relion_star, read_star_loops,
-                                write_dynamo_tbl, write_relion_star)
+from dual_engine.export import (
+    read_dynamo_tbl,
+    read_relion_star,
+    read_star_loops,
+    write_dynamo_tbl,
+    write_relion_star,
+)
 from dual_engine.io import InputError, read_coordinates, read_particle_locations, write_mrc
 from dual_engine.metrics import match_picks
-from dual_engine.pick import (DEFAULT_TOP, NMS_FRACTION, dog_filter, dog_pick, dog_sigmas,
-                              suppress)
+from dual_engine.pick import DEFAULT_TOP, NMS_FRACTION, dog_filter, dog_pick, dog_sigmas, suppress
 from dual_engine.synth.phantom import make_phantom
 
 ENGINE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOXEL = 10.0
 SHAPE = (40, 72, 72)
-DIAMETER = 100.0           # A: radius 5 voxels, sigma1 2.89 voxels
-BLOB_SIGMA = 2.5           # voxels
+DIAMETER = 100.0  # A: radius 5 voxels, sigma1 2.89 voxels
+BLOB_SIGMA = 2.5  # voxels
 # (x, y, z) voxels and amplitudes, best first; > 9 voxels apart and >= 8 from the faces.
-BLOBS = np.array([[20, 20, 12], [50, 22, 20], [30, 52, 27], [58, 56, 14],
-                  [16, 40, 20], [40, 36, 12]], dtype=float)
+BLOBS = np.array(
+    [[20, 20, 12], [50, 22, 20], [30, 52, 27], [58, 56, 14], [16, 40, 20], [40, 36, 12]],
+    dtype=float,
+)
 AMPLITUDES = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
 
 
@@ -33,28 +40,37 @@ def blob_volume(centres=BLOBS, amplitudes=AMPLITUDES, shape=SHAPE, sigma=BLOB_SI
     z, y, x = np.indices(shape, dtype=np.float32)
     volume = np.zeros(shape, dtype=np.float32)
     for (cx, cy, cz), a in zip(centres, amplitudes):
-        volume += a * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2)
-                             / (2 * sigma ** 2))
+        volume += a * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * sigma**2))
     return volume
 
 
 def noise_volume(shape=(40, 96, 96), seed=0, smooth=2.0):
     from scipy import ndimage
+
     rng = np.random.default_rng(seed)
     return ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), smooth)
 
 
 def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=ENGINE_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "dual_engine"] + [str(a) for a in args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    env = dict(
+        os.environ,
+        PYTHONPATH=ENGINE_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "dual_engine"] + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 # --------------------------------------------------------------------------- filter
 
+
 def test_sigma_rule_matches_paper():
-    sigma1, sigma2 = dog_sigmas(280.0, 10.0)      # ~28 nm ribosome at 1 nm voxels
+    sigma1, sigma2 = dog_sigmas(280.0, 10.0)  # ~28 nm ribosome at 1 nm voxels
     assert sigma1 == pytest.approx(140.0 / np.sqrt(3.0) / 10.0)
     assert sigma1 == pytest.approx(8.0, rel=0.02)  # the paper's 8.0 nm
     assert sigma2 == pytest.approx(1.1 * sigma1)
@@ -84,12 +100,13 @@ def test_fft_and_real_space_filters_agree(sigma):
 
 # --------------------------------------------------------------------------- picking
 
+
 def test_blobs_found_exactly_and_ordered():
     xyz, scores = dog_pick(blob_volume(), VOXEL, DIAMETER)
     assert xyz.shape == (len(BLOBS), 3) and scores.shape == (len(BLOBS),)
-    assert np.all(np.diff(scores) < 0)                  # best first, strictly
-    assert np.abs(xyz - BLOBS).max() <= 1.0             # the brief's +-1 voxel
-    assert np.abs(xyz - BLOBS).max() < 0.05             # in fact sub-voxel exact
+    assert np.all(np.diff(scores) < 0)  # best first, strictly
+    assert np.abs(xyz - BLOBS).max() <= 1.0  # the brief's +-1 voxel
+    assert np.abs(xyz - BLOBS).max() < 0.05  # in fact sub-voxel exact
     assert xyz.dtype == np.float64 and np.all(scores > 0)
 
 
@@ -160,8 +177,8 @@ def test_non_maximum_suppression():
 def test_suppress_is_greedy_in_score_order():
     xyz = np.array([[0, 0, 0], [3, 0, 0], [6, 0, 0], [20, 0, 0]], dtype=float)
     scores = np.array([1.0, 3.0, 2.0, 0.5])
-    assert list(suppress(xyz, scores, 4.0)) == [1, 3]      # 1 removes 0 and 2
-    assert list(suppress(xyz, scores, 3.0)) == [1, 3]      # inclusive distance
+    assert list(suppress(xyz, scores, 4.0)) == [1, 3]  # 1 removes 0 and 2
+    assert list(suppress(xyz, scores, 3.0)) == [1, 3]  # inclusive distance
     assert list(suppress(xyz, scores, 2.9)) == [1, 2, 0, 3]
     assert list(suppress(xyz, scores, 4.0, top=1)) == [1]
 
@@ -216,20 +233,23 @@ def test_polarity():
     bright, _ = dog_pick(dark, VOXEL, DIAMETER, polarity="bright")
     if len(bright):
         distances = np.linalg.norm(bright[:, None, :] - BLOBS[None], axis=2)
-        assert distances.min() > 3.0     # nothing at the (dark) particle centres
+        assert distances.min() > 3.0  # nothing at the (dark) particle centres
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(diameter=0.0), "diameter must be > 0"),
-    (dict(diameter=-5.0), "diameter must be > 0"),
-    (dict(diameter=15.0), "at least 2 voxels"),
-    (dict(voxel_size=0.0), "voxel size must be > 0"),
-    (dict(top=0), "top must be a positive integer"),
-    (dict(threshold=float("nan")), "threshold must be a finite"),
-    (dict(min_distance=-1.0), "min_distance must be >= 0"),
-    (dict(margin=-1.0), "margin must be >= 0"),
-    (dict(polarity="white"), "polarity must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(diameter=0.0), "diameter must be > 0"),
+        (dict(diameter=-5.0), "diameter must be > 0"),
+        (dict(diameter=15.0), "at least 2 voxels"),
+        (dict(voxel_size=0.0), "voxel size must be > 0"),
+        (dict(top=0), "top must be a positive integer"),
+        (dict(threshold=float("nan")), "threshold must be a finite"),
+        (dict(min_distance=-1.0), "min_distance must be >= 0"),
+        (dict(margin=-1.0), "margin must be >= 0"),
+        (dict(polarity="white"), "polarity must be"),
+    ],
+)
 def test_bad_options(kwargs, message):
     options = dict(voxel_size=VOXEL, diameter=DIAMETER)
     options.update(kwargs)
@@ -246,11 +266,18 @@ def test_nan_volume_refused():
 
 # --------------------------------------------------------------------------- phantom
 
+
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("pick_phantom"))
-    make_phantom(folder, shape=(48, 128, 128), voxel_size=VOXEL, seed=3,
-                 classes=["ribosome"], write_noise_free=True)
+    make_phantom(
+        folder,
+        shape=(48, 128, 128),
+        voxel_size=VOXEL,
+        seed=3,
+        classes=["ribosome"],
+        write_noise_free=True,
+    )
     particles = read_particle_locations(os.path.join(folder, "particle_locations.txt"))
     truth = np.array([p.xyz for p in particles if p.name == "ribosome"])
     return folder, truth
@@ -276,6 +303,7 @@ def test_picks_on_phantom_hit_ribosomes(phantom, name):
 
 # --------------------------------------------------------------------------- exports
 
+
 def _some_picks():
     xyz, scores = dog_pick(blob_volume(), VOXEL, DIAMETER)
     return xyz, scores
@@ -288,9 +316,15 @@ def test_relion_star_round_trip(tmp_path):
     blocks = read_star_loops(path)
     assert list(blocks) == ["particles"]
     assert blocks["particles"]["labels"] == [
-        "rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ",
-        "rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
-        "rlnCenteredCoordinateZAngst", "rlnAutopickFigureOfMerit"]
+        "rlnTomoName",
+        "rlnCoordinateX",
+        "rlnCoordinateY",
+        "rlnCoordinateZ",
+        "rlnCenteredCoordinateXAngst",
+        "rlnCenteredCoordinateYAngst",
+        "rlnCenteredCoordinateZAngst",
+        "rlnAutopickFigureOfMerit",
+    ]
     back, back_scores, names = read_relion_star(path)
     assert np.abs(back - xyz).max() < 0.01
     np.testing.assert_allclose(back_scores, scores, rtol=1e-6)
@@ -301,8 +335,10 @@ def test_relion_star_round_trip(tmp_path):
     assert float(row[6]) == pytest.approx((xyz[0, 2] - SHAPE[0] / 2) * VOXEL, abs=1e-3)
     # and a file with only centred coordinates reads back too
     with open(tmp_path / "centred.star", "w") as f:
-        f.write("data_particles\nloop_\n_rlnTomoName\n_rlnCenteredCoordinateXAngst\n"
-                "_rlnCenteredCoordinateYAngst\n_rlnCenteredCoordinateZAngst\n")
+        f.write(
+            "data_particles\nloop_\n_rlnTomoName\n_rlnCenteredCoordinateXAngst\n"
+            "_rlnCenteredCoordinateYAngst\n_rlnCenteredCoordinateZAngst\n"
+        )
         for r in blocks["particles"]["rows"]:
             f.write(" ".join([r[0]] + r[4:7]) + "\n")
     centred, _, _ = read_relion_star(tmp_path / "centred.star", voxel_size=VOXEL, shape=SHAPE)
@@ -329,12 +365,12 @@ def test_dynamo_tbl_round_trip(tmp_path):
     write_dynamo_tbl(path, xyz, scores, tomo_index=3)
     table = np.loadtxt(path, ndmin=2)
     assert table.shape == (len(xyz), 35)
-    np.testing.assert_array_equal(table[:, 0], np.arange(1, len(xyz) + 1))   # tags
-    np.testing.assert_array_equal(table[:, 1:3], 1)                            # aligned, averaged
-    np.testing.assert_array_equal(table[:, 3:9], 0)                            # shifts, angles
-    np.testing.assert_allclose(table[:, 9], scores, rtol=1e-6)                 # cc
-    np.testing.assert_array_equal(table[:, 19], 3)                             # tomogram
-    assert np.abs(table[:, 23:26] - (xyz + 1)).max() < 0.01                    # 1-based x y z
+    np.testing.assert_array_equal(table[:, 0], np.arange(1, len(xyz) + 1))  # tags
+    np.testing.assert_array_equal(table[:, 1:3], 1)  # aligned, averaged
+    np.testing.assert_array_equal(table[:, 3:9], 0)  # shifts, angles
+    np.testing.assert_allclose(table[:, 9], scores, rtol=1e-6)  # cc
+    np.testing.assert_array_equal(table[:, 19], 3)  # tomogram
+    assert np.abs(table[:, 23:26] - (xyz + 1)).max() < 0.01  # 1-based x y z
     back, back_scores, tomos = read_dynamo_tbl(path)
     assert np.abs(back - xyz).max() < 0.01
     np.testing.assert_allclose(back_scores, scores, rtol=1e-6)
@@ -371,6 +407,7 @@ def test_export_checks(tmp_path):
 
 # --------------------------------------------------------------------------- CLI
 
+
 @pytest.fixture(scope="module")
 def tomogram(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pick_cli")
@@ -381,8 +418,9 @@ def tomogram(tmp_path_factory):
 
 def test_cli_writes_three_files(tomogram, tmp_path):
     out = tmp_path / "picks"
-    result = run_cli("pick", tomogram, out, "--diameter", DIAMETER, "--top", 4,
-                     "--tomo-name", "TS_07")
+    result = run_cli(
+        "pick", tomogram, out, "--diameter", DIAMETER, "--top", 4, "--tomo-name", "TS_07"
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["count"] == 4 and summary["tomo_name"] == "TS_07"
@@ -390,8 +428,11 @@ def test_cli_writes_three_files(tomogram, tmp_path):
     assert summary["sigma2_voxels"] == pytest.approx(1.1 * 5 / np.sqrt(3), abs=1e-3)
     assert summary["seconds"] >= 0
     files = summary["files"]
-    assert files == {"tsv": str(out / "TS_07_picks.tsv"), "star": str(out / "TS_07_picks.star"),
-                     "tbl": str(out / "TS_07.tbl")}
+    assert files == {
+        "tsv": str(out / "TS_07_picks.tsv"),
+        "star": str(out / "TS_07_picks.star"),
+        "tbl": str(out / "TS_07.tbl"),
+    }
     xyz, scores = read_coordinates(files["tsv"])
     np.testing.assert_allclose(xyz, BLOBS[:4], atol=0.05)
     star_xyz, star_scores, names = read_relion_star(files["star"])
@@ -406,9 +447,19 @@ def test_cli_formats_and_job_file(tomogram, tmp_path, capsys):
     job = tmp_path / "job.json"
     # Positionals in the job file too: expand_job puts job options before the command
     # line's words, where the nargs='+' --formats would swallow positionals.
-    job.write_text(json.dumps({"tomogram": str(tomogram), "outdir": str(tmp_path / "o"),
-                               "diameter": DIAMETER, "threshold": 0.0, "formats": ["star"],
-                               "polarity": "bright", "tomo_name": "ignored"}))
+    job.write_text(
+        json.dumps(
+            {
+                "tomogram": str(tomogram),
+                "outdir": str(tmp_path / "o"),
+                "diameter": DIAMETER,
+                "threshold": 0.0,
+                "formats": ["star"],
+                "polarity": "bright",
+                "tomo_name": "ignored",
+            }
+        )
+    )
     assert cli.main(["pick", "--job", str(job), "--tomo-name", "T1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["count"] == len(BLOBS) and summary["tomo_name"] == "T1"
@@ -422,27 +473,53 @@ def test_cli_bad_diameter_exits_2(tomogram, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--diameter", "-10"], "diameter must be > 0"),
-    (["--diameter", "100", "--voxel-size", "0"], "voxel_size must be > 0"),
-    (["--diameter", "100", "--tomo-name", "a b"], "tomogram name"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--diameter", "-10"], "diameter must be > 0"),
+        (["--diameter", "100", "--voxel-size", "0"], "voxel_size must be > 0"),
+        (["--diameter", "100", "--tomo-name", "a b"], "tomogram name"),
+    ],
+)
 def test_cli_bad_values_exit_2(tomogram, tmp_path, capsys, extra, message):
     assert cli.main(["pick", str(tomogram), str(tmp_path / "o")] + extra) == 2
     assert message in capsys.readouterr().err
 
 
 def test_cli_top_and_threshold_are_exclusive(tomogram, tmp_path, capsys):
-    assert cli.main(["pick", str(tomogram), str(tmp_path / "o"), "--diameter", "100",
-                     "--top", "5", "--threshold", "0.1"]) == 2
+    assert (
+        cli.main(
+            [
+                "pick",
+                str(tomogram),
+                str(tmp_path / "o"),
+                "--diameter",
+                "100",
+                "--top",
+                "5",
+                "--threshold",
+                "0.1",
+            ]
+        )
+        == 2
+    )
     assert "give only one of top, threshold" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_mask_shape_mismatch_exits_2(tomogram, tmp_path, capsys):
     write_mrc(tmp_path / "small.mrc", np.ones((40, 72, 70), np.int8), VOXEL)
-    code = cli.main(["pick", str(tomogram), str(tmp_path / "o"), "--diameter", "100",
-                     "--mask", str(tmp_path / "small.mrc")])
+    code = cli.main(
+        [
+            "pick",
+            str(tomogram),
+            str(tmp_path / "o"),
+            "--diameter",
+            "100",
+            "--mask",
+            str(tmp_path / "small.mrc"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "mask shape 40x72x70 (Z Y X) differs from the tomogram's 40x72x72" in err

@@ -1,4 +1,5 @@
 """DUAL training on tiny phantoms: losses, checkpoints, resumption, DDP, bad input."""
+
 import json
 import os
 
@@ -9,7 +10,11 @@ import torch
 from dual_engine.io import InputError, write_mrc
 from dual_engine.model import DualConfig, load_model
 from dual_engine.synth.phantom import make_phantom
-from dual_engine.contract import CHECKPOINT_FILE as CHECKPOINT, MODEL_FILE as MODEL, TRAINING_LOG as LOG
+from dual_engine.contract import (
+    CHECKPOINT_FILE as CHECKPOINT,
+    MODEL_FILE as MODEL,
+    TRAINING_LOG as LOG,
+)
 from dual_engine.train import train
 
 SHAPE = (48, 96, 96)
@@ -17,8 +22,18 @@ SHAPE = (48, 96, 96)
 
 def tiny_config(**changes):
     """A model small enough to train for a few iterations in seconds on a CPU."""
-    values = dict(subvolume_size=16, unet_width=4, unet_depth=2, code_size=4, noise_width=4,
-                  disc_width=4, batch_size=2, iterations=6, log_every=1, checkpoint_every=3)
+    values = dict(
+        subvolume_size=16,
+        unet_width=4,
+        unet_depth=2,
+        code_size=4,
+        noise_width=4,
+        disc_width=4,
+        batch_size=2,
+        iterations=6,
+        log_every=1,
+        checkpoint_every=3,
+    )
     values.update(changes)
     return DualConfig(**values)
 
@@ -49,8 +64,7 @@ def log_records(outdir):
 
 def test_reconstruction_losses_decrease(domains, tmp_path):
     noisy, clean = domains
-    train(noisy, clean, str(tmp_path), tiny_config(iterations=60, checkpoint_every=100),
-          threads=2)
+    train(noisy, clean, str(tmp_path), tiny_config(iterations=60, checkpoint_every=100), threads=2)
     records = log_records(str(tmp_path))
     assert [r["iteration"] for r in records] == list(range(1, 61))
     rec = [r["rec_clean"] + r["rec_noisy"] for r in records]
@@ -65,8 +79,7 @@ def test_resumed_run_equals_uninterrupted_run(domains, tmp_path):
     train(noisy, clean, straight, tiny_config(iterations=6), threads=1)
     train(noisy, clean, interrupted, tiny_config(iterations=3), threads=1)
     assert load_model(os.path.join(interrupted, CHECKPOINT))[1]["iteration"] == 3
-    summary = train(noisy, clean, interrupted, tiny_config(iterations=6), resume=True,
-                    threads=1)
+    summary = train(noisy, clean, interrupted, tiny_config(iterations=6), resume=True, threads=1)
     assert summary["iterations"] == 6
     a, b = weights(os.path.join(straight, MODEL)), weights(os.path.join(interrupted, MODEL))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -77,8 +90,14 @@ def test_continue_from_model_file(domains, tmp_path):
     noisy, clean = domains
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
     train(noisy, clean, first, tiny_config(iterations=4), threads=1)
-    summary = train(noisy, clean, second, tiny_config(iterations=7),
-                    init_model=os.path.join(first, MODEL), threads=1)
+    summary = train(
+        noisy,
+        clean,
+        second,
+        tiny_config(iterations=7),
+        init_model=os.path.join(first, MODEL),
+        threads=1,
+    )
     assert summary["iterations"] == 7
     assert [r["iteration"] for r in log_records(second)] == [5, 6, 7]
     # It trained on from the first model's weights, not from a fresh initialisation.
@@ -90,8 +109,9 @@ def test_continue_from_model_file(domains, tmp_path):
 
 def test_ddp_on_two_cpu_processes(domains, tmp_path):
     noisy, clean = domains
-    summary = train(noisy, clean, str(tmp_path), tiny_config(iterations=3), device="cpu",
-                    processes=2, threads=1)
+    summary = train(
+        noisy, clean, str(tmp_path), tiny_config(iterations=3), device="cpu", processes=2, threads=1
+    )
     assert summary["processes"] == 2 and summary["iterations"] == 3
     # Each process samples different subvolumes; all-reduced gradients keep them equal.
     assert summary["replica_weight_spread"] == 0.0

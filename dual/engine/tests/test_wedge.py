@@ -1,5 +1,6 @@
 """Missing-wedge compensation: geometry against the phantom simulator's tilt series,
 the Fourier bookkeeping, and a tiny wedge model trained and applied end to end."""
+
 import json
 import os
 
@@ -14,7 +15,7 @@ from dual_engine.model import load_model
 from dual_engine.synth.phantom import make_phantom
 
 SHAPE = (48, 96, 96)
-TILT_RANGE = (-50.0, 70.0)   # asymmetric on purpose: a mirrored wedge would show
+TILT_RANGE = (-50.0, 70.0)  # asymmetric on purpose: a mirrored wedge would show
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +25,19 @@ def asymmetric(tmp_path_factory):
     root = tmp_path_factory.mktemp("wedge")
     triples = []
     for seed in (0, 1):
-        make_phantom(str(root / str(seed)), shape=SHAPE, seed=seed, tilt_range=TILT_RANGE,
-                     write_noise_free=True)
-        triples.append(tuple(str(root / str(seed) / name) for name in (
-            "reconstruction.mrc", "grandmodel.mrc", "reconstruction_noisefree.mrc")))
+        make_phantom(
+            str(root / str(seed)),
+            shape=SHAPE,
+            seed=seed,
+            tilt_range=TILT_RANGE,
+            write_noise_free=True,
+        )
+        triples.append(
+            tuple(
+                str(root / str(seed) / name)
+                for name in ("reconstruction.mrc", "grandmodel.mrc", "reconstruction_noisefree.mrc")
+            )
+        )
     return triples
 
 
@@ -46,8 +56,11 @@ def test_missing_cone_is_where_the_simulator_did_not_measure(asymmetric):
     cone = wedge.cone_mask(vol.shape, TILT_RANGE, band=band)
     mirrored = wedge.cone_mask(vol.shape, (-TILT_RANGE[1], -TILT_RANGE[0]), band=band)
     radius = wedge.radial_frequency(vol.shape)
-    measured = ((wedge.measured_weight(vol.shape, TILT_RANGE, transition=0) == 1)
-                & (radius >= band[0]) & (radius <= band[1]))
+    measured = (
+        (wedge.measured_weight(vol.shape, TILT_RANGE, transition=0) == 1)
+        & (radius >= band[0])
+        & (radius <= band[1])
+    )
     reference = band_power(vol, measured)
     assert band_power(vol, cone) < 0.4 * reference
     # the mirror image of the cone (what a sign error would give) is measured data
@@ -85,18 +98,20 @@ def test_combine_keeps_measured_coefficients_and_fills_the_cone():
     # the second wedge of the Table 3 test: the cone of the volume turned about Y
     turned = np.swapaxes(wedge.remove_wedge(np.swapaxes(out, 0, 2), TILT_RANGE), 0, 2)
     second = wedge.turned_cone_mask(out.shape, TILT_RANGE).copy()
-    second[..., -1] = False   # the k_x Nyquist plane is +-0.5 at once: no side to test
+    second[..., -1] = False  # the k_x Nyquist plane is +-0.5 at once: no side to test
     f_turned = np.fft.rfftn(turned)
     assert np.allclose(f_turned[second], 0, atol=1e-3)
-    assert np.allclose(f_turned[..., :-1][~second[..., :-1]], f_out[..., :-1][~second[..., :-1]],
-                       atol=1e-3)
-    assert not (second & fill).any()   # the two wedges do not overlap
+    assert np.allclose(
+        f_turned[..., :-1][~second[..., :-1]], f_out[..., :-1][~second[..., :-1]], atol=1e-3
+    )
+    assert not (second & fill).any()  # the two wedges do not overlap
     # tilt axis X: the cone lies in the (k_y, k_z) plane instead
     weight_x = wedge.measured_weight(out.shape, TILT_RANGE, 'x', transition=0)
     kz, ky = np.fft.fftfreq(24)[:, None], np.fft.fftfreq(40)[None, :]
     direction = wedge._direction_angle(ky, kz)
-    assert np.array_equal(weight_x[:, :, 0] == 0,
-                          (direction < TILT_RANGE[0]) | (direction > TILT_RANGE[1]))
+    assert np.array_equal(
+        weight_x[:, :, 0] == 0, (direction < TILT_RANGE[0]) | (direction > TILT_RANGE[1])
+    )
 
 
 def test_fourier_region_scores():
@@ -106,8 +121,9 @@ def test_fourier_region_scores():
     perfect = metrics.fourier_region_scores(reference, reference, region)
     assert perfect["fourier_correlation"] == pytest.approx(1.0)
     assert perfect["ssim"] == pytest.approx(1.0)
-    zero = metrics.fourier_region_scores(reference, wedge.remove_wedge(reference, (-60, 60)),
-                                       region)
+    zero = metrics.fourier_region_scores(
+        reference, wedge.remove_wedge(reference, (-60, 60)), region
+    )
     assert zero["fourier_correlation"] == pytest.approx(0.0, abs=1e-6)
     assert zero["psnr"] < perfect["psnr"] and zero["ssim"] < 0.5
 
@@ -117,7 +133,7 @@ def test_sampling_keeps_the_wedge_and_swaps_the_second_domain(tmp_path):
     assert wedge_preserving_flips('x') == ((2,), (0, 1))
     z, y, x = np.indices((16, 20, 24)).astype(np.float32)
     path = str(tmp_path / "ramp.mrc")
-    write_mrc(path, x + 100 * z, 10.0)   # increasing along x and z, flat along y
+    write_mrc(path, x + 100 * z, 10.0)  # increasing along x and z, flat along y
     plain = Domain("a", [path], 10.0, 8)
     swapped = Domain("b", [path], 10.0, 8, swap_axes=(0, 2))
     assert swapped.volumes[0].shape == (24, 20, 16)
@@ -126,7 +142,7 @@ def test_sampling_keeps_the_wedge_and_swaps_the_second_domain(tmp_path):
         patch = plain.sample(rng, 1)[0, 0]
         dx = np.sign(patch[0, 0, -1] - patch[0, 0, 0])
         dz = np.sign(patch[-1, 0, 0] - patch[0, 0, 0])
-        assert dx == dz   # x and z flip together (a rotation about Y), never alone
+        assert dx == dz  # x and z flip together (a rotation about Y), never alone
 
 
 def test_wedge_train_and_compensate(asymmetric, tmp_path, capsys):
@@ -136,19 +152,64 @@ def test_wedge_train_and_compensate(asymmetric, tmp_path, capsys):
     closer to the grand model than the input's, and keeps every measured coefficient."""
     tomograms = [triple[2] for triple in asymmetric]
     outdir = str(tmp_path / "model")
-    assert main(["wedge-train", outdir, "--tomograms", *tomograms, "--tilt-range", "-50", "70",
-          "--iterations", "150", "--subvolume-size", "32", "--unet-width", "8",
-          "--code-size", "4", "--noise-width", "4", "--disc-width", "8", "--batch-size", "2",
-          "--log-every", "50", "--checkpoint-every", "100", "--threads", "2",
-          "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "wedge-train",
+                outdir,
+                "--tomograms",
+                *tomograms,
+                "--tilt-range",
+                "-50",
+                "70",
+                "--iterations",
+                "150",
+                "--subvolume-size",
+                "32",
+                "--unet-width",
+                "8",
+                "--code-size",
+                "4",
+                "--noise-width",
+                "4",
+                "--disc-width",
+                "8",
+                "--batch-size",
+                "2",
+                "--log-every",
+                "50",
+                "--checkpoint-every",
+                "100",
+                "--threads",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     cfg, state = load_model(os.path.join(outdir, "model.pt"))
     assert (cfg.task, cfg.tilt_axis, cfg.tilt_range) == ("wedge", "y", TILT_RANGE)
     assert state["iteration"] == 150
     capsys.readouterr()
 
     results = str(tmp_path / "out")
-    assert main(["wedge", os.path.join(outdir, "model.pt"), tomograms[0], "--outdir",
-                 results, "--threads", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "wedge",
+                os.path.join(outdir, "model.pt"),
+                tomograms[0],
+                "--outdir",
+                results,
+                "--threads",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["tilt_range"] == list(TILT_RANGE)
     out_path = os.path.join(results, "reconstruction_noisefree_wedge.mrc")
@@ -163,8 +224,8 @@ def test_wedge_train_and_compensate(asymmetric, tmp_path, capsys):
     assert np.allclose(f_out[keep], f_raw[keep], rtol=1e-3, atol=1e-3 * np.abs(f_raw).max())
 
     cone = wedge.cone_mask(raw.shape, TILT_RANGE, band=(0.02, 0.25)).copy()
-    cone[:, 0, 0] = False   # the slab's z profile: in no tomogram (see bench/run_wedge.py)
-    assert band_power(out, cone) > 0.5 * band_power(raw, cone)   # the cone is filled
+    cone[:, 0, 0] = False  # the slab's z profile: in no tomogram (see bench/run_wedge.py)
+    assert band_power(out, cone) > 0.5 * band_power(raw, cone)  # the cone is filled
     # With the content of the grand model, in its contrast: an inverted or pure-noise
     # fill correlates <= 0. How much it gains over the input's leakage is not stable
     # at this size (150 iterations of a tiny GAN: -0.04 to +0.02 over 0.33 on two
@@ -172,6 +233,18 @@ def test_wedge_train_and_compensate(asymmetric, tmp_path, capsys):
     after = metrics.fourier_region_scores(gm, out, cone)["fourier_correlation"]
     assert after > 0.1, after
 
-    assert main(["denoise", os.path.join(outdir, "model.pt"), tomograms[0], "--outdir",
-                 results, "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "denoise",
+                os.path.join(outdir, "model.pt"),
+                tomograms[0],
+                "--outdir",
+                results,
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "trained for the 'wedge' task" in capsys.readouterr().err

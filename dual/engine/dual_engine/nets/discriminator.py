@@ -6,8 +6,11 @@ def patch_critic(width, levels):
     """A 3-D PatchGAN: strided convolutions down to a grid of real/fake logits."""
     layers, channels = [], 1
     for level in range(levels):
-        out = width * 2 ** level
-        layers += [nn.Conv3d(channels, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        out = width * 2**level
+        layers += [
+            nn.Conv3d(channels, out, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
         channels = out
     layers.append(nn.Conv3d(channels, 1, 3, padding=1))
     return nn.Sequential(*layers)

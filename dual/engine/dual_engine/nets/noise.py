@@ -9,9 +9,11 @@ class NoiseEncoder(nn.Module):
         super().__init__()
         layers, channels = [], 1
         for level in range(levels):
-            out = width * 2 ** level
-            layers += [nn.Conv3d(channels, out, 4, stride=2, padding=1),
-                       nn.LeakyReLU(0.2, inplace=True)]
+            out = width * 2**level
+            layers += [
+                nn.Conv3d(channels, out, 4, stride=2, padding=1),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
             channels = out
         self.features = nn.Sequential(*layers)
         self.to_code = nn.Linear(channels, code_size)
@@ -25,17 +27,20 @@ class NoiseDecoder(nn.Module):
 
     def __init__(self, code_size=16, size=32, width=16, levels=3):
         super().__init__()
-        if size % 2 ** levels:
-            raise ValueError('noise volume side %d is not a multiple of %d' % (size, 2 ** levels))
-        self.base = size // 2 ** levels
+        if size % 2**levels:
+            raise ValueError('noise volume side %d is not a multiple of %d' % (size, 2**levels))
+        self.base = size // 2**levels
         self.channels = width * 2 ** (levels - 1)
-        self.from_code = nn.Linear(code_size, self.channels * self.base ** 3)
+        self.from_code = nn.Linear(code_size, self.channels * self.base**3)
         layers, channels = [], self.channels
         for level in reversed(range(levels)):
             out = max(width * 2 ** (level - 1), 8) if level else width
-            layers += [nn.ConvTranspose3d(channels, out, 2, stride=2),
-                       nn.LeakyReLU(0.2, inplace=True),
-                       nn.Conv3d(out, out, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [
+                nn.ConvTranspose3d(channels, out, 2, stride=2),
+                nn.LeakyReLU(0.2, inplace=True),
+                nn.Conv3d(out, out, 3, padding=1),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
             channels = out
         layers.append(nn.Conv3d(channels, 1, 1))
         self.body = nn.Sequential(*layers)

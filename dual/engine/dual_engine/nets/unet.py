@@ -6,8 +6,11 @@ def conv_block(in_channels, out_channels):
     """Two 3x3x3 convolutions with LeakyReLU. No normalisation layer: per-sample
     statistics would differ between 32^3 training patches and large inference tiles."""
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv3d(out_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
+        nn.Conv3d(in_channels, out_channels, 3, padding=1),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv3d(out_channels, out_channels, 3, padding=1),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
 
 
 class UNet3D(nn.Module):
@@ -17,8 +20,8 @@ class UNet3D(nn.Module):
     def __init__(self, width=16, depth=2, in_channels=1, out_channels=1):
         super().__init__()
         self.depth = depth
-        self.multiple = 2 ** depth
-        widths = [width * 2 ** level for level in range(depth + 1)]
+        self.multiple = 2**depth
+        widths = [width * 2**level for level in range(depth + 1)]
         self.down = nn.ModuleList()
         channels = in_channels
         for w in widths[:-1]:
@@ -37,7 +40,7 @@ class UNet3D(nn.Module):
     def receptive_radius(self):
         """Voxels from the centre of the receptive field to its edge (an upper bound):
         two 3x3x3 convolutions per block on each level, plus pooling and upsampling."""
-        return sum(5 * 2 ** level for level in range(self.depth)) + 2 * 2 ** self.depth
+        return sum(5 * 2**level for level in range(self.depth)) + 2 * 2**self.depth
 
     def forward(self, x):
         skips = []

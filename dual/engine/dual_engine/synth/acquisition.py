@@ -36,6 +36,7 @@ stands in for all of them: contrast_volts = 1.0 V, which puts the defaults at Pe
 the noise in the noisy one); the noise-free reconstruction alone reaches ~0.6, limited
 by the missing wedge and the CTF. Pearson scales roughly with contrast_volts * sqrt(dose).
 """
+
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -50,31 +51,35 @@ ELECTRON_REST_ENERGY_KEV = 510.99895
 @dataclass
 class AcquisitionParams:
     tilt_range: tuple = (-60.0, 60.0)  # degrees, inclusive
-    tilt_step: float = 3.0             # degrees
-    defocus_um: float = 3.0            # underfocus positive, micrometres
-    defocus_jitter_um: float = 0.1     # per-tilt Gaussian spread of the defocus
-    dose: float = 100.0                # total e/A^2 over the tilt series
+    tilt_step: float = 3.0  # degrees
+    defocus_um: float = 3.0  # underfocus positive, micrometres
+    defocus_jitter_um: float = 0.1  # per-tilt Gaussian spread of the defocus
+    dose: float = 100.0  # total e/A^2 over the tilt series
     voltage_kv: float = 300.0
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
-    contrast_volts: float = 1.0        # effective potential contrast of unit density (see doc)
+    contrast_volts: float = 1.0  # effective potential contrast of unit density (see doc)
     detector_mtf: bool = True
-    radial_cutoff: float = 0.35        # cycles/pixel where the WBP apodisation starts
-    radial_falloff: float = 0.035      # Gaussian sigma of the apodisation, cycles/pixel
+    radial_cutoff: float = 0.35  # cycles/pixel where the WBP apodisation starts
+    radial_falloff: float = 0.035  # Gaussian sigma of the apodisation, cycles/pixel
 
     def validate(self):
         tmin, tmax = (float(t) for t in self.tilt_range)
         if not (-90.0 < tmin < 90.0 and -90.0 < tmax < 90.0):
-            raise InputError("tilt range must lie strictly inside (-90, 90) degrees (got %g..%g)"
-                             % (tmin, tmax))
+            raise InputError(
+                "tilt range must lie strictly inside (-90, 90) degrees (got %g..%g)" % (tmin, tmax)
+            )
         if tmin >= tmax:
-            raise InputError("tilt range minimum must be below its maximum (got %g..%g)"
-                             % (tmin, tmax))
+            raise InputError(
+                "tilt range minimum must be below its maximum (got %g..%g)" % (tmin, tmax)
+            )
         if not self.tilt_step > 0:
             raise InputError("tilt step must be > 0 degrees (got %g)" % self.tilt_step)
         if len(self.tilt_angles()) < 2:
-            raise InputError("tilt range %g..%g with step %g gives fewer than 2 tilts"
-                             % (tmin, tmax, self.tilt_step))
+            raise InputError(
+                "tilt range %g..%g with step %g gives fewer than 2 tilts"
+                % (tmin, tmax, self.tilt_step)
+            )
         if not self.dose > 0:
             raise InputError("dose must be > 0 e/A^2 (got %g)" % self.dose)
         for name in ("defocus_um", "defocus_jitter_um", "cs_mm"):
@@ -85,8 +90,9 @@ class AcquisitionParams:
         if not self.voltage_kv > 0:
             raise InputError("voltage must be > 0 kV (got %g)" % self.voltage_kv)
         if not 0 <= self.amplitude_contrast < 1:
-            raise InputError("amplitude contrast must be in [0, 1) (got %g)"
-                             % self.amplitude_contrast)
+            raise InputError(
+                "amplitude contrast must be in [0, 1) (got %g)" % self.amplitude_contrast
+            )
         if not (self.radial_cutoff > 0 and self.radial_falloff >= 0):
             raise InputError("radial_cutoff must be > 0 and radial_falloff >= 0")
 
@@ -103,10 +109,10 @@ class AcquisitionParams:
 
 @dataclass
 class Acquisition:
-    reconstruction: np.ndarray            # float32 (Z, Y, X), dense = bright
+    reconstruction: np.ndarray  # float32 (Z, Y, X), dense = bright
     reconstruction_noisefree: np.ndarray  # same optics and wedge, expected counts
-    tilt_angles: np.ndarray               # degrees
-    defocus_um: np.ndarray                # per tilt
+    tilt_angles: np.ndarray  # degrees
+    defocus_um: np.ndarray  # per tilt
 
 
 def electron_wavelength(voltage_kv):
@@ -118,25 +124,32 @@ def electron_wavelength(voltage_kv):
 def interaction_constant(voltage_kv):
     """sigma in rad / (V A): phase shift per volt of potential per Angstrom of path."""
     energy = voltage_kv
-    return (2 * np.pi / (electron_wavelength(voltage_kv) * voltage_kv * 1e3)
-            * (ELECTRON_REST_ENERGY_KEV + energy) / (2 * ELECTRON_REST_ENERGY_KEV + energy))
+    return (
+        2
+        * np.pi
+        / (electron_wavelength(voltage_kv) * voltage_kv * 1e3)
+        * (ELECTRON_REST_ENERGY_KEV + energy)
+        / (2 * ELECTRON_REST_ENERGY_KEV + energy)
+    )
 
 
 def ctf(shape, voxel_size, defocus_um, params):
     """CTF on an rfft2 grid of `shape` (Y, U); underfocus positive."""
     ky = sfft.fftfreq(shape[0])[:, None] / voxel_size
     kx = sfft.rfftfreq(shape[1])[None, :] / voxel_size
-    k2 = ky ** 2 + kx ** 2
+    k2 = ky**2 + kx**2
     wavelength = electron_wavelength(params.voltage_kv)
-    chi = (np.pi * wavelength * defocus_um * 1e4 * k2
-           - 0.5 * np.pi * params.cs_mm * 1e7 * wavelength ** 3 * k2 ** 2)
+    chi = (
+        np.pi * wavelength * defocus_um * 1e4 * k2
+        - 0.5 * np.pi * params.cs_mm * 1e7 * wavelength**3 * k2**2
+    )
     a = params.amplitude_contrast
     return -(np.sqrt(1 - a * a) * np.sin(chi) + a * np.cos(chi))
 
 
 def detector_mtf(shape):
     """Pixel-aperture MTF sinc(kx) sinc(ky), k in cycles/pixel, on an rfft2 grid."""
-    return (np.sinc(sfft.fftfreq(shape[0]))[:, None] * np.sinc(sfft.rfftfreq(shape[1]))[None, :])
+    return np.sinc(sfft.fftfreq(shape[0]))[:, None] * np.sinc(sfft.rfftfreq(shape[1]))[None, :]
 
 
 def projection_matrix(angle_deg, nz, nx, n_detector):
@@ -159,16 +172,24 @@ def projection_matrix(angle_deg, nz, nx, n_detector):
     fx, fz = x - x0, z - z0
     x0, z0 = x0.astype(np.int64), z0.astype(np.int64)
     all_rows, all_cols, all_weights = [], [], []
-    for dz, dx, weight in ((0, 0, (1 - fz) * (1 - fx)), (0, 1, (1 - fz) * fx),
-                           (1, 0, fz * (1 - fx)), (1, 1, fz * fx)):
+    for dz, dx, weight in (
+        (0, 0, (1 - fz) * (1 - fx)),
+        (0, 1, (1 - fz) * fx),
+        (1, 0, fz * (1 - fx)),
+        (1, 1, fz * fx),
+    ):
         zi, xi = z0 + dz, x0 + dx
         inside = (zi >= 0) & (zi < nz) & (xi >= 0) & (xi < nx) & (weight > 0)
         all_rows.append(rows[inside])
         all_cols.append(zi[inside] * nx + xi[inside])
         all_weights.append(weight[inside])
     return sparse.csr_matrix(
-        (np.concatenate(all_weights).astype(np.float32),
-         (np.concatenate(all_rows), np.concatenate(all_cols))), shape=(n_detector, nz * nx))
+        (
+            np.concatenate(all_weights).astype(np.float32),
+            (np.concatenate(all_rows), np.concatenate(all_cols)),
+        ),
+        shape=(n_detector, nz * nx),
+    )
 
 
 def backprojection_matrix(angle_deg, nz, nx, n_detector):
@@ -190,8 +211,9 @@ def backprojection_matrix(angle_deg, nz, nx, n_detector):
         cols.append(ui[inside])
         weights.append(weight[inside])
     return sparse.csr_matrix(
-        (np.concatenate(weights).astype(np.float32),
-         (np.concatenate(rows), np.concatenate(cols))), shape=(nz * nx, n_detector))
+        (np.concatenate(weights).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(nz * nx, n_detector),
+    )
 
 
 def project(volume, angles, n_detector):
@@ -218,24 +240,29 @@ def ramp_filter(images, radial_cutoff=0.5, radial_falloff=0.0):
     response = sfft.rfft(kernel).real
     k = sfft.rfftfreq(n_fft)
     if radial_falloff > 0:
-        window = np.where(k <= radial_cutoff, 1.0,
-                          np.exp(-0.5 * ((k - radial_cutoff) / radial_falloff) ** 2))
+        window = np.where(
+            k <= radial_cutoff, 1.0, np.exp(-0.5 * ((k - radial_cutoff) / radial_falloff) ** 2)
+        )
     else:
         window = (k <= radial_cutoff).astype(np.float64)
     # Edge values fill the padding: a truncated projection does not ring at its borders.
     pad = n_fft - n
-    padded = np.pad(images, [(0, 0)] * (images.ndim - 1) + [(pad // 2, pad - pad // 2)],
-                    mode="edge")
+    padded = np.pad(
+        images, [(0, 0)] * (images.ndim - 1) + [(pad // 2, pad - pad // 2)], mode="edge"
+    )
     spectrum = sfft.rfft(padded, axis=-1, workers=-1) * (response * window).astype(np.float32)
     filtered = sfft.irfft(spectrum, n=n_fft, axis=-1, workers=-1)
-    return filtered[..., pad // 2:pad // 2 + n].astype(np.float32)
+    return filtered[..., pad // 2 : pad // 2 + n].astype(np.float32)
 
 
 def back_project(images, angles, nz):
     """Sum of `images` (n_tilts, Y, U) smeared back along their rays into (nz, Y, U)."""
     n_tilts, ny, nx = images.shape
-    weights = np.gradient(np.radians(np.asarray(angles, dtype=np.float64))) if n_tilts > 1 \
+    weights = (
+        np.gradient(np.radians(np.asarray(angles, dtype=np.float64)))
+        if n_tilts > 1
         else np.array([np.pi])
+    )
     accumulated = np.zeros((nz * nx, ny), dtype=np.float32)
     for i, angle in enumerate(angles):
         rows = np.ascontiguousarray(images[i].T)  # (U, Y)
@@ -265,44 +292,49 @@ def acquire(grand_model, voxel_size, params=None, rng=None):
         raise InputError("grand model must be 3-D (got shape %s)" % (volume.shape,))
     nz, ny, nx = volume.shape
     angles = params.tilt_angles()
-    defoci = np.maximum(0.0, params.defocus_um
-                        + params.defocus_jitter_um * rng.standard_normal(len(angles)))
+    defoci = np.maximum(
+        0.0, params.defocus_um + params.defocus_jitter_um * rng.standard_normal(len(angles))
+    )
 
     # Margin around the detector for the CTF's delocalisation (and FFT wrap-around).
     wavelength = electron_wavelength(params.voltage_kv)
     k_max = 0.5 / voxel_size
-    spread = (wavelength * defoci.max() * 1e4 * k_max
-              + params.cs_mm * 1e7 * wavelength ** 3 * k_max ** 3) / voxel_size
+    spread = (
+        wavelength * defoci.max() * 1e4 * k_max + params.cs_mm * 1e7 * wavelength**3 * k_max**3
+    ) / voxel_size
     margin = int(np.ceil(spread)) + 4
     n_detector = nx + 2 * margin
 
     profile = volume.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
     projections = project(volume - profile[:, None, None], angles, n_detector)
-    projections += (profile.sum(dtype=np.float64) / np.cos(np.radians(angles))).astype(
-        np.float32)[:, None, None]
+    projections += (profile.sum(dtype=np.float64) / np.cos(np.radians(angles))).astype(np.float32)[
+        :, None, None
+    ]
 
     phase_per_voxel = interaction_constant(params.voltage_kv) * params.contrast_volts * voxel_size
-    counts_per_pixel = params.dose / len(angles) * voxel_size ** 2
+    counts_per_pixel = params.dose / len(angles) * voxel_size**2
     padded_shape = (ny + 2 * margin, n_detector)
     mtf = detector_mtf(padded_shape) if params.detector_mtf else 1.0
     scale = 1.0 / (2.0 * phase_per_voxel)  # back to "density x voxels" units
     # Noisy and noise-free images side by side along Y: one back-projection does both.
     images = np.empty((len(angles), 2 * ny, nx), dtype=np.float32)
     for i in range(len(angles)):
-        phase = np.pad(projections[i] * phase_per_voxel, [(margin, margin), (0, 0)],
-                       mode="reflect")
+        phase = np.pad(projections[i] * phase_per_voxel, [(margin, margin), (0, 0)], mode="reflect")
         transfer = ctf(padded_shape, voxel_size, defoci[i], params) * mtf
-        contrast = sfft.irfft2(sfft.rfft2(phase, workers=-1) * transfer, s=padded_shape,
-                               workers=-1)
-        intensity = 1.0 + 2.0 * contrast[margin:margin + ny, margin:margin + nx]
+        contrast = sfft.irfft2(sfft.rfft2(phase, workers=-1) * transfer, s=padded_shape, workers=-1)
+        intensity = 1.0 + 2.0 * contrast[margin : margin + ny, margin : margin + nx]
         expected = counts_per_pixel * np.clip(intensity, 0.0, None)
         counts = rng.poisson(expected)
         # Inverted contrast, normalised by the image's own mean as a real pipeline would.
         images[i, :ny] = (1.0 - counts / max(counts.mean(), 1e-12)) * scale
         images[i, ny:] = (1.0 - expected / max(expected.mean(), 1e-12)) * scale
 
-    volumes = weighted_back_projection(images, angles, nz, params.radial_cutoff,
-                                       params.radial_falloff)
-    return Acquisition(reconstruction=np.ascontiguousarray(volumes[:, :ny]),
-                       reconstruction_noisefree=np.ascontiguousarray(volumes[:, ny:]),
-                       tilt_angles=angles, defocus_um=defoci)
+    volumes = weighted_back_projection(
+        images, angles, nz, params.radial_cutoff, params.radial_falloff
+    )
+    return Acquisition(
+        reconstruction=np.ascontiguousarray(volumes[:, :ny]),
+        reconstruction_noisefree=np.ascontiguousarray(volumes[:, ny:]),
+        tilt_angles=angles,
+        defocus_um=defoci,
+    )

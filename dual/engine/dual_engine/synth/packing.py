@@ -11,6 +11,7 @@ p_volume = centre + R @ p_template, with Rz(a) = [[cos a, -sin a, 0], [sin a, co
 [0, 0, 1]] and Rx(b) = [[1, 0, 0], [0, cos b, -sin b], [0, sin b, cos b]].
 Orientations are uniform on SO(3) (rot_Z1, rot_Z2 uniform, cos(rot_X) uniform).
 """
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ from dual_engine.io import InputError, Particle
 @dataclass(frozen=True)
 class MacromoleculeClass:
     """A macromolecule shape: a union of soft-edged balls (x, y, z, radius) in nm."""
+
     name: str
     description: str
     balls: tuple
@@ -29,34 +31,52 @@ class MacromoleculeClass:
 
 def _ring(n, ring_radius, z, ball_radius, phase=0.0):
     angles = phase + 2 * np.pi * np.arange(n) / n
-    return tuple((ring_radius * np.cos(a), ring_radius * np.sin(a), z, ball_radius)
-                 for a in angles)
+    return tuple((ring_radius * np.cos(a), ring_radius * np.sin(a), z, ball_radius) for a in angles)
 
 
 # Sizes are the largest extent. Every class has density at its centre, so that the
 # listed centre lies inside the particle's own occupancy label.
 CATALOGUE = (
     MacromoleculeClass(
-        "ribosome", "two-lobed asymmetric particle, ~28 nm",
-        ((0.0, 0.0, -3.5, 10.0),                            # large subunit
-         (3.0, 0.0, 7.5, 6.0), (-3.5, 1.0, 8.0, 5.5),        # small subunit
-         (9.5, 0.0, -6.0, 3.0), (-8.0, -5.0, -2.0, 3.5))),   # stalks break the symmetry
+        "ribosome",
+        "two-lobed asymmetric particle, ~28 nm",
+        (
+            (0.0, 0.0, -3.5, 10.0),  # large subunit
+            (3.0, 0.0, 7.5, 6.0),
+            (-3.5, 1.0, 8.0, 5.5),  # small subunit
+            (9.5, 0.0, -6.0, 3.0),
+            (-8.0, -5.0, -2.0, 3.5),
+        ),
+    ),  # stalks break the symmetry
     MacromoleculeClass(
-        "barrel", "cylinder of four stacked heptameric rings, ~20 nm x 13 nm",
-        sum((_ring(7, 4.0, z, 2.4, phase=(i % 2) * np.pi / 7)
-             for i, z in enumerate((-7.5, -2.5, 2.5, 7.5))), ())
-        + ((0.0, 0.0, 0.0, 2.0),)),
+        "barrel",
+        "cylinder of four stacked heptameric rings, ~20 nm x 13 nm",
+        sum(
+            (
+                _ring(7, 4.0, z, 2.4, phase=(i % 2) * np.pi / 7)
+                for i, z in enumerate((-7.5, -2.5, 2.5, 7.5))
+            ),
+            (),
+        )
+        + ((0.0, 0.0, 0.0, 2.0),),
+    ),
     MacromoleculeClass(
-        "ring", "flat hexameric ring with a hub and a cap, ~18 nm x 6 nm",
-        _ring(6, 6.0, 0.0, 2.8) + ((0.0, 0.0, 0.0, 2.5), (0.0, 0.0, 2.2, 1.8))),
+        "ring",
+        "flat hexameric ring with a hub and a cap, ~18 nm x 6 nm",
+        _ring(6, 6.0, 0.0, 2.8) + ((0.0, 0.0, 0.0, 2.5), (0.0, 0.0, 2.2, 1.8)),
+    ),
     MacromoleculeClass(
-        "tetramer", "four globules on a tetrahedron, ~14 nm",
-        tuple((3.6 * x / np.sqrt(3), 3.6 * y / np.sqrt(3), 3.6 * z / np.sqrt(3), 3.4)
-              for x, y, z in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)))
-        + ((0.0, 0.0, 0.0, 2.0),)),
+        "tetramer",
+        "four globules on a tetrahedron, ~14 nm",
+        tuple(
+            (3.6 * x / np.sqrt(3), 3.6 * y / np.sqrt(3), 3.6 * z / np.sqrt(3), 3.4)
+            for x, y, z in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1))
+        )
+        + ((0.0, 0.0, 0.0, 2.0),),
+    ),
     MacromoleculeClass(
-        "dimer", "two unequal globules, ~10 nm",
-        ((-2.3, 0.0, 0.0, 2.8), (2.6, 0.0, 0.0, 2.4))),
+        "dimer", "two unequal globules, ~10 nm", ((-2.3, 0.0, 0.0, 2.8), (2.6, 0.0, 0.0, 2.4))
+    ),
 )
 MACROMOLECULES = tuple(c.name for c in CATALOGUE)
 # Fixed ids, whatever subset is packed, so that masks of different runs are comparable.
@@ -69,6 +89,7 @@ LABEL_THRESHOLD = 0.5  # fraction of the object's density that defines its mask 
 
 def euler_zxz_matrix(rot_z1, rot_x, rot_z2):
     """3x3 matrix acting on (x, y, z) column vectors; angles in degrees (see module doc)."""
+
     def rz(a):
         c, s = np.cos(a), np.sin(a)
         return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -121,15 +142,16 @@ def rotate_box(box, matrix, order=1):
     # affine_transform pulls: out[o] = in[M o + offset]; pulling with R^T pushes with R.
     pull = flip @ matrix.T @ flip
     centre = (np.array(box.shape) - 1) / 2.0
-    return ndimage.affine_transform(box, pull, offset=centre - pull @ centre,
-                                    order=order, mode="constant", cval=0.0)
+    return ndimage.affine_transform(
+        box, pull, offset=centre - pull @ centre, order=order, mode="constant", cval=0.0
+    )
 
 
 def _radial_box(radius_vox):
     half = int(np.ceil(radius_vox)) + 2
     axis = np.arange(2 * half + 1) - half
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
-    return np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    return np.sqrt(x**2 + y**2 + z**2)
 
 
 def render_vesicle(radius_vox, voxel_size):
@@ -141,8 +163,10 @@ def render_vesicle(radius_vox, voxel_size):
     leaflet_offset, sigma = 1.6 / nm, max(0.8 / nm, 0.5)
     half_thickness = max(2.5 / nm, 1.0)
     r = _radial_box(radius_vox + half_thickness + 1)
-    density = sum(np.exp(-((r - radius_vox - d) ** 2) / (2 * sigma ** 2))
-                  for d in (-leaflet_offset, leaflet_offset))
+    density = sum(
+        np.exp(-((r - radius_vox - d) ** 2) / (2 * sigma**2))
+        for d in (-leaflet_offset, leaflet_offset)
+    )
     density = MEMBRANE_DENSITY * density / density.max()
     membrane = np.abs(r - radius_vox) <= half_thickness
     ball = r <= radius_vox + half_thickness
@@ -173,19 +197,21 @@ def _centre_ranges(mask, lows, highs):
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         filled = np.flatnonzero(mask.any(axis=other))
-        ranges.append((lows[axis] - (filled[0] - half[axis]),
-                       highs[axis] - (filled[-1] - half[axis])))
+        ranges.append(
+            (lows[axis] - (filled[0] - half[axis]), highs[axis] - (filled[-1] - half[axis]))
+        )
     return ranges
 
 
 @dataclass
 class GrandModel:
     """Ground truth of a phantom; `particles[i]` owns label i + 1 in `occupancy`."""
-    density: np.ndarray      # float32 (Z, Y, X)
-    class_mask: np.ndarray   # int16, CLASS_IDS, 0 = background
-    occupancy: np.ndarray    # int16, instance labels
+
+    density: np.ndarray  # float32 (Z, Y, X)
+    class_mask: np.ndarray  # int16, CLASS_IDS, 0 = background
+    occupancy: np.ndarray  # int16, instance labels
     particles: list
-    slab: tuple              # (first, last) z index of the specimen slab
+    slab: tuple  # (first, last) z index of the specimen slab
     requested: dict = field(default_factory=dict)  # objects tried per class
 
     def counts(self):
@@ -227,8 +253,10 @@ class _Packer:
                 continue
             label = len(self.particles) + 1
             if label > np.iinfo(np.int16).max:
-                raise InputError("more than %d objects: too many for an int16 occupancy mask"
-                                 % np.iinfo(np.int16).max)
+                raise InputError(
+                    "more than %d objects: too many for an int16 occupancy mask"
+                    % np.iinfo(np.int16).max
+                )
             self.objects[vol] += density[box]
             self.occupancy[vol][label_region[box]] = label
             self.class_mask[vol][class_region[box]] = CLASS_IDS[name]
@@ -247,13 +275,24 @@ def slab_extent(nz, slab_fraction):
 def default_object_counts(shape, voxel_size):
     """(vesicles, fiducials) for a volume: about one of each per (120 nm)^2 of area."""
     area_nm2 = shape[1] * shape[2] * (voxel_size / 10.0) ** 2
-    per_area = area_nm2 / 120.0 ** 2
+    per_area = area_nm2 / 120.0**2
     return max(1, int(round(per_area))), max(2, int(round(per_area)))
 
 
-def pack(shape, voxel_size, rng, classes=None, n_particles=None, n_vesicles=None,
-         n_fiducials=None, slab_fraction=0.85, background=0.1, gold_density=8.0,
-         crowding=0.2, max_tries=300):
+def pack(
+    shape,
+    voxel_size,
+    rng,
+    classes=None,
+    n_particles=None,
+    n_vesicles=None,
+    n_fiducials=None,
+    slab_fraction=0.85,
+    background=0.1,
+    gold_density=8.0,
+    crowding=0.2,
+    max_tries=300,
+):
     """Build a GrandModel.
 
     classes: macromolecule class names (default all of MACROMOLECULES).
@@ -267,11 +306,16 @@ def pack(shape, voxel_size, rng, classes=None, n_particles=None, n_vesicles=None
     classes = list(MACROMOLECULES if classes is None else classes)
     unknown = [c for c in classes if c not in MACROMOLECULES]
     if unknown:
-        raise InputError("unknown class %s; valid classes: %s"
-                         % (", ".join(repr(c) for c in unknown), ", ".join(MACROMOLECULES)))
+        raise InputError(
+            "unknown class %s; valid classes: %s"
+            % (", ".join(repr(c) for c in unknown), ", ".join(MACROMOLECULES))
+        )
     classes = list(dict.fromkeys(classes))  # drop repeats, keep order
-    for name, value in (("n_particles", n_particles), ("n_vesicles", n_vesicles),
-                        ("n_fiducials", n_fiducials)):
+    for name, value in (
+        ("n_particles", n_particles),
+        ("n_vesicles", n_vesicles),
+        ("n_fiducials", n_fiducials),
+    ):
         if value is not None and value < 0:
             raise InputError("%s must be >= 0 (got %s)" % (name, value))
     if not 0 < slab_fraction <= 1:
@@ -287,20 +331,23 @@ def pack(shape, voxel_size, rng, classes=None, n_particles=None, n_vesicles=None
             raise InputError(
                 "shape %s is too small for class '%s' (%d voxels across at %.3g A/voxel; the "
                 "slab is %d voxels thick): use a larger shape or leave the class out"
-                % ("x".join(map(str, shape)), name, size, voxel_size, slab_thickness))
+                % ("x".join(map(str, shape)), name, size, voxel_size, slab_thickness)
+            )
 
     default_vesicles, default_fiducials = default_object_counts(shape, voxel_size)
     n_vesicles = default_vesicles if n_vesicles is None else int(n_vesicles)
     n_fiducials = default_fiducials if n_fiducials is None else int(n_fiducials)
-    volumes = {name: int((t >= LABEL_THRESHOLD * PROTEIN_DENSITY).sum())
-               for name, t in templates.items()}
+    volumes = {
+        name: int((t >= LABEL_THRESHOLD * PROTEIN_DENSITY).sum()) for name, t in templates.items()
+    }
     if n_particles is None:
         slab_voxels = slab_thickness * shape[1] * shape[2]
         mean_volume = np.mean(list(volumes.values())) if volumes else 1.0
         n_particles = int(round(crowding * slab_voxels / mean_volume)) if volumes else 0
     if n_particles and not classes:
-        raise InputError("no macromolecule class selected; valid classes: %s"
-                         % ", ".join(MACROMOLECULES))
+        raise InputError(
+            "no macromolecule class selected; valid classes: %s" % ", ".join(MACROMOLECULES)
+        )
 
     packer = _Packer(shape, rng, max_tries)
     requested = {}
@@ -330,8 +377,14 @@ def pack(shape, voxel_size, rng, classes=None, n_particles=None, n_vesicles=None
 
     # Macromolecules: equal shares, largest class first so that big ones still find room.
     order = sorted(classes, key=lambda name: -volumes[name])
-    shares = {name: n_particles // len(classes) + (i < n_particles % len(classes))
-              for i, name in enumerate(classes)} if classes else {}
+    shares = (
+        {
+            name: n_particles // len(classes) + (i < n_particles % len(classes))
+            for i, name in enumerate(classes)
+        }
+        if classes
+        else {}
+    )
     for name in order:
         requested[name] = shares[name]
         for _ in range(shares[name]):
@@ -342,10 +395,11 @@ def pack(shape, voxel_size, rng, classes=None, n_particles=None, n_vesicles=None
             packer.place(name, density, region, region, (z_first, z_last), angles)
 
     slab = np.zeros(shape[0], dtype=np.float32)
-    slab[z_first:z_last + 1] = background
+    slab[z_first : z_last + 1] = background
     density = np.maximum(packer.objects, slab[:, None, None])
     # Soft edges of objects touching the slab surfaces are cut: nothing outside the slab.
     density[:z_first] = 0
-    density[z_last + 1:] = 0
-    return GrandModel(density, packer.class_mask, packer.occupancy, packer.particles,
-                      (z_first, z_last), requested)
+    density[z_last + 1 :] = 0
+    return GrandModel(
+        density, packer.class_mask, packer.occupancy, packer.particles, (z_first, z_last), requested
+    )

@@ -13,6 +13,7 @@ Files written to `outdir` (every MRC carries the voxel size in its header):
                                 (Pearson and SNR are null where undefined); written
                                 last, so its presence marks a complete phantom.
 """
+
 import json
 import os
 import time
@@ -44,19 +45,36 @@ def _validate(shape, voxel_size, seed):
     if len(shape) != 3:
         raise InputError("shape must be three sizes Z Y X (got %s)" % (shape,))
     if any(int(s) != s or s < m for s, m in zip(shape, MIN_SHAPE)):
-        raise InputError("shape %s is too small: at least %s voxels (Z Y X)"
-                         % ("x".join(map(str, shape)), "x".join(map(str, MIN_SHAPE))))
+        raise InputError(
+            "shape %s is too small: at least %s voxels (Z Y X)"
+            % ("x".join(map(str, shape)), "x".join(map(str, MIN_SHAPE)))
+        )
     if not voxel_size > 0:
         raise InputError("voxel size must be > 0 A (got %g)" % voxel_size)
     if int(seed) != seed or seed < 0:
         raise InputError("seed must be a non-negative integer (got %s)" % seed)
 
 
-def make_phantom(outdir, shape=(64, 256, 256), voxel_size=10.0, seed=0,
-                 tilt_range=(-60.0, 60.0), tilt_step=3.0, defocus_um=3.0, dose=100.0,
-                 voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, classes=None,
-                 n_particles=None, write_noise_free=False, n_vesicles=None, n_fiducials=None,
-                 defocus_jitter_um=0.1, contrast_volts=1.0):
+def make_phantom(
+    outdir,
+    shape=(64, 256, 256),
+    voxel_size=10.0,
+    seed=0,
+    tilt_range=(-60.0, 60.0),
+    tilt_step=3.0,
+    defocus_um=3.0,
+    dose=100.0,
+    voltage_kv=300.0,
+    cs_mm=2.7,
+    amplitude_contrast=0.07,
+    classes=None,
+    n_particles=None,
+    write_noise_free=False,
+    n_vesicles=None,
+    n_fiducials=None,
+    defocus_jitter_um=0.1,
+    contrast_volts=1.0,
+):
     """Pack a grand model, acquire its tomogram and write both; return a JSON-able summary.
 
     Deterministic: one seed gives byte-identical volumes. Packing and acquisition draw
@@ -68,16 +86,30 @@ def make_phantom(outdir, shape=(64, 256, 256), voxel_size=10.0, seed=0,
     _validate(tuple(shape), voxel_size, seed)
     shape = tuple(int(s) for s in shape)
     params = AcquisitionParams(
-        tilt_range=tuple(float(t) for t in tilt_range), tilt_step=float(tilt_step),
-        defocus_um=float(defocus_um), defocus_jitter_um=float(defocus_jitter_um),
-        dose=float(dose), voltage_kv=float(voltage_kv), cs_mm=float(cs_mm),
-        amplitude_contrast=float(amplitude_contrast), contrast_volts=float(contrast_volts))
+        tilt_range=tuple(float(t) for t in tilt_range),
+        tilt_step=float(tilt_step),
+        defocus_um=float(defocus_um),
+        defocus_jitter_um=float(defocus_jitter_um),
+        dose=float(dose),
+        voltage_kv=float(voltage_kv),
+        cs_mm=float(cs_mm),
+        amplitude_contrast=float(amplitude_contrast),
+        contrast_volts=float(contrast_volts),
+    )
     params.validate()
 
-    pack_rng, acquire_rng = (np.random.default_rng(s)
-                             for s in np.random.SeedSequence(int(seed)).spawn(2))
-    model = pack(shape, voxel_size, pack_rng, classes=classes, n_particles=n_particles,
-                 n_vesicles=n_vesicles, n_fiducials=n_fiducials)
+    pack_rng, acquire_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2)
+    )
+    model = pack(
+        shape,
+        voxel_size,
+        pack_rng,
+        classes=classes,
+        n_particles=n_particles,
+        n_vesicles=n_vesicles,
+        n_fiducials=n_fiducials,
+    )
     tomogram = acquire(model.density, voxel_size, params, acquire_rng)
     noisy, clean = tomogram.reconstruction, tomogram.reconstruction_noisefree
     correlation = _correlation(noisy, model.density)
@@ -87,10 +119,19 @@ def make_phantom(outdir, shape=(64, 256, 256), voxel_size=10.0, seed=0,
 
     outdir = os.fspath(outdir)
     os.makedirs(outdir, exist_ok=True)
-    paths = {name: os.path.join(outdir, name) for name in (
-        "reconstruction.mrc", "grandmodel.mrc", "class_mask.mrc", "occupancy_mask.mrc",
-        "particle_locations.txt", "class_conversion_table.txt", "tilt_angles.txt",
-        "phantom.json")}
+    paths = {
+        name: os.path.join(outdir, name)
+        for name in (
+            "reconstruction.mrc",
+            "grandmodel.mrc",
+            "class_mask.mrc",
+            "occupancy_mask.mrc",
+            "particle_locations.txt",
+            "class_conversion_table.txt",
+            "tilt_angles.txt",
+            "phantom.json",
+        )
+    }
     write_mrc(paths["reconstruction.mrc"], noisy, voxel_size)
     write_mrc(paths["grandmodel.mrc"], model.density, voxel_size)
     write_mrc(paths["class_mask.mrc"], model.class_mask, voxel_size)
@@ -121,11 +162,19 @@ def make_phantom(outdir, shape=(64, 256, 256), voxel_size=10.0, seed=0,
         "snr": _rounded(snr),
     }
     record = {
-        "engine": "dual-engine", "engine_version": __version__,
-        "parameters": {"shape": list(shape), "voxel_size": float(voxel_size), "seed": int(seed),
-                       "classes": classes, "n_particles": n_particles,
-                       "n_vesicles": n_vesicles, "n_fiducials": n_fiducials,
-                       "write_noise_free": bool(write_noise_free), **params.as_dict()},
+        "engine": "dual-engine",
+        "engine_version": __version__,
+        "parameters": {
+            "shape": list(shape),
+            "voxel_size": float(voxel_size),
+            "seed": int(seed),
+            "classes": classes,
+            "n_particles": n_particles,
+            "n_vesicles": n_vesicles,
+            "n_fiducials": n_fiducials,
+            "write_noise_free": bool(write_noise_free),
+            **params.as_dict(),
+        },
         "slab_z": list(model.slab),
         "class_ids": dict(CLASS_IDS),
         "counts": counts,
@@ -136,8 +185,8 @@ def make_phantom(outdir, shape=(64, 256, 256), voxel_size=10.0, seed=0,
         "pearson_noisefree": correlation_clean,
         "snr": snr,
         "conventions": "arrays [z, y, x]; coordinates x y z in voxels; Euler ZXZ degrees, "
-                       "R = Rz(rot_Z1) Rx(rot_X) Rz(rot_Z2) applied to the template; "
-                       "reconstruction contrast inverted (dense = bright)",
+        "R = Rz(rot_Z1) Rx(rot_X) Rz(rot_Z2) applied to the template; "
+        "reconstruction contrast inverted (dense = bright)",
     }
     summary["seconds"] = record["seconds"] = round(time.perf_counter() - started, 2)
     with atomic_output(paths["phantom.json"]) as tmp, open(tmp, "w") as f:
