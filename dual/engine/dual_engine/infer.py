@@ -4,10 +4,15 @@ wedge.combine), by the overlap-tile strategy.
 
 All three bring the input to the model's working voxel size, standardise it, run the
 network tile by tile, and resample the result back onto the input's grid and voxel
-size, so that coordinates and overlays line up with the input.
+size, so that coordinates and overlays line up with the input. Denoising and simulation
+stream the volume (streaming.py): their memory is bounded by the tile and a few slabs,
+whatever the volume's size, with scratch files for resampling next to the output.
+Compensation combines whole-volume Fourier transforms, so it holds the volume.
 """
 
+import contextlib
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -24,55 +29,31 @@ from dual_engine.contract import (
 )
 from dual_engine.data import load_for_model
 from dual_engine.io import read_mrc, resize_to_shape, write_mrc
+from dual_engine.streaming import (
+    checked_statistics,
+    new_volume,
+    open_volume,
+    resample,
+    resampled_shape,
+    run_tiles,
+    slab_statistics,
+    temporary_volume,
+    voxel_hash,
+)
 from dual_engine.model import load_generators, resolve_device
 from dual_engine.wedge import TRANSITION_DEGREES, combine
 
 
 def apply_tiled(volume, network, tile=DEFAULT_TILE, overlap=None, multiple=4, device='cpu'):
-    """Run `network` over `volume` in overlapping tiles and keep each tile's centre.
-
-    Tiles are `tile` voxels wide (rounded up to `multiple`, the network's size step),
-    or less along an axis the volume fills with less (a thin tomogram gets flat tiles,
-    not cubes mostly made of padding); `overlap` voxels on each side are discarded
-    (default: the network's receptive radius, so tiling gives the same result as one
-    pass over the whole volume). The volume is mirror-padded, so volumes smaller than
-    one tile work too.
-    """
+    """`network` over an in-memory volume by overlapping tiles (streaming.run_tiles):
+    tiles of `tile` voxels (or flat ones for thin volumes), `overlap` voxels dropped at
+    each border (default: the receptive radius, so tiling equals one pass over the whole
+    volume); mirror padding, so volumes smaller than one tile work too."""
     if overlap is None:
         overlap = getattr(network, 'receptive_radius', 16)
-    overlap = int(np.ceil(overlap / multiple) * multiple)  # keeps the pooling grid
-
-    def round_up(n):
-        return int(np.ceil(n / multiple) * multiple)
-
-    # Tiles grow when the overlap would leave too small a core (deep networks).
-    tile = round_up(max(tile, 2 * overlap + 4 * multiple))
-    shape = volume.shape
-    tiles = [min(tile, round_up(n + 2 * overlap)) for n in shape]
-    cores = [t - 2 * overlap for t in tiles]
-    padded_shape = [int(np.ceil(n / c)) * c + 2 * overlap for n, c in zip(shape, cores)]
-    pads = [(overlap, p - n - overlap) for n, p in zip(shape, padded_shape)]
-    padded = np.pad(np.asarray(volume, dtype=np.float32), pads, mode='reflect')
-    out = np.empty(shape, dtype=np.float32)
-    (tz, ty, tx), (cz, cy, cx) = tiles, cores
-    with torch.no_grad():
-        for z in range(0, shape[0], cz):
-            for y in range(0, shape[1], cy):
-                for x in range(0, shape[2], cx):
-                    block = padded[z : z + tz, y : y + ty, x : x + tx]
-                    result = (
-                        network(
-                            torch.from_numpy(np.ascontiguousarray(block))[None, None].to(device)
-                        )[0, 0]
-                        .cpu()
-                        .numpy()
-                    )
-                    size = [min(c, n - s) for n, s, c in zip(shape, (z, y, x), cores)]
-                    out[z : z + size[0], y : y + size[1], x : x + size[2]] = result[
-                        overlap : overlap + size[0],
-                        overlap : overlap + size[1],
-                        overlap : overlap + size[2],
-                    ]
+    volume = np.asarray(volume, dtype=np.float32)
+    out = np.empty(volume.shape, dtype=np.float32)
+    run_tiles(volume, out, network, tile, overlap, multiple, device)
     return out
 
 
@@ -96,14 +77,15 @@ def require_task(cfg, model_path, task):
 
 
 def _check_inputs(cfg, inputs, voxel_size=None):
-    """Every input readable, 3-D, real, and at a voxel size the model can work at, before
-    any work is done."""
+    """Every input readable, 3-D, real, finite, not constant and at a voxel size the
+    model can work at, before any work is done (read slab by slab)."""
     for path in inputs:
         header_voxel_size = read_mrc(path)[1]
         size = voxel_size or header_voxel_size
         if not size or size <= 0:
             raise InputError('%s has no voxel size in its header; give it with --voxel-size' % path)
         check_voxel_size_ratio(size, cfg.voxel_size, path)
+        checked_statistics(open_volume(path), path)
 
 
 def _load_checked(model_path, task, device, threads, inputs, voxel_size):
@@ -148,17 +130,59 @@ def denoise(
 
 
 def _denoise(cfg, generators, input_path, output_path, tile, overlap, device, voxel_size):
-    clean, input_voxel_size = denoise_on_input_grid(
-        cfg, generators, input_path, tile, overlap, device, voxel_size
-    )
-    write_mrc(output_path, clean, input_voxel_size)
+    def standardise(block, index):
+        return (block - stats['mean']) / stats['std']
+
+    with _streamed(cfg, input_path, output_path, voxel_size) as (working, result, stats, size):
+        network = generators.denoiser
+        run_tiles(
+            working,
+            result,
+            network,
+            tile,
+            _overlap(network, overlap),
+            network.multiple,
+            device,
+            standardise,
+        )
     return {
         'input': input_path,
         'output': output_path,
-        'voxel_size': input_voxel_size,
+        'voxel_size': size,
         'working_voxel_size': cfg.voxel_size,
-        'shape': list(clean.shape),
+        'shape': list(open_volume(input_path).shape),
     }
+
+
+def _overlap(network, overlap):
+    return network.receptive_radius if overlap is None else overlap
+
+
+@contextlib.contextmanager
+def _streamed(cfg, input_path, output_path, voxel_size):
+    """Yield (working volume, result volume, working statistics, input voxel size) for one
+    streamed pass: the input at the model's voxel size (a scratch file when it must be
+    resampled, else the input itself) and where to write the network's output at that
+    voxel size; the result is written to output_path on the input's grid."""
+    source = open_volume(input_path)
+    size = voxel_size or read_mrc(input_path)[1]
+    factor = size / cfg.voxel_size
+    folder = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix='.dual-scratch-') as scratch, new_volume(
+        output_path, source.shape, size
+    ) as out:
+        if abs(factor - 1.0) < 1e-6:
+            working, result = source, out
+        else:
+            shape = resampled_shape(source.shape, factor)
+            working = temporary_volume(scratch, 'working', shape)
+            resample(source, working, factor)
+            result = temporary_volume(scratch, 'result', shape)
+        yield working, result, slab_statistics(working), size
+        if result is not out:
+            resample(result, out, low_pass=False)  # as io.resize_to_shape
+        del working, result
 
 
 def denoise_on_input_grid(
@@ -237,29 +261,51 @@ def simulate(
 def _simulate(
     cfg, generators, input_path, outdir, variants, seed, index, tile, overlap, device, voxel_size
 ):
-    volume, input_voxel_size, shape = load_for_model(input_path, cfg.voxel_size, voxel_size)
+    network = generators.structural_generator
     outputs = []
     for variant in range(variants):
-        rng = torch.Generator().manual_seed(torch_seed(seed, 'simulate', index, variant))
-        noise = nonstructural_noise(generators, volume.shape, rng, device)
-        synthetic = apply_tiled(
-            volume + noise,
-            generators.structural_generator,
-            tile,
-            overlap,
-            generators.structural_generator.multiple,
-            device,
-        )
         path = os.path.join(outdir, simulated_name(input_path, variant))
-        write_mrc(path, resize_to_shape(synthetic, shape), input_voxel_size)
+        key = torch_seed(seed, 'simulate', index, variant)
+        with _streamed(cfg, input_path, path, voxel_size) as (working, result, stats, size):
+            noisy = _noise_adder(generators, key, working.shape, stats, device)
+            run_tiles(
+                working,
+                result,
+                network,
+                tile,
+                _overlap(network, overlap),
+                network.multiple,
+                device,
+                noisy,
+            )
         outputs.append(path)
     return {
         'input': input_path,
         'outputs': outputs,
-        'voxel_size': input_voxel_size,
+        'voxel_size': size,
         'seed': seed,
         'index': index,
     }
+
+
+def _noise_adder(generators, key, shape, stats, device):
+    """prepare() for run_tiles: the standardised map plus P(Gn(z)), Gn's voxel values for
+    one code z drawn at random for each voxel (the noise is voxel-independent by
+    design). The draw depends on the voxel only (streaming.voxel_hash), so tiles agree
+    where they overlap and the result does not depend on the tiling."""
+    rng = torch.Generator().manual_seed(key)
+    with torch.no_grad():
+        z = torch.randn(1, generators.code_size, generator=rng).to(device)
+        pool = generators.noise_decoder(z).flatten().cpu().numpy()
+    ny, nx = shape[1], shape[2]
+
+    def prepare(block, index):
+        iz, iy, ix = (np.asarray(i, dtype=np.uint64) for i in index)
+        linear = (iz[:, None, None] * np.uint64(ny) + iy[None, :, None]) * np.uint64(nx) + ix
+        noise = pool[voxel_hash(linear, key) % np.uint64(pool.size)]
+        return (block - stats['mean']) / stats['std'] + noise
+
+    return prepare
 
 
 def compensate_files(job):
@@ -355,15 +401,3 @@ def _compensate(
         'transition_degrees': transition,
         'translation_gain': gain,
     }
-
-
-def nonstructural_noise(generators, shape, rng, device='cpu'):
-    """P(Gn(z)) for a whole volume: Gn's voxel values for one code z, repeated to fill
-    the volume and randomly permuted (the noise is voxel-independent by design)."""
-    with torch.no_grad():
-        z = torch.randn(1, generators.code_size, generator=rng).to(device)
-        values = generators.noise_decoder(z).flatten().cpu()
-    count = int(np.prod(shape))
-    pool = values.repeat(count // values.numel() + 1)[:count]
-    order = torch.randperm(count, generator=rng)
-    return pool[order].numpy().reshape(shape)

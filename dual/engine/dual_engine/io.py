@@ -139,21 +139,19 @@ def check_finite(volume, name="volume"):
     if not np.all(np.isfinite(volume)):
         raise InputError("%s contains NaN or infinite values" % name)
     sample = volume.ravel()[:: max(1, volume.size // 1000000)]
-    low, median, high = np.percentile(sample, [0.1, 50, 99.9])
-    spread = float(high - low)
-    extreme = max(abs(float(volume.max()) - median), abs(float(volume.min()) - median))
-    if spread > 0 and extreme > OUTLIER_SPREADS * spread:
+    check_extremes(sample, float(volume.min()), float(volume.max()), name)
+
+
+def check_extremes(sample, low, high, name):
+    """Refuse a volume whose extreme values (low, high) lie more than OUTLIER_SPREADS
+    times the spread of the central 99.8% of `sample` (a subsample of it) from its median."""
+    p_low, median, p_high = np.percentile(sample, [0.1, 50, 99.9])
+    spread = float(p_high - p_low)
+    worst = high if abs(high - median) >= abs(low - median) else low
+    if spread > 0 and abs(worst - median) > OUTLIER_SPREADS * spread:
         raise InputError(
-            "%s has extreme values (%.3g, while 99.8%% of it lies within %.3g "
-            "of %.3g): a corrupt voxel? Clip or fix the volume first"
-            % (
-                name,
-                float(volume.max())
-                if abs(float(volume.max()) - median) >= abs(float(volume.min()) - median)
-                else float(volume.min()),
-                spread,
-                median,
-            )
+            "%s has extreme values (%.3g, while 99.8%% of it lies within %.3g of %.3g): "
+            "a corrupt voxel? Clip or fix the volume first" % (name, worst, spread, median)
         )
 
 
