@@ -54,11 +54,13 @@ def child(args):
         write_mrc(args.output, out, VOXEL_SIZE)
 
 
-def run_child(argv, timeout=None):
-    """(wall seconds, peak RSS in GB, finished) of one child process; a child still
-    running after `timeout` seconds is stopped (its time is then a lower bound)."""
+def run_child(argv, timeout=None, script=None):
+    """(wall seconds, peak RSS in GB, finished) of one child process (`script`, default
+    this one, run with --child and argv); a child still running after `timeout` seconds
+    is stopped (its time is then a lower bound)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child"] + argv)
+    script = os.path.abspath(script or __file__)
+    proc = subprocess.Popen([sys.executable, script, "--child"] + argv)
     finished = True
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

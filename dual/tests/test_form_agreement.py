@@ -4,9 +4,17 @@ command line and job files go through before any work), side by side."""
 
 import itertools
 
-from dual_engine.contract import CONTRASTS, InputError, Job, check_diameter
+from dual_engine.contract import (
+    CONTRASTS,
+    InputError,
+    Job,
+    check_diameter,
+    check_fits_subvolume,
+    check_voxel_size_ratio,
+)
 
-from dual.protocols import ProtDualPick, ProtDualWedge
+from dual.objects import DualModel
+from dual.protocols import ProtDualDenoise, ProtDualPick, ProtDualWedge
 from dual.protocols.protocol_pick import SELECT_THRESHOLD
 from dual.protocols.protocol_wedge import RANGE_GIVEN
 from dual.tests.workflow import TINY_TRAINING, DualWorkflowTest
@@ -100,3 +108,28 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
                 {k: v for k, v in values.items() if v is not None},
                 extra=lambda: check_diameter(diameter, rate),
             )
+
+    def test_model_voxel_sizes_and_subvolumes(self):
+        """What a model can be applied to: the voxel-size ratio and the subvolume fit."""
+        modelFile = self.getOutputPath('model.pt')
+        open(modelFile, 'w').close()  # validate() only asks that the file exists
+        rate = self.tomograms.getSamplingRate()
+        tomograms = list(self.tomograms.iterItems())
+        for modelVoxel, subvolume in itertools.product(
+            (rate / 3, rate / 2, rate * 0.7, rate, rate * 1.9, rate * 2.5), (16, 32, 64, 128)
+        ):
+            prot = self.newProtocol(ProtDualDenoise, useGpu=False)
+            prot.inputModel.set(
+                DualModel(
+                    path=modelFile, voxelSize=modelVoxel, subvolumeSize=subvolume, iterations=1000
+                )
+            )
+            prot.inputTomograms.set(self.tomograms)
+
+            def engineChecks():
+                check_voxel_size_ratio(rate, modelVoxel, 'The input volumes')
+                for tomo in tomograms:
+                    check_fits_subvolume(tomo.getTsId(), tomo.getDim(), rate, modelVoxel, subvolume)
+
+            values = dict(model=modelFile, inputs=['t.mrc'], outdir='o')
+            self.assertAgree(prot, 'denoise', values, extra=engineChecks)
