@@ -25,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import run_speed  # noqa: E402  (run_child: one process per run, peak RSS)
+from run_benchmark import add_common_arguments  # noqa: E402
 
 VOXEL_SIZE = 10.0
 
@@ -191,18 +192,14 @@ def parse(argv):
         action="store_true",
         help="also measure one tile of the default network (width 16)",
     )
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--timeout", type=float, default=None)
-    ap.add_argument("--work", default=os.path.join(HERE, "work"))
-    ap.add_argument("--results", default=os.path.join(HERE, "results"))
+    ap.add_argument(
+        "--timeout", type=float, default=None, help="stop a run after this many seconds"
+    )
+    add_common_arguments(ap, threads=2)
     args = ap.parse_args(argv)
     args.argv = argv
     return args
 
 
 if __name__ == "__main__":
-    arguments = parse(sys.argv[1:])
-    if arguments.child:
-        child(arguments)
-    else:
-        main(arguments)
+    run_speed.run_script(parse(sys.argv[1:]), child, main)
