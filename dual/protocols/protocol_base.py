@@ -372,12 +372,14 @@ class ProtDualApplyModel(ProtDualBase):
 
     def _appendTomogram(self, name, outFile, outName):
         """Add the engine's output file for input tomogram `name` to the streaming set
-        `outName`, with the input's sampling rate (header too), tsId, acquisition,
-        origin and halves."""
+        `outName`, with the input's sampling rate (header too), tsId, acquisition and
+        origin. Not its half maps: they are the raw halves, and an even/odd tool would
+        pair them with a volume they were not made from."""
         inTomo = self.inputItems[name]
         self._setHeaderSamplingRate(outFile, inTomo.getSamplingRate())
         tomo = Tomogram()
         tomo.copyInfo(inTomo)
+        tomo.setHalfMaps([])
         tomo.setLocation(outFile)
         with self._lock:
             outSet = self._getOutputSet(outName, SetOfTomograms)
