@@ -764,18 +764,13 @@ COMMANDS = {
 
 
 def command_fields(command):
-    """[(option class, field)] of a command, in declaration order; a name declared by two
-    classes (wedge-train's tilt_axis is DualConfig's) is listed once, first class wins."""
-    seen, result = set(), []
-    for cls in COMMANDS[command][1]:
-        for f in option_fields(cls):
-            if f.name not in seen and not (
-                cls is DualConfig
-                and f.metadata.get('role') == 'task'
-                and command not in ('train', 'wedge-train')
-            ):
-                seen.add(f.name)
-                result.append((cls, f))
+    """[(option class, field)] of a command's options, in declaration order. Each name
+    is declared by one class only: it is one key of the command's job files."""
+    result = [(cls, f) for cls in COMMANDS[command][1] for f in option_fields(cls)]
+    names = [f.name for _, f in result]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise TypeError('%s declares %s twice' % (command, ', '.join(duplicated)))
     return result
 
 

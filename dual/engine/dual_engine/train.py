@@ -383,6 +383,7 @@ def _train_process(
         if it % cfg.checkpoint_every == 0 and it < cfg.iterations:
             save(trainer.state(), os.path.join(outdir, CHECKPOINT_FILE))
     spread = _replica_spread(trainer.generators) if world_size > 1 else 0.0
+    summary = None
     if rank == 0:
         summary = {
             'iterations': trainer.iteration,
@@ -398,7 +399,12 @@ def _train_process(
         # from which --resume writes the model without training again.
         save(trainer.state(), os.path.join(outdir, CHECKPOINT_FILE))
         save(trainer.state({'training': summary}), os.path.join(outdir, MODEL_FILE))
-        return summary
+    if world_size > 1:
+        # Every rank waits for rank 0's files, then all leave together: a rank that tears
+        # its process group down while a peer still works aborted the run (gloo on CPU:
+        # "terminate called without an active exception", SIGABRT).
+        dist.barrier()
+    return summary
 
 
 def _checked_step(trainer, outdir):
