@@ -1,10 +1,10 @@
 """Volumes that need not fit in memory, for inference (infer.py).
 
-An MRC volume is read and written through a memory map whose resident pages are handed
-back to the system as the work moves on (`release`), so a process holds a few slabs and
-one tile at a time, whatever the volume's size. On top of that: slab-wise statistics,
-slab-wise linear resampling between voxel sizes (the result of io.rescale's
-scipy.ndimage.zoom, order 1, grid mode), and the overlap-tile loop.
+An MRC volume is opened as a memory map. Slab-wise passes (statistics, resampling) hand
+its resident pages back to the system as they go (`release`); the overlap-tile loop
+reads and writes its tiles row by row with pread/pwrite, so a process holds a few slabs
+and one tile at a time, whatever the volume's size. Resampling between voxel sizes
+gives io.rescale's result (scipy.ndimage.zoom, order 1, grid mode).
 """
 
 import contextlib
@@ -181,6 +181,44 @@ def tile_grid(shape, tile, overlap, multiple):
     return tiles, [t - 2 * overlap for t in tiles], overlap
 
 
+def _read_block(source, index):
+    """source[np.ix_(*index)] as float32. A memmap is read row by row with pread: a
+    mapping would make every 4 KB page a tile's row touches resident (a tile of a
+    volume 1024 voxels wide holds one row per page), so the cost would grow with the
+    volume's width, not the tile's."""
+    iz, iy, ix = index
+    if not isinstance(source, np.memmap):
+        return np.asarray(source[np.ix_(iz, iy, ix)], dtype=np.float32)
+    lo, hi = int(ix.min()), int(ix.max()) + 1
+    row = np.empty(hi - lo, dtype=source.dtype)
+    block = np.empty((len(iz), len(iy), len(ix)), dtype=np.float32)
+    item, ny, nx = source.dtype.itemsize, source.shape[1], source.shape[2]
+    with open(source.filename, 'rb', buffering=0) as f:
+        fd = f.fileno()
+        for a, z in enumerate(iz):
+            for b, y in enumerate(iy):
+                os.preadv(fd, [row], source.offset + ((int(z) * ny + int(y)) * nx + lo) * item)
+                block[a, b] = row[ix - lo]
+    return block
+
+
+def _write_block(target, corner, block):
+    """target[z:, y:, x:] = block; a memmap is written row by row with pwrite (see
+    _read_block)."""
+    z, y, x = corner
+    if not isinstance(target, np.memmap):
+        target[z : z + block.shape[0], y : y + block.shape[1], x : x + block.shape[2]] = block
+        return
+    block = np.ascontiguousarray(block, dtype=target.dtype)
+    item, ny, nx = target.dtype.itemsize, target.shape[1], target.shape[2]
+    with open(target.filename, 'r+b', buffering=0) as f:
+        fd = f.fileno()
+        for a in range(block.shape[0]):
+            for b in range(block.shape[1]):
+                offset = target.offset + (((z + a) * ny + y + b) * nx + x) * item
+                os.pwritev(fd, [block[a, b]], offset)
+
+
 def run_tiles(source, target, network, tile, overlap, multiple, device='cpu', prepare=None):
     """Run `network` over `source` in overlapping tiles and write each tile's centre
     into `target` (same shape). prepare(block, (iz, iy, ix)) turns a float32 block,
@@ -197,19 +235,21 @@ def run_tiles(source, target, network, tile, overlap, multiple, device='cpu', pr
                         reflect_indices(s - overlap, s - overlap + t, n)
                         for s, t, n in zip((z, y, x), tiles, shape)
                     ]
-                    block = np.asarray(source[np.ix_(*index)], dtype=np.float32)
+                    block = _read_block(source, index)
                     if prepare is not None:
                         block = prepare(block, index)
                     tensor = torch.from_numpy(np.ascontiguousarray(block))[None, None]
                     result = network(tensor.to(device))[0, 0].cpu().numpy()
                     size = [min(c, n - s) for n, s, c in zip(shape, (z, y, x), cores)]
-                    target[z : z + size[0], y : y + size[1], x : x + size[2]] = result[
-                        overlap : overlap + size[0],
-                        overlap : overlap + size[1],
-                        overlap : overlap + size[2],
-                    ]
-                    release(source)
-                    release(target)
+                    _write_block(
+                        target,
+                        (z, y, x),
+                        result[
+                            overlap : overlap + size[0],
+                            overlap : overlap + size[1],
+                            overlap : overlap + size[2],
+                        ],
+                    )
 
 
 def voxel_hash(index, key):
