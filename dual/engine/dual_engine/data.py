@@ -3,11 +3,12 @@ every volume rescaled to the working voxel size and standardised; random subvolu
 drawn independently from each domain)."""
 
 import os
+import sys
 
 import numpy as np
 from scipy import ndimage, stats
 
-from dual_engine.contract import InputError, check_fits_subvolume
+from dual_engine.contract import MAX_VOXEL_SIZE_RATIO, InputError, check_fits_subvolume
 from dual_engine.io import read_mrc, rescale, standardize
 
 
@@ -72,6 +73,20 @@ def wedge_swap_axes(tilt_axis):
     return (0, wedge_preserving_flips(tilt_axis)[1][1])
 
 
+def _warn_far_voxel_size(path, voxel_size, working_voxel_size):
+    """Training may resample by any factor (finer clean maps are legitimate), but a
+    factor beyond MAX_VOXEL_SIZE_RATIO is often a wrong header: say so in the log."""
+    ratio = max(voxel_size, working_voxel_size) / min(voxel_size, working_voxel_size)
+    if ratio > MAX_VOXEL_SIZE_RATIO:
+        print(
+            'Warning: %s is at %.3g A/voxel, %.1fx from the working voxel size of %.3g A; '
+            'if its header is wrong, give the voxel size explicitly'
+            % (path, voxel_size, ratio, working_voxel_size),
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 class Domain:
     """The volumes of one domain, held in memory at the working voxel size."""
 
@@ -91,14 +106,10 @@ class Domain:
         self.volumes = []
         for path in paths:
             data, header_voxel_size = read_mrc(path)
-            if (voxel_size or header_voxel_size) > 0:  # else load_for_model says so
-                check_fits_subvolume(
-                    path,
-                    data.shape,
-                    voxel_size or header_voxel_size,
-                    working_voxel_size,
-                    subvolume_size,
-                )
+            size = voxel_size or header_voxel_size
+            if size > 0:  # else load_for_model says so
+                _warn_far_voxel_size(path, size, working_voxel_size)
+                check_fits_subvolume(path, data.shape, size, working_voxel_size, subvolume_size)
             volume = load_for_model(path, working_voxel_size, voxel_size)[0]
             if swap_axes:  # the missing-wedge task's second domain (see wedge.py)
                 volume = np.ascontiguousarray(np.swapaxes(volume, *swap_axes))

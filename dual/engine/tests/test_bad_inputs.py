@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dual_engine.cli import main
-from dual_engine.contract import MODEL_FILE, TRAINING_LOG
+from dual_engine.contract import MODEL_FILE, TRAINING_LOG, InputError
 from dual_engine.io import write_mrc
 from dual_engine.model import load_model
 from dual_engine.train import train, training_lock
@@ -291,3 +291,20 @@ def test_stale_temporary_files_of_killed_writers_are_cleaned(tmp_path):
         f.write("whole")
     assert target.read_text() == "whole" and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["volume.mrc"]
+
+
+def test_training_says_when_a_voxel_size_looks_wrong(tmp_path, capsys):
+    """Data whose header says 1 A: training resamples it by any factor (finer clean maps
+    are legitimate, so it is not refused), and beyond 2x the log says the factor."""
+    rng = np.random.default_rng(5)
+    wrong = str(tmp_path / "wrong.mrc")
+    write_mrc(wrong, rng.normal(size=(24, 40, 40)).astype(np.float32), 1.0)
+    from dual_engine.data import Domain
+
+    Domain("noisy", [wrong], 1.7, 8)  # 1.7x: no warning
+    assert "Warning" not in capsys.readouterr().err
+    Domain("noisy", [wrong], 3.0, 8)
+    assert "3.0x from the working voxel size of 3 A" in capsys.readouterr().err
+    with pytest.raises(InputError, match="smaller than the 16"):  # warned first
+        Domain("noisy", [wrong], 10.0, 16)
+    assert "10.0x from the working voxel size of 10 A" in capsys.readouterr().err
