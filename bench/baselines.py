@@ -308,7 +308,7 @@ def load_supervised(model_path):
     import torch
     from dual_engine.nets import UNet3D
 
-    state = torch.load(model_path, map_location="cpu", weights_only=False)
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
     summary = state["summary"]
     net = UNet3D(summary["width"], summary["depth"])
     net.load_state_dict(state["state_dict"])

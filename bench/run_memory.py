@@ -202,4 +202,5 @@ def parse(argv):
 
 
 if __name__ == "__main__":
-    run_speed.run_script(parse(sys.argv[1:]), child, main)
+    parsed = parse(sys.argv[1:])
+    (child if parsed.child else main)(parsed)  # --child: one measured run

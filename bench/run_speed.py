@@ -181,11 +181,6 @@ def parse(argv):
     return args
 
 
-def run_script(args, child_main, parent_main):
-    """A bench script that measures itself in child processes: `--child` runs one
-    measured run here, anything else the parent that starts and measures them."""
-    (child_main if args.child else parent_main)(args)
-
-
 if __name__ == "__main__":
-    run_script(parse(sys.argv[1:]), child, main)
+    parsed = parse(sys.argv[1:])
+    (child if parsed.child else main)(parsed)  # --child: one measured run

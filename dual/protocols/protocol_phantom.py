@@ -15,6 +15,10 @@ OUT_TOMOGRAMS = 'tomograms'
 OUT_GRAND_MODELS = 'grandModels'
 
 
+# The engine's phantom defaults, shown in the form (outdir is the only required option).
+PHANTOM = engine.PhantomOptions(outdir='')
+
+
 class ProtDualPhantom(ProtDualBase):
     """Simulates cryo-ET phantoms with their ground truth, in the SHREC 2021 layout.
 
@@ -52,47 +56,50 @@ class ProtDualPhantom(ProtDualBase):
             help='Phantom i is simulated with seed + i: same seed, same phantoms.',
         )
         line = form.addLine('Size (voxels)', help='Z is the slab thickness direction (beam axis).')
-        line.addParam('sizeX', params.IntParam, default=256, label='X')
-        line.addParam('sizeY', params.IntParam, default=256, label='Y')
-        line.addParam('sizeZ', params.IntParam, default=64, label='Z')
+        line.addParam('sizeX', params.IntParam, default=PHANTOM.shape[2], label='X')
+        line.addParam('sizeY', params.IntParam, default=PHANTOM.shape[1], label='Y')
+        line.addParam('sizeZ', params.IntParam, default=PHANTOM.shape[0], label='Z')
         form.addParam(
             'voxelSize',
             params.FloatParam,
-            default=10.0,
+            default=PHANTOM.voxel_size,
             validators=[params.Positive],
             label='Voxel size (A)',
         )
 
         form.addSection(label='Acquisition')
         line = form.addLine('Tilt range (deg)')
-        line.addParam('tiltMin', params.FloatParam, default=-60.0, label='min')
-        line.addParam('tiltMax', params.FloatParam, default=60.0, label='max')
+        line.addParam('tiltMin', params.FloatParam, default=PHANTOM.tilt_range[0], label='min')
+        line.addParam('tiltMax', params.FloatParam, default=PHANTOM.tilt_range[1], label='max')
         form.addParam(
             'tiltStep',
             params.FloatParam,
-            default=3.0,
+            default=PHANTOM.tilt_step,
             validators=[params.Positive],
             label='Tilt step (deg)',
         )
         form.addParam(
             'defocus',
             params.FloatParam,
-            default=3.0,
+            default=PHANTOM.defocus,
             label='Defocus (um)',
             help='Underfocus is positive.',
         )
         form.addParam(
             'dose',
             params.FloatParam,
-            default=100.0,
+            default=PHANTOM.dose,
             validators=[params.Positive],
             label='Total dose (e/A^2)',
             help='Spread evenly over the tilts.',
         )
-        form.addParam('voltage', params.FloatParam, default=300.0, label='Voltage (kV)')
-        form.addParam('sphericalAberration', params.FloatParam, default=2.7, label='Cs (mm)')
+        form.addParam('voltage', params.FloatParam, default=PHANTOM.voltage, label='Voltage (kV)')
+        form.addParam('sphericalAberration', params.FloatParam, default=PHANTOM.cs, label='Cs (mm)')
         form.addParam(
-            'amplitudeContrast', params.FloatParam, default=0.07, label='Amplitude contrast'
+            'amplitudeContrast',
+            params.FloatParam,
+            default=PHANTOM.amplitude_contrast,
+            label='Amplitude contrast',
         )
         form.addParallelSection(threads=2, mpi=0)
 

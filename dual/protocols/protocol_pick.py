@@ -166,7 +166,7 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         form.addParam(
             'numberOfPicks',
             params.IntParam,
-            default=500,
+            default=engine.DEFAULT_TOP,
             condition='selection == %d' % SELECT_TOP,
             label='Picks per tomogram (N)',
             help='At most this many picks per tomogram (fewer if the tomogram has fewer peaks).',

@@ -7,10 +7,15 @@ from pyworkflow.utils import Message
 from tomo.objects import SetOfTomograms
 
 from dual.constants import TRAINING_DIR
-from dual.contract import engine, firstError
+from dual.contract import engine, firstError, sentence
 from dual.objects import DualModel
 from dual.protocols.protocol_base import ProtDualApplyModel, itemKey, producedContrast
-from dual.protocols.protocol_train import defineTrainingParams, trainingErrors, trainingJob
+from dual.protocols.protocol_train import (
+    DEFAULTS,
+    defineTrainingParams,
+    trainingErrors,
+    trainingJob,
+)
 
 WEDGE_SUFFIX = '_wedge'
 TRAINING = 'not useModel'
@@ -87,8 +92,8 @@ class ProtDualWedge(ProtDualApplyModel):
             condition='tiltRangeSource == %d' % RANGE_GIVEN,
             help='Minimum and maximum tilt angle; asymmetric ranges such as -50, 70 are fine.',
         )
-        line.addParam('tiltMin', params.FloatParam, default=-60.0, label='min')
-        line.addParam('tiltMax', params.FloatParam, default=60.0, label='max')
+        line.addParam('tiltMin', params.FloatParam, default=DEFAULTS.tilt_range[0], label='min')
+        line.addParam('tiltMax', params.FloatParam, default=DEFAULTS.tilt_range[1], label='max')
         form.addParam(
             'tiltAxis',
             params.EnumParam,
@@ -102,8 +107,7 @@ class ProtDualWedge(ProtDualApplyModel):
         form.addParam(
             'transition',
             params.FloatParam,
-            default=5.0,
-            validators=[params.Range(0, 20)],
+            default=engine.TRANSITION_DEGREES,
             expertLevel=params.LEVEL_ADVANCED,
             label='Cone border transition (degrees)',
             help='Inside the cone\'s border the filled coefficients blend in over '
@@ -208,6 +212,9 @@ class ProtDualWedge(ProtDualApplyModel):
                 errors += self._tooSmallErrors(
                     self._getInputSet(), 'Tomograms', self.voxelSize.get(), self.subvolumeSize.get()
                 )
+        error = engine.check_values('wedge', transition=self.transition.get())
+        if error:
+            errors.append(sentence(error))
         if errors:
             return errors
         return self._tiltRangeErrors()

@@ -47,6 +47,8 @@ PICK_FORMATS = ('tsv', 'star', 'tbl')
 
 # ----------------------------------------------------------------------------- limits
 DEFAULT_TILE = 160  # inference tile side in voxels (infer.apply_tiled)
+DEFAULT_TOP = 500  # picks per tomogram when neither top nor threshold is given
+TRANSITION_DEGREES = 5.0  # cosine ramp inside the missing cone's border (wedge.py)
 MIN_TILE = 32
 SUBVOLUME_MULTIPLE = 8  # three poolings' worth: the U-Nets and discriminators need it
 MIN_BATCH = 2  # the noise-code KL term needs a batch covariance
@@ -564,7 +566,7 @@ class WedgeOptions(Options):
     )
     tilt_axis: Optional[str] = option(None, "default: the model's", choices=TILT_AXES)
     transition: float = option(
-        5.0, "degrees of smooth transition inside the cone's border", ge=0, le=45
+        TRANSITION_DEGREES, "degrees of smooth transition inside the cone's border", ge=0, le=45
     )
     suffix: str = option('_wedge', 'added to each output name')
 
@@ -610,7 +612,10 @@ class PickOptions(Options):
     )
     diameter: float = option(None, 'particle diameter in A', required=True, gt=0)
     top: Optional[int] = option(
-        None, 'keep the N best picks (default 500 without --threshold)', ge=1, exclusive='selection'
+        None,
+        'keep the N best picks (default %d without --threshold)' % DEFAULT_TOP,
+        ge=1,
+        exclusive='selection',
     )
     threshold: Optional[float] = option(
         None,

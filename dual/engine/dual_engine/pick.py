@@ -58,6 +58,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from dual_engine.contract import (
+    DEFAULT_TOP,
     DYNAMO_SUFFIX,
     PICK_FORMATS,
     PICKS_SUFFIX,
@@ -73,7 +74,6 @@ from dual_engine.io import check_finite, read_mrc
 SIGMA_RATIO = 1.1  # sigma2 / sigma1 (paper, after Voss et al. 2009)
 SIGMA_PER_RADIUS = 1.0 / math.sqrt(3.0)
 NMS_FRACTION = 24.0 / 28.0  # default min_distance / diameter (paper: 24 nm for 28 nm)
-DEFAULT_TOP = 500
 PEAK_FLOOR = 1e-4  # peaks need DoG > PEAK_FLOOR * max(DoG)
 TRUNCATE = 4.0  # Gaussian support (sigmas), real-space and FFT padding
 FFT_MIN_SIGMA = 1.5  # voxels (sigma2): real-space filter below

@@ -18,10 +18,8 @@ handedness, give the tilt range negated and swapped (-70..50 for 50..-70).
 import numpy as np
 
 from dual_engine.data import ARRAY_AXIS_OF_TILT_AXIS
-from dual_engine.contract import InputError, check_tilt_range
+from dual_engine.contract import TRANSITION_DEGREES, InputError, check_tilt_range
 from dual_engine.io import read_mrc
-
-TRANSITION_DEGREES = 5.0
 
 
 def _direction_angle(k_perp, k_z):
