@@ -6,6 +6,7 @@ the supervised ceiling on the noisy domain's tomograms paired with their grand m
 
 import datetime
 import itertools
+import json
 import os
 import shutil
 import time
@@ -105,21 +106,24 @@ def train_with_snapshots(
     force=False,
     label="DUAL",
     score_key=None,
+    train=None,
 ):
-    """Train DUAL (dual_engine.train.train) to cfg.iterations in chunks of `step`
-    iterations, each resuming from the previous chunk's checkpoint (bit-identical to one
-    uninterrupted run), keep a snapshot after each chunk, score it with `score(path)` ->
+    """Train DUAL (dual_engine.train.train, or `train`) to cfg.iterations keeping a
+    snapshot model every `step` iterations (the engine's snapshot_every: one run, whose
+    learning-rate schedule is the full run's), score each snapshot with `score(path)` ->
     dict, and choose the snapshot with the highest `criterion`.
 
-    The record (outdir/bench_training.json) is saved after each chunk, so an interrupted
-    run resumes; a record with another `key` (config, data) starts over; one with another
-    `score_key` (how snapshots are scored) re-scores the snapshots it has. Returns it, with
-    "chosen_iteration", "train_wall_seconds" (training only, all chunks) and
-    "seconds_to_chosen"; the chosen model is outdir/snapshots/iterNNNNN.pt.
+    The record (outdir/bench_training.json) is saved after each score; an interrupted
+    training resumes from its checkpoint; a record with another `key` (config, data)
+    starts over; one with another `score_key` (how snapshots are scored) re-scores the
+    snapshots it has. Returns it, with "chosen_iteration", "train_wall_seconds" and
+    "seconds_to_chosen" (the training log's time at the chosen iteration); the chosen
+    model is outdir/snapshots/iterNNNNN.pt.
     """
-    from dual_engine.contract import MODEL_FILE
-    from dual_engine.model import DualConfig
-    from dual_engine.train import train
+    from dual_engine.contract import MODEL_FILE, TRAINING_LOG
+
+    if train is None:
+        from dual_engine.train import train
 
     record_path = os.path.join(outdir, "bench_training.json")
     record = load_json(record_path)
@@ -127,12 +131,21 @@ def train_with_snapshots(
         if os.path.isdir(outdir):
             shutil.rmtree(outdir)
         record = {"key": key, "threads": threads, "snapshots": []}
-    os.makedirs(os.path.join(outdir, "snapshots"), exist_ok=True)
-    if record.get("score_key") != score_key:
-        for row in record["snapshots"]:
-            row.update(score(snapshot_path(outdir, row["iteration"])))
-        record["score_key"] = score_key
+    os.makedirs(outdir, exist_ok=True)
+    if "train_wall_seconds" not in record:
+        log("training %s: %d iterations, %d thread(s)" % (label, cfg.iterations, threads))
+        run_cfg = cfg.from_dict(dict(cfg.to_dict(), snapshot_every=step))
+        t0 = time.perf_counter()
+        train(noisy, clean, outdir, run_cfg, resume=True, device="cpu", threads=threads)
+        record["train_wall_seconds"] = round(time.perf_counter() - t0, 1)
+        if cfg.iterations % step:  # the last iteration is no multiple of step
+            shutil.copyfile(os.path.join(outdir, MODEL_FILE), snapshot_path(outdir, cfg.iterations))
         save_json(record_path, record)
+    if record.get("score_key") != score_key:
+        record["snapshots"] = []
+        record["score_key"] = score_key
+    with open(os.path.join(outdir, TRAINING_LOG)) as f:
+        elapsed = {r["iteration"]: r["seconds"] for r in map(json.loads, f)}
     done = {r["iteration"] for r in record["snapshots"]}
     targets = list(range(step, cfg.iterations + 1, step))
     if not targets or targets[-1] != cfg.iterations:
@@ -140,40 +153,26 @@ def train_with_snapshots(
     for target in targets:
         if target in done:
             continue
-        log(
-            "training %s: to iteration %d of %d, %d thread(s)"
-            % (label, target, cfg.iterations, threads)
-        )
-        chunk = DualConfig.from_dict(dict(cfg.to_dict(), iterations=target))
-        t0 = time.perf_counter()
-        train(noisy, clean, outdir, chunk, resume=True, device="cpu", threads=threads)
-        seconds = time.perf_counter() - t0
-        snapshot = snapshot_path(outdir, target)
-        shutil.copyfile(os.path.join(outdir, MODEL_FILE), snapshot)
-        row = {"iteration": target, "chunk_seconds": round(seconds, 1)}
-        row.update(score(snapshot))
+        row = {"iteration": target, "train_seconds": elapsed.get(target)}
+        row.update(score(snapshot_path(outdir, target)))
         record["snapshots"].append(row)
         record["snapshots"].sort(key=lambda r: r["iteration"])
         save_json(record_path, record)
         log(
-            "  iteration %d: %s (chunk %.0f s)"
+            "  iteration %d: %s"
             % (
                 target,
                 ", ".join(
                     "%s %.4f" % (k, v)
                     for k, v in row.items()
-                    if k not in ("iteration", "chunk_seconds")
+                    if k not in ("iteration", "train_seconds")
                 ),
-                seconds,
             )
         )
     rows = [r for r in record["snapshots"] if r["iteration"] in targets]
     best = max(rows, key=lambda r: r[criterion])
     record["chosen_iteration"] = best["iteration"]
-    record["train_wall_seconds"] = round(sum(r["chunk_seconds"] for r in rows), 1)
-    record["seconds_to_chosen"] = round(
-        sum(r["chunk_seconds"] for r in rows if r["iteration"] <= best["iteration"]), 1
-    )
+    record["seconds_to_chosen"] = best["train_seconds"]
     save_json(record_path, record)
     log(
         "  %s: chosen iteration %d (%s %.4f)"
@@ -183,7 +182,9 @@ def train_with_snapshots(
 
 
 def snapshot_path(outdir, iteration):
-    return os.path.join(outdir, "snapshots", "iter%05d.pt" % iteration)
+    from dual_engine.contract import SNAPSHOT_DIR, snapshot_name
+
+    return os.path.join(outdir, SNAPSHOT_DIR, snapshot_name(iteration))
 
 
 class Methods:

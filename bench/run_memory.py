@@ -4,13 +4,14 @@ in voxels, the same tile, each run in its own process (peak resident memory, ru_
 streamed (the engine's path) and, for comparison, the whole-volume in-memory pipeline
 (infer.denoise_on_input_grid + write_mrc, what denoise did before streaming).
 
-    python bench/run_memory.py --threads 2                    # default sizes, width 4
-    python bench/run_memory.py --unet-width 16 --sizes 50x256x256 100x512x512
+    python bench/run_memory.py --threads 2                    # default sizes and network
+    python bench/run_memory.py --unet-width 4 --network-share # a narrower network, and
+                                                              # one tile of the default's
 
 The model is freshly initialised (its weights do not change the cost) with the given
-U-Net width: the default network (16) makes the large volume an hour's work on a 2-core
-CPU, so the default here is 4, and the network's own share at width 16 is measured
-separately (one tile, --network-share). Inputs: Gaussian noise at 10 A in
+U-Net width (default: the engine's default network); with --network-share and another
+width, one tile of the default network is measured too and the large volume's peak with
+the default network computed from it. Inputs: Gaussian noise at 10 A in
 bench/work/memory/. Results: bench/results/memory.json.
 """
 
@@ -25,9 +26,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import run_speed  # noqa: E402  (run_child: one process per run, peak RSS)
+from dual_engine.contract import DualConfig  # noqa: E402
 from run_benchmark import add_common_arguments  # noqa: E402
 
 VOXEL_SIZE = 10.0
+DEFAULT_WIDTH = DualConfig().unet_width  # the engine's default network
 
 
 def child(args):
@@ -128,14 +131,14 @@ def main(args):
     share = None
     if args.network_share:
         # One tile of the default network: its share of any run at this tile size.
-        wide = os.path.join(args.workdir, "model_width16.pt")
-        make_model(wide, 16)
+        wide = os.path.join(args.workdir, "model_width%d.pt" % DEFAULT_WIDTH)
+        make_model(wide, DEFAULT_WIDTH)
         shape = (args.tile,) * 3
         volume = os.path.join(args.workdir, "input_tile.mrc")
         if not os.path.exists(volume):
             make_volume(volume, shape)
         share = {
-            "width16_one_tile": run(args, "tile", "streamed", wide, volume, args.tile),
+            "default_width_one_tile": run(args, "tile", "streamed", wide, volume, args.tile),
             "width%d_one_tile" % args.unet_width: run(
                 args, "tile", "streamed", model, volume, args.tile
             ),
@@ -158,8 +161,8 @@ def main(args):
     if share:
         # The large volume with the default network, computed: the run measured at this
         # width, with the default network's one-tile peak in place of this width's.
-        wide, narrow = share["width16_one_tile"], share["width%d_one_tile" % args.unet_width]
-        record["large_width16_peak_gb_computed"] = round(
+        wide, narrow = share["default_width_one_tile"], share["width%d_one_tile" % args.unet_width]
+        record["large_default_width_peak_gb_computed"] = round(
             results[large]["streamed"]["peak_gb"] - narrow["peak_gb"] + wide["peak_gb"], 3
         )
     study.save_json(os.path.join(os.path.abspath(args.results), "memory.json"), record)
@@ -186,11 +189,11 @@ def parse(argv):
         help="sizes also run through the in-memory pipeline",
     )
     ap.add_argument("--tile", type=int, default=160)
-    ap.add_argument("--unet-width", type=int, default=4)
+    ap.add_argument("--unet-width", type=int, default=DEFAULT_WIDTH)
     ap.add_argument(
         "--network-share",
         action="store_true",
-        help="also measure one tile of the default network (width 16)",
+        help="also measure one tile of the default network (width %d)" % DEFAULT_WIDTH,
     )
     ap.add_argument(
         "--timeout", type=float, default=None, help="stop a run after this many seconds"

@@ -8,7 +8,18 @@ import os
 import numpy as np
 
 # Loss columns of the engine's training log (dual_engine.train), in display order.
-LOSS_KEYS = ('loss', 'rec_clean', 'rec_noisy', 'adv', 'kl', 'polarity', 'disc')
+LOSS_KEYS = (
+    'loss',
+    'rec_clean',
+    'rec_noisy',
+    'adv',
+    'kl',
+    'polarity',
+    'disc',
+    'monitor_cycle',
+    'monitor_spectrum',
+    'lr',
+)
 LOSS_LABELS = {
     'loss': 'total (generators)',
     'rec_clean': 'reconstruction, clean cycle',
@@ -17,6 +28,10 @@ LOSS_LABELS = {
     'kl': 'noise-code KL',
     'polarity': 'polarity anchor',
     'disc': 'discriminators',
+    # quality signals without ground truth (the engine's monitor.py), lower is better
+    'monitor_cycle': 'quality: cycle error (no ground truth)',
+    'monitor_spectrum': 'quality: spectrum distance (no ground truth)',
+    'lr': 'learning rate',
 }
 
 

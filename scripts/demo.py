@@ -28,6 +28,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from headless import prepare_scipion_home  # noqa: E402
 
+from dual_engine.contract import DualConfig  # noqa: E402  (no Scipion import: safe here)
+
+DEFAULT_ITERATIONS = DualConfig().iterations
+
 VOXEL_SIZE = 10.0  # A
 DIAMETER = 280.0  # A, the ribosome's largest extent
 MATCH_DISTANCE = 80.0  # A: a pick within this of a ribosome centre is a hit (paper)
@@ -37,11 +41,10 @@ MATCH_DISTANCE = 80.0  # A: a pick within this of a ribosome centre is a hit (pa
 MIN_DISTANCE, MARGIN = 200.0, 70.0  # A
 NOISY_SEEDS, CLEAN_SEEDS, HELD_OUT_SEEDS = (0, 1), (2, 3), (4,)
 
-# Full: the template's default network (U-Nets of width 16 and depth 2, 32^3
-# subvolumes, batches of 4) for 400 iterations, ~0.7 s each on 2 free CPU cores; the
-# whole demo takes ~10 min after setup (see README). Quick: a smoke run, a few minutes.
+# Full: the engine's default network and iteration count (the template's); the README
+# says how long it takes. Quick: a smoke run, a few minutes.
 PRESETS = {
-    'full': dict(shape=(64, 256, 256), particles=100, picks=120, iterations=400, network={}),
+    'full': dict(shape=(64, 256, 256), particles=100, picks=120, iterations=None, network={}),
     'quick': dict(
         shape=(48, 128, 128),
         particles=30,
@@ -330,7 +333,7 @@ def main():
         '--iterations',
         type=int,
         default=None,
-        help='training iterations (default: 400, --quick 10)',
+        help='training iterations (default: the engine\'s, %d; --quick 10)' % DEFAULT_ITERATIONS,
     )
     parser.add_argument(
         '--threads', type=int, default=os.cpu_count() or 1, help='CPU cores to use (default: all)'
@@ -343,7 +346,7 @@ def main():
     )
     args = parser.parse_args()
     preset = PRESETS['quick' if args.quick else 'full']
-    args.iterations = args.iterations or preset['iterations']
+    args.iterations = args.iterations or preset['iterations'] or DEFAULT_ITERATIONS
     output = os.path.abspath(args.output)
     start = time.time()
     # Torch's OpenMP threads spin while they wait; on a machine with other jobs that

@@ -173,3 +173,52 @@ def test_realism_auc_and_spectrum():
     assert 0.4 < Fixed(False).auc(real, fake, 50, rng) < 0.6  # ties: chance
     volume = rng.normal(size=(32, 32, 32)).astype(np.float32)
     assert run_realism.radial_log_spectrum(volume).shape == (32,)
+
+
+def test_training_cost_counts_flops_and_time():
+    import run_training
+
+    small = dict(unet_width=2, code_size=4, noise_width=2, disc_width=2, subvolume_size=16)
+    engine = run_training.measure_step(dict(small), "engine", steps=1)
+    before = run_training.measure_step(dict(small), "two_denoiser_passes", steps=1)
+    assert engine["memory_format"] == "channels_last_3d"
+    assert before["memory_format"] == "contiguous_format"
+    assert engine["seconds_per_iteration"] > 0
+    # The same computation either way: the batched pass does not change the FLOPs.
+    assert engine["gflop"] == pytest.approx(before["gflop"], rel=0.01) and engine["gflop"] > 0
+    assert run_training.parse(["quality", "--set", "lr=0.001", "iterations=5"]).set == {
+        "lr": 0.001,
+        "iterations": 5,
+    }
+
+
+def test_train_with_snapshots_trains_once_and_scores_each_snapshot(tmp_path):
+    from dual_engine.contract import DualConfig
+    from dual_engine.io import write_mrc
+    from dual_engine.model import load_model
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / ("v%d.mrc" % i)))
+        write_mrc(paths[-1], rng.normal(size=(24, 24, 24)).astype(np.float32), 10.0)
+    cfg = DualConfig(
+        subvolume_size=16, unet_width=2, code_size=4, noise_width=2, disc_width=2,
+        batch_size=2, iterations=5, noisy_contrast="same",
+    )  # fmt: skip
+
+    def score(path):
+        return {"iteration_seen": float(load_model(path)[1]["iteration"])}
+
+    outdir = str(tmp_path / "run")
+    record = methods.train_with_snapshots(
+        paths, paths, outdir, cfg, 2, 1, {"k": 1}, score, "iteration_seen"
+    )
+    assert [r["iteration"] for r in record["snapshots"]] == [2, 4, 5]
+    assert [r["iteration_seen"] for r in record["snapshots"]] == [2.0, 4.0, 5.0]
+    assert record["chosen_iteration"] == 5 and record["train_wall_seconds"] > 0
+    # A second call reuses the record: nothing is trained again.
+    again = methods.train_with_snapshots(
+        paths, paths, outdir, cfg, 2, 1, {"k": 1}, score, "iteration_seen"
+    )
+    assert again["train_wall_seconds"] == record["train_wall_seconds"]

@@ -25,6 +25,11 @@ def formName(setting):
     return re.sub(r'_(\w)', lambda m: m.group(1).upper(), setting)
 
 
+def engineName(name):
+    """The engine setting of a form parameter: lambdaRec -> lambda_rec."""
+    return re.sub(r'([A-Z])', lambda m: '_' + m.group(1).lower(), name)
+
+
 def defineTrainingParams(form, condition, freshCondition):
     """The 'Training' and 'Model' form sections (shared with "dual - missing wedge").
     condition: when the iteration and logging settings show; freshCondition: when the
@@ -80,6 +85,16 @@ def defineTrainingParams(form, condition, freshCondition):
         condition=condition,
         label='Log every (iterations)',
         help='Iterations between progress lines (losses, ETA) and points of the training curves.',
+    )
+    form.addParam(
+        'snapshotEvery',
+        params.IntParam,
+        default=DEFAULTS.snapshot_every,
+        expertLevel=params.LEVEL_ADVANCED,
+        condition=condition,
+        label='Keep a snapshot every (iterations)',
+        help='Model files of intermediate iterations, kept in the training folder\'s '
+        '%s/ (0: none).' % engine.SNAPSHOT_DIR,
     )
 
     form.addSection(label='Model')
@@ -181,15 +196,39 @@ def defineTrainingParams(form, condition, freshCondition):
     )
     line.addParam('lambdaAdv', params.FloatParam, default=DEFAULTS.lambda_adv, label='adversarial')
     line.addParam('lambdaKl', params.FloatParam, default=DEFAULTS.lambda_kl, label='KL')
-    form.addParam(
-        'lr',
+    line.addParam(
+        'lambdaPolarity',
         params.FloatParam,
-        default=DEFAULTS.lr,
-        validators=[params.Positive],
-        condition=freshCondition,
-        expertLevel=params.LEVEL_ADVANCED,
-        label='Learning rate (AdamW)',
+        default=DEFAULTS.lambda_polarity,
+        label='contrast anchor',
     )
+    optimiserSettings = [
+        ('lr', 'Learning rate (AdamW)', None),
+        (
+            'lrDecay',
+            'Learning-rate decay (fraction of the run)',
+            'Over this last fraction of the iterations the learning rate falls '
+            'linearly to zero, so the final model is not a random point of the '
+            'GAN\'s oscillation. 0: constant, as the paper.',
+        ),
+        (
+            'weightAverage',
+            'Weight average (decay)',
+            'The model uses a moving average of the generators\' weights with '
+            'this decay (0.995: about the last 200 iterations). 0: the last '
+            'weights, as the paper.',
+        ),
+    ]
+    for name, label, helpText in optimiserSettings:
+        form.addParam(
+            name,
+            params.FloatParam,
+            default=getattr(DEFAULTS, engineName(name)),
+            condition=freshCondition,
+            expertLevel=params.LEVEL_ADVANCED,
+            label=label,
+            help=helpText,
+        )
 
 
 def trainingSettings(protocol, fresh):

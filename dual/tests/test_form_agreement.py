@@ -73,6 +73,10 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
             + [dict(lambdaKl=w) for w in (-0.1, 0.0, 0.1)]
             + [dict(lambdaAdv=w) for w in (-1.0, 1.0)]
             + [dict(noisyContrast=c) for c in range(4)]
+            + [dict(lambdaPolarity=w) for w in (-1.0, 0.0, 10.0)]
+            + [dict(lrDecay=f) for f in (-0.1, 0.0, 0.5, 1.0, 1.5)]
+            + [dict(weightAverage=d) for d in (-0.1, 0.0, 0.995, 1.0)]
+            + [dict(snapshotEvery=n) for n in (-1, 0, 100)]
         )
         engineNames = {
             'subvolumeSize': 'subvolume_size',
@@ -82,6 +86,10 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
             'lambdaKl': 'lambda_kl',
             'lambdaAdv': 'lambda_adv',
             'noisyContrast': 'noisy_contrast',
+            'lambdaPolarity': 'lambda_polarity',
+            'lrDecay': 'lr_decay',
+            'weightAverage': 'weight_average',
+            'snapshotEvery': 'snapshot_every',
         }
         for case in cases:
             prot = self.newTraining(**case)

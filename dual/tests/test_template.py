@@ -18,8 +18,8 @@ from pyworkflow.plugin import Domain
 from pyworkflow.template import TemplateList
 from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
 
-from dual.objects import DualModel
 from dual.contract import engine
+from dual.objects import DualModel
 from dual.protocols.protocol_pick import PickOutputs
 from dual.templates import DENOISE_PICK, templateNames, templatePath
 from dual.templates.runner import (
@@ -108,7 +108,11 @@ class TestDualTemplateFile(unittest.TestCase):
         self.assertEqual(set(templateAliases(template)), FIELDS)
         titles = [f.getTitle() for f in template.getParams().values()]
         self.assertEqual(len(titles), 13)  # useGpu is a field of 3 boxes
-        self.assertEqual(templateAliases(template)['iterations'], '2000')
+        # The template's defaults are the engine's.
+        self.assertEqual(
+            templateAliases(template)['iterations'], str(engine.DualConfig().iterations)
+        )
+        self.assertEqual(templateAliases(template)['picksPerTomogram'], str(engine.DEFAULT_TOP))
         # Unset folders do not validate: the user must give them.
         with self.assertRaisesRegex(ValueError, 'noisyPath'):
             fillTemplate(loadTemplate(), cleanPath=os.getcwd())

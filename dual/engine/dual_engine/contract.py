@@ -39,6 +39,13 @@ MODEL_FILE = 'model.pt'
 CHECKPOINT_FILE = 'checkpoint.pt'
 TRAINING_LOG = 'training_log.jsonl'
 TRAINING_LOCK = '.training.lock'
+SNAPSHOT_DIR = 'snapshots'  # snapshot models: SNAPSHOT_DIR/iterNNNNN.pt
+
+
+def snapshot_name(iteration):
+    return 'iter%05d.pt' % iteration
+
+
 # What `pick` writes for a tomogram NAME (pick.py).
 PICKS_SUFFIX = '_picks.tsv'
 STAR_SUFFIX = '_picks.star'
@@ -370,7 +377,7 @@ def read_picks_table(path):
 # ----------------------------------------------------------------------------- seeds
 # Purposes of random streams: a stream is (seed, purpose, keys...), and two different
 # tuples never share a stream (numpy SeedSequence spawn keys).
-STREAMS = {'weights': 1, 'train': 2, 'simulate': 3}
+STREAMS = {'weights': 1, 'train': 2, 'simulate': 3, 'monitor': 4}
 
 
 def seed_sequence(seed, purpose, *keys):
@@ -404,20 +411,39 @@ class DualConfig(Options):
         'side of the training subvolumes, a multiple of %d (paper: 32)' % SUBVOLUME_MULTIPLE,
         ge=SUBVOLUME_MULTIPLE,
     )
-    unet_width: int = option(16, "channels of the U-Nets' first level", ge=1)
+    unet_width: int = option(8, "channels of the U-Nets' first level", ge=1)
     unet_depth: int = option(2, 'poolings in the U-Nets', ge=1, le=3)
     code_size: int = option(16, 'noise code dimension K', ge=1)
     noise_width: int = option(16, 'channels of the noise encoder/decoder', ge=1)
     disc_width: int = option(16, 'channels of the discriminators', ge=1)
     batch_size: int = option(4, 'subvolumes per domain per iteration and process', ge=MIN_BATCH)
-    iterations: int = option(2000, 'total training iterations', ge=1, role='schedule')
-    lr: float = option(1e-4, 'AdamW learning rate', gt=0)
+    iterations: int = option(1000, 'total training iterations', ge=1, role='schedule')
+    lr: float = option(4e-4, 'AdamW learning rate', gt=0)
+    lr_decay: float = option(
+        0.5,
+        'fraction of the iterations, at the end, over which the learning rate falls '
+        'linearly to zero (0: constant, as the paper)',
+        ge=0,
+        le=1,
+    )
+    weight_average: float = option(
+        0.995,
+        'decay of the moving average of the generator weights that the model uses '
+        '(0: the last weights, as the paper)',
+        ge=0,
+        le=0.9999,
+    )
     betas: Tuple[float, float] = option((0.9, 0.999), 'AdamW betas', cli=False, ge=0, le=1)
     eps: float = option(1e-8, 'AdamW epsilon', cli=False, gt=0)
     weight_decay: float = option(1e-6, 'AdamW weight decay', cli=False, ge=0)
     lambda_rec: float = option(1.0, 'weight of the reconstruction loss', ge=0)
     lambda_adv: float = option(1.0, 'weight of the adversarial loss', ge=0)
     lambda_kl: float = option(0.1, 'weight of the noise-code KL loss', ge=0)
+    lambda_polarity: float = option(
+        10.0,
+        'weight of the contrast anchor (losses.polarity_loss; zero once the contrast is right)',
+        ge=0,
+    )
     noisy_contrast: str = option(
         'auto',
         "particle contrast of the noisy volumes against the clean ones: same, "
@@ -429,6 +455,12 @@ class DualConfig(Options):
     seed: int = option(0, 'random seed (weights and sampling)', ge=0)
     log_every: int = option(10, 'iterations between log lines', ge=1, role='schedule')
     checkpoint_every: int = option(200, 'iterations between checkpoints', ge=1, role='schedule')
+    snapshot_every: int = option(
+        0,
+        'iterations between snapshot models kept in %s/ (0: none)' % SNAPSHOT_DIR,
+        ge=0,
+        role='schedule',
+    )
     # 'denoise': noisy tomograms <-> clean volumes (paper, Methods). 'wedge': tomograms
     # <-> the same tomograms with the beam axis and the in-plane axis swapped, the
     # missing-wedge translation of the paper's Fig. 6 (wedge.py).

@@ -17,6 +17,8 @@ import tempfile
 import numpy as np
 import torch
 
+from dual_engine.cpus import default_threads
+
 from dual_engine.contract import (
     DEFAULT_TILE,
     InputError,
@@ -59,8 +61,7 @@ def apply_tiled(volume, network, tile=DEFAULT_TILE, overlap=None, multiple=4, de
 
 def load_network(model_path, device, threads):
     """(config, generators in eval mode, resolved device) of a model file."""
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or default_threads())
     device = resolve_device(device)
     cfg, generators = load_generators(model_path, device)
     return cfg, generators, device

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import mrcfile
 import numpy as np
-from scipy import ndimage
 
 from dual_engine.contract import InputError, read_picks_table  # noqa: F401 (re-exported)
 
@@ -102,28 +101,29 @@ def write_mrc(path, data, voxel_size):
             mrc.update_header_stats()
 
 
-def rescale(volume, voxel_size, target_voxel_size, order=1):
-    """Resample `volume` from `voxel_size` to `target_voxel_size` (same field of view)."""
+def rescale(volume, voxel_size, target_voxel_size):
+    """Resample `volume` from `voxel_size` to `target_voxel_size` (same field of view;
+    linear, low-passed first when downsampling): streaming.resample on an array."""
+    from dual_engine.streaming import resample, resampled_shape  # streaming imports io
+
     factor = float(voxel_size) / float(target_voxel_size)
     volume = np.asarray(volume, dtype=np.float32)
     if abs(factor - 1.0) < 1e-6:
         return volume.copy()
-    if factor < 1:
-        # Downsampling: low-pass first so the result does not alias.
-        volume = ndimage.gaussian_filter(volume, sigma=0.5 / factor * 0.85)
-    return ndimage.zoom(volume, factor, order=order, mode="nearest", grid_mode=True)
+    out = np.empty(resampled_shape(volume.shape, factor), dtype=np.float32)
+    resample(volume, out, factor)
+    return out
 
 
-def resize_to_shape(volume, shape, order=1):
+def resize_to_shape(volume, shape):
     """Resample `volume` onto exactly `shape` (used to go back to an input's grid)."""
+    from dual_engine.streaming import resample
+
     volume = np.asarray(volume, dtype=np.float32)
     if tuple(volume.shape) == tuple(shape):
         return volume
-    factors = [s / float(v) for s, v in zip(shape, volume.shape)]
-    out = ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=True)
-    if out.shape != tuple(shape):  # zoom may round one voxel off
-        pad = [(0, max(0, s - o)) for s, o in zip(shape, out.shape)]
-        out = np.pad(out, pad, mode="edge")[tuple(slice(0, s) for s in shape)]
+    out = np.empty(tuple(shape), dtype=np.float32)
+    resample(volume, out, low_pass=False)
     return out
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 EPS = 1e-6
 
 
-def _pearson(a, b):
+def pearson(a, b):
     """Pearson correlation of each pair of batch samples."""
     a, b = a.flatten(1), b.flatten(1)
     ac = a - a.mean(dim=1, keepdim=True)
@@ -17,7 +17,7 @@ def _pearson(a, b):
 def reconstruction_loss(target, estimate):
     """Eqs. 4-5: log(MSE) + log(1 - Pearson), per volume, averaged over the batch."""
     mse = ((target.flatten(1) - estimate.flatten(1)) ** 2).mean(dim=1)
-    return (torch.log(mse + EPS) + torch.log(1 - _pearson(target, estimate) + EPS)).mean()
+    return (torch.log(mse + EPS) + torch.log(1 - pearson(target, estimate) + EPS)).mean()
 
 
 # Polarity anchor: correlation measured on POLARITY_POOL^3 block means, where the
@@ -39,7 +39,7 @@ def polarity_loss(denoised, noisy, sign):
     if not sign:
         return denoised.new_zeros(())
     pooled = [F.avg_pool3d(v, POLARITY_POOL) for v in (denoised, noisy)]
-    return torch.relu(POLARITY_MARGIN - sign * _pearson(*pooled).mean())
+    return torch.relu(POLARITY_MARGIN - sign * pearson(*pooled).mean())
 
 
 def _bce(logits, real):

@@ -2,18 +2,21 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from dual_engine.io import InputError, write_mrc
-from dual_engine.model import DualConfig, load_model
+from dual_engine.model import DualConfig, load_generators, load_model
 from dual_engine.synth.phantom import make_phantom
 from dual_engine.contract import (
     CHECKPOINT_FILE as CHECKPOINT,
     MODEL_FILE as MODEL,
+    SNAPSHOT_DIR,
     TRAINING_LOG as LOG,
+    snapshot_name,
 )
 from dual_engine.train import train
 
@@ -74,16 +77,55 @@ def test_reconstruction_losses_decrease(domains, tmp_path):
 
 
 def test_resumed_run_equals_uninterrupted_run(domains, tmp_path):
+    """A run killed after iteration 3 and resumed ends bit-identical to one that was not
+    (weights, their moving average, the learning-rate schedule, the sampling streams)."""
     noisy, clean = domains
-    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
-    train(noisy, clean, straight, tiny_config(iterations=6), threads=1)
-    train(noisy, clean, interrupted, tiny_config(iterations=3), threads=1)
-    assert load_model(os.path.join(interrupted, CHECKPOINT))[1]["iteration"] == 3
-    summary = train(noisy, clean, interrupted, tiny_config(iterations=6), resume=True, threads=1)
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    train(noisy, clean, straight, tiny_config(snapshot_every=3), threads=1)
+    # What a kill after iteration 3 leaves: its checkpoint and the log up to it.
+    os.makedirs(killed)
+    shutil.copyfile(
+        os.path.join(straight, SNAPSHOT_DIR, snapshot_name(3)), os.path.join(killed, CHECKPOINT)
+    )
+    with open(os.path.join(straight, LOG)) as f, open(os.path.join(killed, LOG), "w") as g:
+        g.writelines(f.readlines()[:3])
+    summary = train(noisy, clean, killed, tiny_config(), resume=True, threads=1)
     assert summary["iterations"] == 6
-    a, b = weights(os.path.join(straight, MODEL)), weights(os.path.join(interrupted, MODEL))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["iteration"] for r in log_records(interrupted)] == list(range(1, 7))
+    a, b = load_model(os.path.join(straight, MODEL))[1], load_model(os.path.join(killed, MODEL))[1]
+    for key in ("generators", "generators_average", "discriminators"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    assert [r["iteration"] for r in log_records(killed)] == list(range(1, 7))
+    assert log_records(killed) == [
+        dict(r, seconds=s["seconds"], eta_seconds=s["eta_seconds"])
+        for r, s in zip(log_records(straight), log_records(killed))
+    ]
+
+
+def test_learning_rate_falls_to_zero_and_the_model_keeps_the_average(domains, tmp_path):
+    noisy, clean = domains
+    train(noisy, clean, str(tmp_path), tiny_config(iterations=8, lr_decay=0.5), threads=1)
+    rates = [r["lr"] for r in log_records(str(tmp_path))]
+    lr = DualConfig().lr
+    # Constant for the first half, then linear to lr/4 at the last step (iteration 8).
+    assert rates == pytest.approx([lr] * 5 + [lr * 0.75, lr * 0.5, lr * 0.25])
+    state = load_model(os.path.join(str(tmp_path), MODEL))[1]
+    average, last = state["generators_average"], state["generators"]
+    assert not all(torch.equal(average[k], last[k]) for k in last)
+    # Inference uses the average.
+    used = load_generators(os.path.join(str(tmp_path), MODEL))[1].state_dict()
+    assert all(torch.equal(used[k], average[k]) for k in average)
+
+
+def test_snapshots_and_quality_signals(domains, tmp_path):
+    noisy, clean = domains
+    train(noisy, clean, str(tmp_path), tiny_config(snapshot_every=2), threads=1)
+    names = sorted(os.listdir(tmp_path / SNAPSHOT_DIR))
+    assert names == [snapshot_name(i) for i in (2, 4, 6)]
+    assert load_model(str(tmp_path / SNAPSHOT_DIR / names[0]))[1]["iteration"] == 2
+    records = log_records(str(tmp_path))
+    for key in ("monitor_cycle", "monitor_spectrum"):
+        values = [r[key] for r in records]
+        assert all(np.isfinite(values)) and min(values) >= 0 and len(set(values)) > 1
 
 
 def test_continue_from_model_file(domains, tmp_path):
@@ -136,3 +178,20 @@ def test_bad_inputs(domains, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             train(noisy, clean, str(tmp_path), tiny_config(), device="cuda")
+
+
+def test_batched_denoiser_pass_equals_two_passes():
+    """Dn runs once on t_f and t_r together; each half is what Dn gives on its own."""
+    from dual_engine.model import build
+
+    cfg = tiny_config()
+    generators, _ = build(cfg)
+    rng = torch.Generator().manual_seed(0)
+    noisy, clean = torch.randn(2, 2, 1, 16, 16, 16, generator=rng)
+    z = torch.randn(2, cfg.code_size, generator=rng)
+    with torch.no_grad():
+        out = generators(noisy, clean, z, generator=torch.Generator().manual_seed(1))
+        fake_noisy = generators.simulate(clean, z, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(out["fake_noisy"], fake_noisy)
+        torch.testing.assert_close(out["rec_clean"], generators.denoiser(fake_noisy))
+        torch.testing.assert_close(out["fake_clean"], generators.denoiser(noisy))
