@@ -260,7 +260,6 @@ def quality(args):
         rows = [score(model, seed, outdir) for seed in s["test"]]
         return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
-    runs = {}
     variant = dict(VARIANTS[args.variant], **args.set)
     name = args.variant + "".join("_%s%s" % kv for kv in sorted(args.set.items()))
     for seed in args.seeds:
@@ -324,21 +323,21 @@ def quality(args):
                 if k.startswith("monitor_")
             },
         }
-        runs["seed%d" % seed] = run
         study.log("seed %d: %s" % (seed, {k: v for k, v in run.items() if k != "snapshots"}))
-    results = study.load_json(os.path.join(args.results, "training.json"), {})
-    entry = results.get("quality", {}).get(name, {"runs": {}})
-    entry["runs"].update(runs)
-    entry.update(
-        {
-            "command": "python bench/run_training.py " + " ".join(args.argv),
-            "date": now(),
-            "machine": study.machine(),
-            "threads": args.threads,
-            "config": DualConfig(**variant).to_dict(),
-        }
-    )
-    update(args, "quality", dict(results.get("quality", {}), **{name: entry}))
+        # Saved after each seed, so an interrupted series keeps what it measured.
+        results = study.load_json(os.path.join(args.results, "training.json"), {})
+        entry = results.get("quality", {}).get(name, {"runs": {}})
+        entry["runs"]["seed%d" % seed] = run
+        entry.update(
+            {
+                "command": "python bench/run_training.py " + " ".join(args.argv),
+                "date": now(),
+                "machine": study.machine(),
+                "threads": args.threads,
+                "config": DualConfig(**variant).to_dict(),
+            }
+        )
+        update(args, "quality", dict(results.get("quality", {}), **{name: entry}))
 
 
 # ------------------------------------------------------------------ report
@@ -348,12 +347,11 @@ def report(args):
     rows = []
     for name, entry in results.get("quality", {}).items():
         cfg = entry["config"]
-        label = "width %d, lr %g, %d it., decay %g, average %g" % (
+        label = "width %d, lr %g (D x%g), %d it." % (
             cfg["unet_width"],
             cfg["lr"],
+            cfg.get("disc_lr_factor", 1.0),
             cfg["iterations"],
-            cfg["lr_decay"],
-            cfg["weight_average"],
         )
         for index, (seed, run) in enumerate(sorted(entry["runs"].items())):
             rows.append(

@@ -205,6 +205,13 @@ def defineTrainingParams(form, condition, freshCondition):
     optimiserSettings = [
         ('lr', 'Learning rate (AdamW)', None),
         (
+            'discLrFactor',
+            'Discriminators\' learning rate (x the above)',
+            'Slower discriminators keep the adversarial pressure from pushing the '
+            'generators away from a good solution late in training (0.5, measured on '
+            'the benchmark; 1: the paper).',
+        ),
+        (
             'lrDecay',
             'Learning-rate decay (fraction of the run)',
             'Over this last fraction of the iterations the learning rate falls '

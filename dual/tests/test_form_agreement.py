@@ -75,6 +75,7 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
             + [dict(noisyContrast=c) for c in range(4)]
             + [dict(lambdaPolarity=w) for w in (-1.0, 0.0, 10.0)]
             + [dict(lrDecay=f) for f in (-0.1, 0.0, 0.5, 1.0, 1.5)]
+            + [dict(discLrFactor=f) for f in (-1.0, 0.0, 0.5)]
             + [dict(weightAverage=d) for d in (-0.1, 0.0, 0.995, 1.0)]
             + [dict(snapshotEvery=n) for n in (-1, 0, 100)]
         )
@@ -88,6 +89,7 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
             'noisyContrast': 'noisy_contrast',
             'lambdaPolarity': 'lambda_polarity',
             'lrDecay': 'lr_decay',
+            'discLrFactor': 'disc_lr_factor',
             'weightAverage': 'weight_average',
             'snapshotEvery': 'snapshot_every',
         }

@@ -417,8 +417,11 @@ class DualConfig(Options):
     noise_width: int = option(16, 'channels of the noise encoder/decoder', ge=1)
     disc_width: int = option(16, 'channels of the discriminators', ge=1)
     batch_size: int = option(4, 'subvolumes per domain per iteration and process', ge=MIN_BATCH)
-    iterations: int = option(1000, 'total training iterations', ge=1, role='schedule')
-    lr: float = option(4e-4, 'AdamW learning rate', gt=0)
+    iterations: int = option(600, 'total training iterations', ge=1, role='schedule')
+    lr: float = option(2e-4, 'AdamW learning rate', gt=0)
+    disc_lr_factor: float = option(
+        0.5, "the discriminators' learning rate relative to lr (1: the same, as the paper)", gt=0
+    )
     lr_decay: float = option(
         0.5,
         'fraction of the iterations, at the end, over which the learning rate falls '

@@ -130,8 +130,10 @@ class Trainer:
     def step(self):
         cfg = self.cfg
         self.lr = self.learning_rate()
-        for group in self.opt_g.param_groups + self.opt_d.param_groups:
+        for group in self.opt_g.param_groups:
             group['lr'] = self.lr
+        for group in self.opt_d.param_groups:
+            group['lr'] = self.lr * cfg.disc_lr_factor
         noisy = self._batch(self.noisy)
         clean = self._batch(self.clean)
         z = torch.randn(cfg.batch_size, cfg.code_size, generator=self.torch_rng).to(self.device)

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from dual_engine.cli import main, parse_job
+from dual_engine.contract import DualConfig
 
 
 def write_job(tmp_path, values, name="job.json"):
@@ -35,7 +36,8 @@ def test_job_can_hold_positionals_and_required_options(tmp_path):
         ("b.mrc",),
         7,
     )
-    assert args.config().iterations == 7 and args.config().unet_width == 16
+    assert args.config().iterations == 7
+    assert args.config().unet_width == DualConfig().unet_width  # a default, not given
     assert {"outdir", "noisy", "clean", "iterations"} == set(args.given)
 
 
