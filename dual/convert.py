@@ -16,10 +16,9 @@ LOSS_KEYS = (
     'kl',
     'polarity',
     'disc',
-    'monitor_cycle',
-    'monitor_spectrum',
-    'lr',
 )
+# Also in the training log and plotted with the losses: quality signals and the rate.
+SIGNAL_KEYS = ('monitor_cycle', 'monitor_spectrum', 'lr')
 LOSS_LABELS = {
     'loss': 'total (generators)',
     'rec_clean': 'reconstruction, clean cycle',

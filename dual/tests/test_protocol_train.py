@@ -9,7 +9,7 @@ from pyworkflow.plugin import Domain
 
 from dual.constants import DUAL_ENV_ACTIVATION
 from dual.contract import engine
-from dual.convert import LOSS_KEYS, readTrainingLog
+from dual.convert import LOSS_KEYS, SIGNAL_KEYS, readTrainingLog
 from dual.objects import DualModel
 from dual.tests.workflow import DualWorkflowTest, unsavedTomogramSet
 from dual.viewers import DualTrainingViewer
@@ -83,7 +83,7 @@ class TestDualTrain(DualWorkflowTest):
     def test_viewer_draws_the_training_curves(self):
         views = DualTrainingViewer(project=self.proj)._visualize(self.train)
         figure = views[0].getFigure()
-        self.assertEqual(len(figure.axes), len(LOSS_KEYS))
+        self.assertEqual(len(figure.axes), len(LOSS_KEYS + SIGNAL_KEYS))  # all in the log
         self.assertEqual(list(figure.axes[0].lines[0].get_xdata()), [1, 2, 3, 4])
         plt.close(figure)
 

@@ -10,7 +10,7 @@ import mrcfile
 import numpy as np
 from matplotlib.figure import Figure
 
-from dual.convert import LOSS_KEYS, LOSS_LABELS
+from dual.convert import LOSS_KEYS, LOSS_LABELS, SIGNAL_KEYS
 
 # Fourier panels are computed on a central cube of at most this side (bounded cost).
 FOURIER_SIDE = 128
@@ -34,7 +34,7 @@ def plotTrainingCurves(records, figure=None):
     """One panel per loss of the engine's training log, against the iteration."""
     figure = _newFigure(figure, (10, 6))
     iterations = [r['iteration'] for r in records]
-    keys = [k for k in LOSS_KEYS if any(k in r for r in records)]
+    keys = [k for k in LOSS_KEYS + SIGNAL_KEYS if any(k in r for r in records)]
     columns = 3
     rows = max(1, int(np.ceil(len(keys) / columns)))
     for index, key in enumerate(keys, 1):
