@@ -34,6 +34,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -275,8 +276,6 @@ def quality(args):
         record = study.load_json(record_path)
         if not record or record.get("key") != key or args.force:
             if os.path.isdir(outdir):
-                import shutil
-
                 shutil.rmtree(outdir)
             study.log("training %s seed %d (%d iterations)" % (name, seed, iterations))
             t0 = time.perf_counter()

@@ -17,8 +17,6 @@ import tempfile
 import numpy as np
 import torch
 
-from dual_engine.cpus import default_threads
-
 from dual_engine.contract import (
     DEFAULT_TILE,
     InputError,
@@ -29,6 +27,7 @@ from dual_engine.contract import (
     simulated_name,
     torch_seed,
 )
+from dual_engine.cpus import default_threads
 from dual_engine.data import load_for_model
 from dual_engine.io import read_mrc, resize_to_shape, write_mrc
 from dual_engine.streaming import (

@@ -1,5 +1,5 @@
-"""Signals of a model's quality that need no ground truth, logged while it trains (and
-computed by bench/run_training.py on its snapshots, to see whether they follow SSIM).
+"""Signals of a model's quality that need no ground truth, logged while it trains
+(bench/run_training.py compares them, at each snapshot, with SSIM against the truth).
 
 Both are measured on a fixed set of subvolumes drawn once per run from the training
 domains (their own random stream, so training samples the same with or without them):

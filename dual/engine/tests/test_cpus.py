@@ -5,8 +5,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from dual_engine.cpus import busy_cpus, default_threads, usable_cpus
 
 
@@ -14,7 +12,6 @@ def test_usable_cpus_follow_the_affinity_mask():
     assert usable_cpus() == sorted(os.sched_getaffinity(0))
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_a_cpu_kept_busy_by_another_process_is_left_out():
     cpus = usable_cpus()
     spinner = subprocess.Popen(
@@ -32,4 +29,4 @@ def test_a_cpu_kept_busy_by_another_process_is_left_out():
         spinner.kill()
         spinner.wait()
     assert busy >= 1
-    assert 1 <= threads <= len(cpus) - 1
+    assert 1 <= threads <= max(1, len(cpus) - 1)  # one CPU: still one thread
