@@ -28,10 +28,13 @@ from dual.constants import (
     TORCH_WHEELS_BY_CUDA_MAJOR,
     TORCH_DEFAULT_WHEELS,
 )
+from dual import pwcompat
 
 __version__ = '0.1.0'
 _logo = 'icon.png'
 _references = ['Zeng2023DUAL']
+
+pwcompat.apply()  # the plugin's template runs once per box, with its labels
 
 
 class Plugin(pwem.Plugin):

@@ -17,7 +17,6 @@ The templates themselves, their format and where they are found: dual.templates.
 
 import contextlib
 import io
-import json
 import os
 import time
 
@@ -105,29 +104,10 @@ def createProject(projectName, template, location=None, **values):
         project = manager.createProject(
             projectName, location=location, comment=template.description
         )
-        protocols = project.loadProtocols(workflow)
-        with open(workflow) as f:
-            _restoreLabels(project, protocols, json.load(f))
+        protocols = project.loadProtocols(workflow)  # labels kept: dual.pwcompat
     finally:
         os.remove(workflow)
     return project, protocols
-
-
-def _restoreLabels(project, protocols, workflow):
-    """Give the loaded protocols the template's box labels and comments: loadProtocols
-    passes them to the protocol's constructor, which some pyworkflow versions ignore
-    (3.11: Step.__init__ drops its keyword arguments), leaving the default labels."""
-    for entry in workflow:
-        protocol = protocols.get(entry['object.id'])
-        if protocol is None:
-            continue
-        label, comment = entry.get('object.label'), entry.get('object.comment')
-        if (label and label != protocol.getObjLabel()) or (
-            comment and comment != protocol.getObjComment()
-        ):
-            protocol.setObjLabel(label or protocol.getObjLabel())
-            protocol.setObjComment(comment or protocol.getObjComment())
-            project.saveProtocol(protocol)
 
 
 def _inputProtocolIds(protocol):

@@ -9,16 +9,23 @@ Data: phantoms made by the engine, 48x96x96 voxels at 10 A: reconstructions of s
 user would edit the boxes, so that training takes seconds.
 """
 
+import contextlib
+import io
 import json
 import os
+import subprocess
+import sys
+import time
 import unittest
 
 import pyworkflow as pw
 from pyworkflow.plugin import Domain
+from pyworkflow.project import Manager
 from pyworkflow.template import TemplateList
 from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
 
 from dual.contract import engine
+from dual.convert import readTrainingLog
 from dual.objects import DualModel
 from dual.protocols.protocol_pick import PickOutputs
 from dual.templates import DENOISE_PICK, templateNames, templatePath
@@ -49,6 +56,10 @@ LABELS = {
     PICK: 'dual - pick particles',
 }
 FIELDS = {
+    'tiltMin',
+    'tiltMax',
+    'voltage',
+    'sphericalAberration',
     'noisyPath',
     'noisyPattern',
     'noisySamplingRate',
@@ -79,6 +90,10 @@ def fieldValues(noisy, clean):
         noisyPath=noisy,
         noisyPattern='{TS}/reconstruction.mrc',
         noisySamplingRate=SMALL_VOXEL_SIZE,
+        tiltMin=-60,
+        tiltMax=60,
+        voltage=300,
+        sphericalAberration=2.7,
         cleanPath=clean,
         cleanPattern='{TS}/grandmodel.mrc',
         cleanSamplingRate=SMALL_VOXEL_SIZE,
@@ -107,7 +122,7 @@ class TestDualTemplateFile(unittest.TestCase):
         template = loadTemplate()
         self.assertEqual(set(templateAliases(template)), FIELDS)
         titles = [f.getTitle() for f in template.getParams().values()]
-        self.assertEqual(len(titles), 13)  # useGpu is a field of 3 boxes
+        self.assertEqual(len(titles), 17)  # useGpu is a field of 3 boxes
         # The template's defaults are the engine's.
         self.assertEqual(
             templateAliases(template)['iterations'], str(engine.DualConfig().iterations)
@@ -143,6 +158,17 @@ class TestDualTemplateFile(unittest.TestCase):
                     names = possible.keys() if isinstance(possible, dict) else possible.__members__
                     self.assertIn(output, names, '%s: %s' % (entry['object.label'], key))
         self.assertEqual([e['object.label'] for e in workflow], list(LABELS.values()))
+        # The DUAL boxes set their fields, inputs and resources only: every other
+        # setting is the form's default, which is the engine's (one place).
+        resources = {'useGpu', 'gpuList', 'numberOfThreads', 'runMode'}
+        fields = {'iterations', 'voxelSize', 'particleDiameter', 'numberOfPicks'}
+        for entry in workflow:
+            if entry['object.className'].startswith('ProtDual'):
+                params = dict(classById[entry['object.id']]().iterDefinitionAttributes())
+                settings = {
+                    k for k in entry if not k.startswith('object.') and not params[k].isPointer()
+                }
+                self.assertLessEqual(settings, resources | fields, entry['object.label'])
 
     def test_command_line_fills_every_field(self):
         """`scipion3 template FILE alias=value ... --nogui` skips the form only when the
@@ -162,40 +188,102 @@ class TestDualTemplateFile(unittest.TestCase):
         self.assertTrue(templatePath().endswith('denoise_pick.json.template'))
 
 
+class TestDualTemplateRunner(TestBaseCentralizedLayer):
+    """dual.templates.runner, what the demo uses: a project with the template's boxes
+    and labels, its imports run one at a time."""
+
+    def test_project_from_the_template(self):
+        noisy, clean = phantomFolders()
+        project, protocols = createProject(
+            'TestDualTemplateRunner', loadTemplate(), **fieldValues(noisy, clean)
+        )
+        self.assertEqual({k: p.getObjLabel() for k, p in protocols.items()}, LABELS)
+        imports = [protocols[IMPORT_CLEAN], protocols[IMPORT_NOISY]]
+        finished = runWorkflow(project, imports, report=None)
+        self.assertEqual([p.getObjId() for p in finished], [p.getObjId() for p in imports])
+        self.assertTrue(all(p.isFinished() for p in finished))
+        self.assertEqual(sorted(finished[1].Tomograms.getTSIds()), list(NOISY_IDS))
+
+
 class TestDualTemplateRun(TestBaseCentralizedLayer):
-    """A project made from the template runs from import to picks."""
+    """A project made from the template and scheduled exactly as `scipion3 template`
+    does (scipion-app's kickoff.py): pyworkflow's create.py makes the project from the
+    filled workflow file, then pyworkflow's schedule.py schedules it, both in their own
+    processes. The template has two root boxes (the imports); every box must still run
+    once (dual.pwcompat)."""
+
+    TIMEOUT = 900  # s: the schedulers sleep 15-120 s between their checks
 
     @classmethod
     def setUpClass(cls):
         noisy, clean = phantomFolders()
-        cls.proj, cls.protocols = createProject(
-            cls.__name__, loadTemplate(), **fieldValues(noisy, clean)
+        template = fillTemplate(loadTemplate(), **fieldValues(noisy, clean))
+        with contextlib.redirect_stdout(io.StringIO()):
+            workflow = template.createTemplateFile()
+        scripts = os.path.join(os.path.dirname(pw.__file__), 'project', 'scripts')
+        name = cls.__name__
+        subprocess.run(
+            [sys.executable, os.path.join(scripts, 'create.py'), name, workflow, '-', 'test'],
+            check=True,
+            capture_output=True,
         )
+        os.remove(workflow)
+        cls.proj = Manager().loadProject(name)
         cls.outputPath = cls.proj.path
         os.chdir(cls.proj.path)  # protocols resolve their files from the project folder
+        cls.protocols = cls.boxes(cls.proj)
         # Shrink the network and share the 2 cores, as a user would edit the boxes.
         train = cls.protocols[TRAIN]
-        for name, value in TINY_TRAINING.items():
-            getattr(train, name).set(value)
+        for name_, value in TINY_TRAINING.items():
+            getattr(train, name_).set(value)
         cls.protocols[DENOISE].numberOfThreads.set(3)  # both tomograms at once
         cls.protocols[SIMULATE].numberOfThreads.set(3)
         for prot in cls.protocols.values():
             cls.proj.saveProtocol(prot)
-        finished = runWorkflow(cls.proj, list(cls.protocols.values()), report=None)
-        cls.runs = {
-            key: next(p for p in finished if p.getObjId() == prot.getObjId())
-            for key, prot in cls.protocols.items()
-        }
+        cls.scheduler = subprocess.run(
+            [sys.executable, os.path.join(scripts, 'schedule.py'), name],
+            capture_output=True,
+            text=True,
+        )
+        cls.runs = cls.waitForAll(name)
+
+    @staticmethod
+    def boxes(project):
+        """{template object id: protocol}: the project's boxes, made in the template's order."""
+        runs = sorted(project.getRuns(), key=lambda p: p.getObjId())
+        return dict(zip(LABELS, runs))
+
+    @classmethod
+    def waitForAll(cls, name):
+        """{template object id: protocol} once every box has stopped (or on timeout)."""
+        start = time.time()
+        while True:
+            time.sleep(10)
+            runs = cls.boxes(Manager().loadProject(name))
+            if all(not p.isActive() for p in runs.values()):
+                return runs
+            if time.time() - start > cls.TIMEOUT:
+                return runs
+
+    def test_each_box_ran_once_with_its_label(self):
+        self.assertEqual(self.scheduler.returncode, 0, self.scheduler.stderr)
+        for key, prot in self.runs.items():
+            self.assertEqual(prot.getObjLabel(), LABELS[key])
+            self.assertTrue(prot.isFinished(), '%s: %s' % (LABELS[key], prot.getStatus()))
+            with open(prot.getLogPaths()[0]) as f:
+                log = f.read()
+            starts = log.count('RUNNING PROTOCOL') + log.count('RESUMING PROTOCOL')
+            self.assertEqual(starts, 1, '%s started %d times' % (LABELS[key], starts))
+            self.assertNotIn('PROTOCOL FAILED', log, LABELS[key])
+        # One training: every logged iteration once.
+        records = readTrainingLog(self.runs[TRAIN].getTrainingLogFile())
+        iterations = [r['iteration'] for r in records]
+        self.assertEqual(iterations, sorted(set(iterations)))
 
     def output(self, key, name):
         out = getattr(self.runs[key], name, None)
         self.assertIsNotNone(out, '%s has no output %s' % (LABELS[key], name))
         return out
-
-    def test_every_box_finished_with_its_label(self):
-        for key, prot in self.runs.items():
-            self.assertTrue(prot.isFinished(), prot.getRunName())
-            self.assertEqual(prot.getObjLabel(), LABELS[key])
 
     def test_imports(self):
         for key, tsIds in ((IMPORT_NOISY, NOISY_IDS), (IMPORT_CLEAN, CLEAN_IDS)):
@@ -249,8 +337,10 @@ class TestDualTemplateRun(TestBaseCentralizedLayer):
             expectedBoxSize=BOX,
             expectedSRate=SMALL_VOXEL_SIZE,
         )
+        # On the imported tomograms (their files), not the denoised ones.
         self.assertEqual(
-            coords.getPrecedents().getObjId(), self.output(IMPORT_NOISY, 'Tomograms').getObjId()
+            sorted(t.getFileName() for t in coords.getPrecedents()),
+            sorted(t.getFileName() for t in self.output(IMPORT_NOISY, 'Tomograms')),
         )
         self.assertEqual(sorted(coords.getTSIds()), list(NOISY_IDS))
         # Denoised tomograms are dense = bright: 'auto' chose it.
