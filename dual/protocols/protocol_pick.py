@@ -20,6 +20,7 @@ which is p_T when T and U share voxel size and origin, and 2 p_T for a tomogram
 binned 2x with default (centred) origins on both sides.
 """
 
+import json
 import math
 import os
 from enum import Enum
@@ -38,7 +39,7 @@ from dual.contract import engine, firstError, sentence
 from dual.convert import convertPositions, defaultBoxSize
 from dual.protocols.protocol_base import ProtDualBase, itemKey, producedContrast
 
-# Polarity choices of the form; AUTO resolves to DARK or BRIGHT (see _polarityHelp).
+# Polarity choices of the form; the engine measures AUTO on each tomogram.
 POLARITY_AUTO, POLARITY_DARK, POLARITY_BRIGHT = 0, 1, 2
 POLARITY_CHOICES = ['auto', 'dark', 'bright']
 SELECT_TOP, SELECT_THRESHOLD = 0, 1
@@ -82,7 +83,8 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         self.pickedItems = None  # {key: picked tomogram}
         self.targetItems = None  # {key: tomogram the coordinates refer to}
         self.maskItems = None  # {key: mask} (empty without masks)
-        # The polarity the picks were made with (auto resolved at run time).
+        # The polarity the picks were made with (auto: measured per tomogram at run
+        # time; 'mixed: ...' when tomograms differ).
         self.usedPolarity = String()
 
     # --------------------------- form ------------------------------------
@@ -148,10 +150,12 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             'bright: particles brighter than the background, as in '
             'DUAL-denoised tomograms (the denoiser outputs density, '
             'dense = bright), density maps, and the DUAL phantoms.\n'
-            'auto (default): bright when the tomograms come from "dual - '
-            'denoise" or "dual - simulate phantoms", dark otherwise. If '
-            'your tomograms were inverted or denoised elsewhere, choose '
-            'explicitly. The summary shows the contrast used.',
+            'auto (default): measured on each tomogram: particles are rare, '
+            'strong blobs at the particle scale, so the sign of the skewness of '
+            'the DoG response shows their contrast. When a tomogram does not show '
+            'it clearly, the contrast its producer declares is used ("dual - '
+            'denoise" and "dual - simulate phantoms": bright), else dark. The log '
+            'and the summary say what was used and why.',
         )
         form.addParam(
             'selection',
@@ -224,9 +228,7 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
     # --------------------------- steps -----------------------------------
     def _insertAllSteps(self):
         self._initialize()
-        polarity = self._resolvePolarity()
-        self.usedPolarity.set(polarity)
-        self._store(self.usedPolarity)
+        polarity = self._formPolarity()
         outputSteps = []
         for index, key in enumerate(self.pickedItems, 1):
             pickId = self._insertFunctionStep(
@@ -260,6 +262,9 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
     def _picksFile(self, key):
         return self._getExtraPath(engineName(key), engineName(key) + engine.PICKS_SUFFIX)
 
+    def _pickSummaryFile(self, key):
+        return self._getExtraPath(engineName(key), engineName(key) + engine.PICK_SUMMARY_SUFFIX)
+
     def getPicksFile(self, key):
         """The engine's picks table of tomogram `key` (picked tomogram's voxels)."""
         return self._picksFile(key)
@@ -275,6 +280,7 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             tomogram=self._engineInputFile(tomo, name),
             outdir=os.path.abspath(self._getExtraPath(name)),
             polarity=polarity,
+            fallback_polarity=self._fallbackPolarity(),
             voxel_size=tomo.getSamplingRate(),
             tomo_name=name,
             tomo_index=index,
@@ -299,6 +305,8 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         )
 
     def createOutputStep(self, key):
+        with open(self._pickSummaryFile(key)) as f:
+            self.info('%s: %s' % (key, engine.polarity_text(json.load(f))))
         xyz, scores = engine.read_picks_table(self._picksFile(key))
         target = self.targetItems[key]
         positions = convertPositions(xyz, self.pickedItems[key], target)
@@ -314,6 +322,17 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             self._store(outSet)
 
     def closeOutputStep(self):
+        polarities = {}
+        for key in self.pickedItems:
+            with open(self._pickSummaryFile(key)) as f:
+                polarities[key] = json.load(f)['polarity']
+        if len(set(polarities.values())) == 1:
+            self.usedPolarity.set(polarities.popitem()[1])
+        else:
+            self.usedPolarity.set(
+                'mixed: ' + ', '.join('%s %s' % item for item in sorted(polarities.items()))
+            )
+        self._store(self.usedPolarity)
         self._closeOutputSet()
 
     def _precedentsPointer(self):
@@ -352,20 +371,22 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         return outSet
 
     # --------------------------- polarity --------------------------------
-    def _resolvePolarity(self):
-        """'dark' or 'bright': the form's choice; auto takes the contrast the producing
+    def _formPolarity(self):
+        """The engine's polarity: 'auto', 'dark' or 'bright', as chosen in the form."""
+        return POLARITY_CHOICES[self.polarity.get()]
+
+    def _fallbackPolarity(self):
+        """The contrast auto takes where a tomogram does not show one: what the producing
         protocol declares (getOutputContrast: DUAL's denoiser and phantoms give bright
-        particles) and dark, the contrast of raw reconstructions, otherwise."""
-        choice = self.polarity.get()
-        if choice != POLARITY_AUTO:
-            return POLARITY_CHOICES[choice]
+        particles), else dark, the contrast of raw reconstructions."""
         return producedContrast(self, self.inputTomograms) or 'dark'
 
     def _polarityText(self):
-        polarity = self.usedPolarity.get() or self._resolvePolarity()
-        if self.polarity.get() == POLARITY_AUTO:
-            return '%s (auto)' % polarity
-        return polarity
+        if self.polarity.get() != POLARITY_AUTO:
+            return self._formPolarity()
+        if self.usedPolarity.get():
+            return '%s (auto: measured)' % self.usedPolarity.get()
+        return 'auto (measured on each tomogram; unclear: %s)' % self._fallbackPolarity()
 
     # --------------------------- info ------------------------------------
     def _validate(self):
@@ -544,7 +565,7 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
                 picked.getSamplingRate(),
                 diameter,
                 diameter / 2.0 / math.sqrt(3.0),
-                self.usedPolarity.get() or self._resolvePolarity(),
+                self._polarityText(),
                 minDistance if minDistance is not None else diameter * 24.0 / 28.0,
                 self._selectionText(),
             )

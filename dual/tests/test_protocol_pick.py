@@ -7,8 +7,8 @@ input; the picks plot draws.
 Data: two 48x128x128 phantoms at 10 A holding only "tetramer" particles (~14 nm),
 without vesicles or gold, so that one diameter fits every particle. Their
 reconstructions have dense = bright (the simulator's convention), hence polarity
-bright. The "denoised" tomograms are the reconstructions binned 2x (2x2x2 means) and
-written at 20 A/voxel.
+bright; their negatives are the "dark" (raw-like) tomograms. The "denoised"
+tomograms are the reconstructions binned 2x (2x2x2 means) and written at 20 A/voxel.
 """
 
 import json
@@ -38,7 +38,12 @@ from dual.protocols import ProtDualDenoise, ProtDualPhantom, ProtDualPick
 from dual.protocols.protocol_phantom import OUT_TOMOGRAMS
 from dual.contract import engine
 from dual.convert import convertPositions, defaultBoxSize
-from dual.protocols.protocol_pick import POLARITY_BRIGHT, SELECT_THRESHOLD, PickOutputs
+from dual.protocols.protocol_pick import (
+    POLARITY_AUTO,
+    POLARITY_BRIGHT,
+    SELECT_THRESHOLD,
+    PickOutputs,
+)
 from dual.tests.phantoms import makePhantoms
 from dual.viewers import DualPicksViewer
 from dual.viewers.viewer_picks import plotPicks
@@ -71,7 +76,8 @@ class TestDualPick(TestBaseCentralizedLayer):
         )
         cls.truth = {}
         rawDir, binnedDir = cls.getOutputPath('raw'), cls.getOutputPath('binned')
-        for folder in (rawDir, binnedDir):
+        darkDir = cls.getOutputPath('dark')  # raw-like: dense = dark
+        for folder in (rawDir, binnedDir, darkDir):
             os.makedirs(folder, exist_ok=True)
         for tsId, folder in phantoms.items():
             cls.truth[tsId] = np.array(
@@ -86,12 +92,16 @@ class TestDualPick(TestBaseCentralizedLayer):
                 os.symlink(os.path.join(folder, 'reconstruction.mrc'), raw)
             with mrcfile.open(raw) as mrc:
                 binned = bin2(np.asarray(mrc.data, dtype=np.float32))
+                with mrcfile.new(os.path.join(darkDir, tsId + '.mrc'), overwrite=True) as dark:
+                    dark.set_data(-np.asarray(mrc.data, dtype=np.float32))
+                    dark.voxel_size = VOXEL
             with mrcfile.new(os.path.join(binnedDir, tsId + '.mrc'), overwrite=True) as mrc:
                 mrc.set_data(binned.astype(np.float32))
                 mrc.voxel_size = BINNED_VOXEL
 
         cls.raw = cls.importTomograms(rawDir, '*.mrc', VOXEL)
         cls.binned = cls.importTomograms(binnedDir, '*.mrc', BINNED_VOXEL)
+        cls.dark = cls.importTomograms(darkDir, '*.mrc', VOXEL)
         cls.rawPick = cls.newPick(cls.raw, numberOfThreads=3)  # both tomograms at once
         cls.launchProtocol(cls.rawPick)
         cls.binnedPick = cls.newPick(cls.binned, originals=cls.raw)
@@ -132,7 +142,8 @@ class TestDualPick(TestBaseCentralizedLayer):
     def scipionPicks(coords):
         """{tsId: (xyz BOTTOM_LEFT_CORNER px of the precedent, scores)}, in id order."""
         picks = {}
-        for tomo in coords.getPrecedents():
+        # Cloned first: a query on the coordinates can end an open iteration of the set.
+        for tomo in [t.clone() for t in coords.getPrecedents()]:
             items = [
                 (c.getPosition(BOTTOM_LEFT_CORNER), c.getScore())
                 for c in coords.iterCoordinates(volume=tomo)
@@ -344,32 +355,38 @@ class TestDualPick(TestBaseCentralizedLayer):
             'Original tomograms: no tomogram with the tsId of 1 picked tomogram(s): TS_01', errors
         )
 
-    def test_polarity_auto(self):
-        """auto: bright for tomograms made by DUAL's denoiser or phantom simulator (a
-        GUI pointer to the protocol, or the output set itself), dark otherwise."""
-        self.assertEqual(self.newPick(self.raw, polarity=0)._resolvePolarity(), 'dark')
+    def test_polarity_auto_is_measured_on_each_tomogram(self):
+        """auto: the engine measures the contrast of each tomogram; the log says what it
+        found. Dark (raw-like, inverted phantoms) and bright tomograms, one run each."""
+        for tomograms, expected in ((self.dark, 'dark'), (self.raw, 'bright')):
+            prot = self.newPick(tomograms, polarity=POLARITY_AUTO)
+            self.launchProtocol(prot)
+            self.assertEqual(prot.usedPolarity.get(), expected)
+            self.assertIn('%s (auto: measured) contrast' % expected, ' '.join(prot.summary()))
+            with open(prot.getLogPaths()[0]) as f:
+                log = f.read()
+            picks = self.scipionPicks(self.outputOf(prot))
+            for tsId in TS_IDS:
+                self.assertRegex(log, '%s: %s contrast \\(auto: skewness [+-]' % (tsId, expected))
+                m = match_picks(picks[tsId][0], self.truth[tsId], DIAMETER / 2 / VOXEL)
+                self.assertGreaterEqual(m['precision'], 0.85, m)
+
+    def test_polarity_auto_fallback_comes_from_the_producer(self):
+        """Where a tomogram does not show its contrast, auto takes what the producing
+        protocol declares: bright for DUAL's denoiser and phantoms, dark otherwise."""
+        self.assertEqual(self.newPick(self.raw, polarity=POLARITY_AUTO)._fallbackPolarity(), 'dark')
         denoise = self.newProtocol(ProtDualDenoise)
-        prot = self.newPick(self.raw, polarity=0)
+        prot = self.newPick(self.raw, polarity=POLARITY_AUTO)
         prot.inputTomograms.set(denoise)
         prot.inputTomograms.setExtended('tomograms')
-        self.assertEqual(prot._resolvePolarity(), 'bright')
-
+        self.assertEqual(prot._fallbackPolarity(), 'bright')
         phantom = self.newProtocol(
             ProtDualPhantom, numberOfPhantoms=1, sizeX=96, sizeY=96, sizeZ=48, voxelSize=VOXEL
         )
-        self.launchProtocol(phantom)
-        prot = self.newPick(getattr(phantom, OUT_TOMOGRAMS), polarity=0)
-        self.launchProtocol(prot)
-        with open(prot._getExtraPath('pick_TS_00.json')) as f:
-            self.assertEqual(json.load(f)['polarity'], 'bright')
-        self.assertEqual(prot.usedPolarity.get(), 'bright')  # stored at run time
-        self.assertIn('bright (auto) contrast', ' '.join(prot.summary()))
-        self.checkCoordinates(
-            self.outputOf(prot),
-            expectedSetSize=len(self.enginePicks(prot, 'TS_00')[0]),
-            expectedBoxSize=BOX,
-            expectedSRate=VOXEL,
-        )
+        prot = self.newPick(self.raw, polarity=POLARITY_AUTO)
+        prot.inputTomograms.set(phantom)
+        prot.inputTomograms.setExtended(OUT_TOMOGRAMS)
+        self.assertEqual(prot._fallbackPolarity(), 'bright')
 
     def test_plot_draws_picks_coloured_by_score(self):
         volume = np.zeros((20, 40, 50), dtype=np.float32)

@@ -6,6 +6,8 @@ Volumes are numpy arrays indexed [z, y, x] (as mrcfile reads them); the tilt axi
 Y, so the missing wedge shows in XZ sections of the Fourier transform.
 """
 
+import textwrap
+
 import mrcfile
 import numpy as np
 from matplotlib.figure import Figure
@@ -22,25 +24,35 @@ def readVolume(path):
         return np.asarray(mrc.data, dtype=np.float32), float(mrc.voxel_size.x)
 
 
-def _newFigure(figure, size):
+def newFigure(figure, size):
+    """A new Figure of `size` inches, or `figure` cleared and resized to it (its
+    window too): a viewer passes an EmPlotter's figure, whose default size (6 x 5 in)
+    would squeeze the panels and make their titles overlap."""
     if figure is None:
         return Figure(figsize=size)
     figure.clear()
+    figure.set_size_inches(size, forward=True)
     return figure
 
 
 # --------------------------------------------------------------- training curves
 def plotTrainingCurves(records, figure=None):
-    """One panel per loss of the engine's training log, against the iteration."""
-    figure = _newFigure(figure, (10, 6))
+    """One panel per loss of the engine's training log, against the iteration; the
+    quality signals and the learning rate (if logged) on rows of their own."""
+    columns = 4
+    panels = []  # (key, row, column); the signals start a row of their own
+    for keys in (LOSS_KEYS, SIGNAL_KEYS):
+        keys = [k for k in keys if any(k in r for r in records)]
+        first = panels[-1][1] + 1 if panels else 0
+        panels += [(key, first + i // columns, i % columns) for i, key in enumerate(keys)]
+    rows = panels[-1][1] + 1 if panels else 1
+    figure = newFigure(figure, (12, 2.4 * rows + 0.6))
+    grid = figure.add_gridspec(rows, columns)
     iterations = [r['iteration'] for r in records]
-    keys = [k for k in LOSS_KEYS + SIGNAL_KEYS if any(k in r for r in records)]
-    columns = 3
-    rows = max(1, int(np.ceil(len(keys) / columns)))
-    for index, key in enumerate(keys, 1):
-        axes = figure.add_subplot(rows, columns, index)
+    for key, row, column in panels:
+        axes = figure.add_subplot(grid[row, column])
         axes.plot(iterations, [r.get(key, np.nan) for r in records], lw=1)
-        axes.set_title(LOSS_LABELS.get(key, key), fontsize=10)
+        axes.set_title(textwrap.fill(LOSS_LABELS.get(key, key), 28), fontsize=10)
         axes.set_xlabel('iteration')
         axes.grid(alpha=0.3)
     if records:
@@ -88,8 +100,8 @@ def fourierSections(volume, side=FOURIER_SIDE):
 def plotSlicesAndSpectra(volumes, titles, figure=None):
     """One row per volume: central XY and XZ slices and the XY and XZ sections of its
     Fourier amplitudes (e.g. input vs denoised, or map vs simulated)."""
-    figure = _newFigure(figure, (12, 3 * len(volumes)))
-    columns = ('XY slice', 'XZ slice', '|F| XY section', '|F| XZ section (wedge)')
+    figure = newFigure(figure, (12, 3 * len(volumes) + 0.4))
+    columns = ('XY slice', 'XZ slice', '|F|, XY section', '|F|, XZ section (missing wedge)')
     for row, (volume, title) in enumerate(zip(volumes, titles)):
         sections, spectra = centralSections(volume), fourierSections(volume)
         panels = (sections['XY'], sections['XZ'], spectra['XY'], spectra['XZ'])
@@ -104,8 +116,14 @@ def plotSlicesAndSpectra(volumes, titles, figure=None):
                 vmax=high,
                 aspect='equal',
                 interpolation='nearest',
+                # Fourier sections in cycles/voxel, so that the wedge shows its true
+                # angle whatever the box's proportions (slices: one pixel per voxel).
+                extent=(-0.5, 0.5, -0.5, 0.5) if column >= 2 else None,
             )
-            axes.set_title('%s: %s' % (title, label), fontsize=9)
+            if row == 0:  # column titles once, the volume's name at the start of its row
+                axes.set_title(label, fontsize=10)
+            if column == 0:
+                axes.set_ylabel(title, fontsize=11)
             axes.set_xticks([])
             axes.set_yticks([])
     figure.tight_layout()
@@ -132,7 +150,7 @@ def radialPowerSpectrum(volume, voxelSize, side=FOURIER_SIDE, bins=40):
 def plotRealVsSimulated(real, realVoxelSize, simulated, simulatedVoxelSize, figure=None):
     """Intensity histograms and radial power spectra of a real and a simulated tomogram,
     both standardised: a simulation that learned the data matches both curves."""
-    figure = _newFigure(figure, (11, 4))
+    figure = newFigure(figure, (11, 4))
     histogram = figure.add_subplot(1, 2, 1)
     spectrum = figure.add_subplot(1, 2, 2)
     for volume, voxelSize, label in (
@@ -146,9 +164,11 @@ def plotRealVsSimulated(real, realVoxelSize, simulated, simulatedVoxelSize, figu
         spectrum.semilogy(frequency, power, label=label)
     histogram.set_title('Intensities (standardised)', fontsize=10)
     histogram.set_xlabel('standard deviations')
+    histogram.set_ylabel('density')
     histogram.legend()
     spectrum.set_title('Radial power spectrum', fontsize=10)
     spectrum.set_xlabel('spatial frequency (1/A)')
+    spectrum.set_ylabel('mean power')
     spectrum.legend()
     figure.tight_layout()
     return figure

@@ -14,7 +14,6 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from matplotlib import colors
 from matplotlib.cm import ScalarMappable
-from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 from pwem.viewers import EmPlotter
 from pyworkflow.viewer import DESKTOP_TKINTER, ProtocolViewer
@@ -24,6 +23,7 @@ from dual.protocols import ProtDualPick
 from dual.protocols.protocol_base import itemKey
 from dual.contract import engine
 from dual.protocols.protocol_pick import PickOutputs
+from dual.viewers.plots import newFigure
 
 SHOW_PICKED, SHOW_OUTPUT = 0, 1
 SCORE_COLORMAP = 'plasma'
@@ -55,10 +55,7 @@ def plotPicks(
     """
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if figure is None:
-        figure = Figure(figsize=(11, 6))
-    else:
-        figure.clear()
+    figure = newFigure(figure, (11, 6))
     first, last = slabRange(volume.shape[0], sliceIndex, thickness)
     image = np.asarray(volume[first:last], dtype=np.float32).mean(axis=0)
     zCentre = 0.5 * (first + last - 1)

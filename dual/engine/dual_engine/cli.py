@@ -83,6 +83,7 @@ def _pick(job):
         tomo_index=job.tomo_index,
         workers=job.threads,
         overwrite=job.overwrite,
+        fallback_polarity=job.fallback_polarity,
     )
     print(json.dumps(summary, indent=1))
 

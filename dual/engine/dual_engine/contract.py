@@ -66,6 +66,9 @@ MAX_VOXEL_SIZE_RATIO = 2.0
 TILT_AXES = ('y', 'x')
 TASKS = ('denoise', 'wedge')
 POLARITIES = ('bright', 'dark')
+AUTO_POLARITY = 'auto'  # pick: the contrast measured on the tomogram (pick.measured_polarity)
+PICK_SUMMARY_SUFFIX = '_picks.json'  # pick: what was picked and with which contrast
+POLARITY_MIN_SKEW = 0.2  # pick auto: |skewness| of the DoG response below which it is unclear
 CONTRASTS = ('auto', 'same', 'inverted', 'free')  # DualConfig.noisy_contrast
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 
@@ -640,8 +643,9 @@ class PickOptions(Options):
     tomogram: str = option(None, 'MRC tomogram', required=True, positional=True)
     outdir: str = option(
         None,
-        'folder for NAME%s, NAME%s and NAME%s (NAME: --tomo-name or '
-        "the tomogram's file stem)" % (PICKS_SUFFIX, STAR_SUFFIX, DYNAMO_SUFFIX),
+        'folder for NAME%s, NAME%s, NAME%s and NAME%s (NAME: --tomo-name or '
+        "the tomogram's file stem)"
+        % (PICKS_SUFFIX, STAR_SUFFIX, DYNAMO_SUFFIX, PICK_SUMMARY_SUFFIX),
         required=True,
         positional=True,
     )
@@ -661,9 +665,16 @@ class PickOptions(Options):
         None, 'A between picks, non-maximum suppression (default 24/28 of the diameter)', ge=0
     )
     polarity: str = option(
-        'bright',
+        AUTO_POLARITY,
         'bright: particles denser = brighter than background '
-        '(DUAL outputs, phantoms); dark: raw reconstructions',
+        '(DUAL outputs, phantoms); dark: raw reconstructions; auto: measured on the '
+        "tomogram (the sign of the skewness of its DoG response at the particle's scale)",
+        choices=(AUTO_POLARITY,) + POLARITIES,
+    )
+    fallback_polarity: str = option(
+        'dark',
+        'contrast --polarity auto takes when the tomogram does not show one clearly '
+        '(dark: that of raw reconstructions)',
         choices=POLARITIES,
     )
     mask: Optional[str] = option(None, "MRC mask of the tomogram's shape: pick where > 0.5")
@@ -892,3 +903,16 @@ def _jsonable(value):
 
 def to_json(instance):
     return {f.name: _jsonable(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
+
+
+def polarity_text(summary):
+    """One line on the contrast a pick used and how it was decided (a pick summary or
+    dog_pick's info)."""
+    source = summary['polarity_source']
+    if source == 'given':
+        return '%s contrast (given)' % summary['polarity']
+    return '%s contrast (auto: skewness %+.2f of the DoG response at the particle scale%s)' % (
+        summary['polarity'],
+        summary['polarity_skewness'],
+        '' if source == 'data' else ', unclear below %.2f: the fallback' % POLARITY_MIN_SKEW,
+    )

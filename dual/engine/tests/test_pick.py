@@ -20,7 +20,15 @@ from dual_engine.export import (
 )
 from dual_engine.io import InputError, read_coordinates, read_particle_locations, write_mrc
 from dual_engine.metrics import match_picks
-from dual_engine.pick import DEFAULT_TOP, NMS_FRACTION, dog_filter, dog_pick, dog_sigmas, suppress
+from dual_engine.pick import (
+    DEFAULT_TOP,
+    NMS_FRACTION,
+    POLARITY_MIN_SKEW,
+    dog_filter,
+    dog_pick,
+    dog_sigmas,
+    suppress,
+)
 from dual_engine.synth.phantom import make_phantom
 
 ENGINE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,6 +244,27 @@ def test_polarity():
         assert distances.min() > 3.0  # nothing at the (dark) particle centres
 
 
+@pytest.mark.parametrize("sign, expected", [(1, "bright"), (-1, "dark")])
+def test_auto_polarity_is_measured_on_the_tomogram(sign, expected):
+    noisy = sign * blob_volume() + np.random.default_rng(0).normal(0, 0.3, SHAPE)
+    xyz, _, info = dog_pick(
+        noisy, VOXEL, DIAMETER, top=len(BLOBS), polarity="auto", return_info=True
+    )
+    assert (info["polarity"], info["polarity_source"]) == (expected, "data")
+    assert sign * info["polarity_skewness"] >= POLARITY_MIN_SKEW
+    distances = np.linalg.norm(xyz[:, None, :] - BLOBS[None], axis=2)
+    assert distances.min(axis=0).max() < 1.5  # every particle found
+
+
+def test_auto_polarity_falls_back_when_unclear():
+    noise = np.random.default_rng(1).normal(0, 1, SHAPE)
+    _, _, info = dog_pick(
+        noise, VOXEL, DIAMETER, polarity="auto", fallback_polarity="bright", return_info=True
+    )
+    assert (info["polarity"], info["polarity_source"]) == ("bright", "fallback")
+    assert abs(info["polarity_skewness"]) < POLARITY_MIN_SKEW
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -416,7 +445,7 @@ def tomogram(tmp_path_factory):
     return path
 
 
-def test_cli_writes_three_files(tomogram, tmp_path):
+def test_cli_writes_three_tables_and_its_summary(tomogram, tmp_path):
     out = tmp_path / "picks"
     result = run_cli(
         "pick", tomogram, out, "--diameter", DIAMETER, "--top", 4, "--tomo-name", "TS_07"
@@ -432,7 +461,13 @@ def test_cli_writes_three_files(tomogram, tmp_path):
         "tsv": str(out / "TS_07_picks.tsv"),
         "star": str(out / "TS_07_picks.star"),
         "tbl": str(out / "TS_07.tbl"),
+        "summary": str(out / "TS_07_picks.json"),
     }
+    with open(files["summary"]) as f:
+        assert json.load(f) == summary
+    # Bright blobs: auto (the default) measured it.
+    assert (summary["polarity"], summary["polarity_source"]) == ("bright", "data")
+    assert "bright contrast (auto: skewness +" in result.stderr
     xyz, scores = read_coordinates(files["tsv"])
     np.testing.assert_allclose(xyz, BLOBS[:4], atol=0.05)
     star_xyz, star_scores, names = read_relion_star(files["star"])
@@ -463,7 +498,7 @@ def test_cli_formats_and_job_file(tomogram, tmp_path, capsys):
     assert cli.main(["pick", "--job", str(job), "--tomo-name", "T1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["count"] == len(BLOBS) and summary["tomo_name"] == "T1"
-    assert os.listdir(tmp_path / "o") == ["T1_picks.star"]
+    assert sorted(os.listdir(tmp_path / "o")) == ["T1_picks.json", "T1_picks.star"]
 
 
 def test_cli_bad_diameter_exits_2(tomogram, tmp_path):
