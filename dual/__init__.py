@@ -24,6 +24,7 @@ from dual.constants import (
     DUAL_INSTALLED_FLAG,
     ENGINE_VERSION,
     ENGINE_SOURCE,
+    DUAL_TORCH_BUILD,
     TORCH_VERSION,
     TORCH_WHEELS_BY_CUDA_MAJOR,
     TORCH_DEFAULT_WHEELS,
@@ -54,6 +55,17 @@ class Plugin(pwem.Plugin):
             'dual-engine, e.g. "conda activate %s" or '
             '"source /path/to/venv/bin/activate". Empty: run the '
             'engine with the Python running Scipion.' % DUAL_ENV_NAME,
+        )
+        cls._defineVar(
+            DUAL_TORCH_BUILD,
+            '',
+            description='PyTorch build that "scipion3 installb dual" installs (the '
+            'folder of download.pytorch.org/whl: cu126, cu128, cu130, cpu, rocm6.4, ...). '
+            'Empty: chosen from the CUDA version of CUDA_LIB (%s; %s when unknown).'
+            % (
+                ', '.join('CUDA %d: %s' % item for item in TORCH_WHEELS_BY_CUDA_MAJOR.items()),
+                TORCH_DEFAULT_WHEELS,
+            ),
         )
 
     @classmethod
@@ -171,7 +183,11 @@ class Plugin(pwem.Plugin):
 
     @classmethod
     def getTorchWheels(cls):
-        """PyTorch wheel flavour for this machine's CUDA; a safe default when unknown."""
+        """PyTorch build: DUAL_TORCH_BUILD, else the one for this machine's CUDA, else a
+        safe default."""
+        chosen = (cls.getVar(DUAL_TORCH_BUILD) or '').strip()
+        if chosen:
+            return chosen
         try:
             major = cls.getVersionFromPath(
                 pwem.Config.CUDA_LIB, pattern='cuda', default='12.6'
@@ -180,13 +196,25 @@ class Plugin(pwem.Plugin):
             return TORCH_DEFAULT_WHEELS
         return TORCH_WHEELS_BY_CUDA_MAJOR.get(major, TORCH_DEFAULT_WHEELS)
 
+    @staticmethod
+    def engineIsInCheckout():
+        """True when the plugin (and the engine inside it) is not in site-packages: a
+        devel install or a source checkout."""
+        return not os.path.realpath(ENGINE_SOURCE).startswith(
+            os.path.realpath(pwutils.getPythonPackagesFolder())
+        )
+
     @classmethod
     def defineBinaries(cls, env):
-        """Recipe only (run by `scipion3 installb dual`): a conda env with PyTorch and the
-        vendored engine. Two flagged stages so a failed engine install does not redo the env."""
+        """Recipe only (run by `scipion3 installb dual`): a conda env (conda-forge: the
+        default channels ask for their terms to be accepted first) with PyTorch and the
+        vendored engine. Two flagged stages so a failed engine install does not redo the
+        env. A devel install (the plugin in a checkout, `installp --devel`) installs the
+        engine editable, so the environment always runs the checkout's engine."""
         conda = cls.getCondaActivationCmd()
         createEnv = (
-            '%s conda create -y -n %s python=3.11 && %s conda activate %s && '
+            '%s conda create -y -n %s --override-channels -c conda-forge python=3.11 && '
+            '%s conda activate %s && '
             'pip install torch==%s --index-url https://download.pytorch.org/whl/%s && '
             'touch %s'
             % (
@@ -199,9 +227,10 @@ class Plugin(pwem.Plugin):
                 DUAL_ENV_FLAG,
             )
         )
-        installEngine = '%s conda activate %s && pip install %s && touch %s' % (
+        installEngine = '%s conda activate %s && pip install %s%s && touch %s' % (
             conda,
             DUAL_ENV_NAME,
+            '-e ' if cls.engineIsInCheckout() else '',
             shlex.quote(ENGINE_SOURCE),
             DUAL_INSTALLED_FLAG,
         )

@@ -22,10 +22,14 @@ DUAL_DEFAULT_ACTIVATION = 'conda activate %s' % DUAL_ENV_NAME
 DUAL_ENV_FLAG = 'dual_env_created'
 DUAL_INSTALLED_FLAG = 'dual_engine_%s_installed' % ENGINE_VERSION
 
-# PyTorch build installed in the engine environment, chosen by CUDA major version;
-# an unknown or missing CUDA falls back to the default, never to an error.
-TORCH_VERSION = '2.7.1'
-TORCH_WHEELS_BY_CUDA_MAJOR = {11: 'cu118', 12: 'cu126'}
+# PyTorch installed in the engine environment: the version every test runs with (scripts/
+# setup.sh installs the same). Its build (download.pytorch.org/whl/<build>) is
+# DUAL_TORCH_BUILD when set (cu126, cu128, cu130, cpu, rocm6.4, ...), else chosen by the
+# CUDA major version of CUDA_LIB; an unknown or missing CUDA falls back to the default,
+# never to an error.
+TORCH_VERSION = '2.13.0'
+DUAL_TORCH_BUILD = 'DUAL_TORCH_BUILD'
+TORCH_WHEELS_BY_CUDA_MAJOR = {12: 'cu126', 13: 'cu130'}
 TORCH_DEFAULT_WHEELS = 'cu126'
 
 

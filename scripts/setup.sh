@@ -12,5 +12,5 @@ pip="$venv/bin/python -m pip --disable-pip-version-check -q"
 $pip install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 # scipion-em-reliontomo and scipion-em-dynamo: test-only, for the coordinate export
 # chaining test (their converters need no RELION or Dynamo binaries).
-$pip install -e ./dual/engine -e . pytest ruff==0.17.6 scipion-app scipion-em-reliontomo scipion-em-dynamo 2>&1 | grep -v "^WARNING: Location" || true
+$pip install -e ./dual/engine -e . pytest ruff==0.17.6 build twine scipion-app scipion-em-reliontomo scipion-em-dynamo 2>&1 | grep -v "^WARNING: Location" || true
 "$venv/bin/python" -c "import torch, pwem, tomo, dual_engine; print('environment ready:', '$venv')"

@@ -14,8 +14,10 @@ from dual.constants import (  # noqa: E402 (after the Domain has loaded the plug
     DUAL_ENV_ACTIVATION,
     DUAL_ENV_FLAG,
     DUAL_INSTALLED_FLAG,
+    DUAL_TORCH_BUILD,
     ENGINE_SOURCE,
     ENGINE_VERSION,
+    TORCH_VERSION,
 )
 
 
@@ -78,17 +80,38 @@ class TestInstallRecipe(unittest.TestCase):
         flags = [c._targets for c in target._commandList]
         self.assertIn(DUAL_ENV_FLAG, str(flags))
         self.assertIn(DUAL_INSTALLED_FLAG, str(flags))
-        self.assertIn('pip install %s' % ENGINE_SOURCE, commands)
+        self.assertIn('%s && touch' % ENGINE_SOURCE, commands)
         self.assertTrue(os.path.exists(os.path.join(ENGINE_SOURCE, 'pyproject.toml')))
 
     def test_torch_build_follows_cuda_major(self):
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            lib = os.path.join(tmp, 'cuda-11.8', 'lib64')
+            lib = os.path.join(tmp, 'cuda-13.0', 'lib64')
             os.makedirs(lib)
-            self.assertIn('whl/cu118', self.recipe(lib)[1])
+            self.assertIn('whl/cu130', self.recipe(lib)[1])
         self.assertIn('whl/cu126', self.recipe('/no/cuda/here')[1])
+
+    def test_torch_build_variable_wins(self):
+        saved = Plugin._vars.get(DUAL_TORCH_BUILD)
+        Plugin._vars[DUAL_TORCH_BUILD] = 'cu128'
+        try:
+            self.assertIn('whl/cu128', self.recipe('/no/cuda/here')[1])
+        finally:
+            Plugin._vars[DUAL_TORCH_BUILD] = saved
+
+    def test_torch_is_the_tested_version_from_conda_forge(self):
+        commands = self.recipe('/nonexistent')[1]
+        checkout = os.path.dirname(os.path.dirname(ENGINE_SOURCE))
+        with open(os.path.join(checkout, 'scripts', 'setup.sh')) as f:
+            self.assertIn('torch==%s' % TORCH_VERSION, f.read())
+        self.assertIn('pip install torch==%s ' % TORCH_VERSION, commands)
+        self.assertIn('--override-channels -c conda-forge', commands)
+
+    def test_checkout_installs_the_engine_editable(self):
+        # The tests run from a checkout (setup.sh installs the plugin editable).
+        self.assertTrue(Plugin.engineIsInCheckout())
+        self.assertIn('pip install -e %s' % ENGINE_SOURCE, self.recipe('/nonexistent')[1])
 
 
 class TestInstallationCheck(RestoresActivation):
