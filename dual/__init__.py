@@ -153,10 +153,16 @@ class Plugin(pwem.Plugin):
     @classmethod
     def getEngineProgram(cls, useGpu=False):
         """The shell program that runs `python -m dual_engine` in the engine environment."""
-        prefix = cls.getActivationCmd()
-        python = 'python' if prefix else shlex.quote(sys.executable)
         gpus = 'CUDA_VISIBLE_DEVICES=%(GPU)s ' if useGpu else ''
-        return '%s%s%s -m dual_engine' % (prefix, gpus, python)
+        return cls.getEnginePython(prefix=gpus) + ' -m dual_engine'
+
+    @classmethod
+    def getEnginePython(cls, prefix=''):
+        """The shell command that starts the engine environment's Python (`prefix`: shell
+        assignments for it, e.g. CUDA_VISIBLE_DEVICES=0)."""
+        activation = cls.getActivationCmd()
+        python = 'python' if activation else shlex.quote(sys.executable)
+        return '%s%s%s' % (activation, prefix, python)
 
     @classmethod
     def runEngine(cls, protocol, command, args, cwd=None, useGpu=False):
@@ -174,6 +180,9 @@ class Plugin(pwem.Plugin):
             env=cls.getEnviron(),
             cwd=cwd,
             numberOfMpi=1,
+            # The activation ("source .../activate", conda's hook) is bash: pyworkflow's
+            # default shell is /bin/sh, which is dash on Debian and Ubuntu.
+            executable='/bin/bash',
         )
 
     @classmethod

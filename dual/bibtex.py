@@ -3,7 +3,8 @@
 title = {DUAL: deep unsupervised simultaneous simulation and denoising for cryo-electron tomography},
 author = {Zeng, Xiangrui and Ding, Yizhe and Zhang, Yueqian and Uddin, Mostofa Rafid and Dabouei, Ali and Xu, Min},
 journal = {bioRxiv (preprint)},
-year = {2023}
+year = {2024},
+doi = {10.1101/2024.03.02.583135}
 }
 
 @article{Gubins2021SHREC,

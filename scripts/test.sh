@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up the environment, lint (ruff), build and check the packages, and run every test
-# (engine and Scipion protocols) on CPU.
-# Usage: bash scripts/test.sh [pytest options]
+# Set up the environments, lint (ruff), build and check the packages, and run every test
+# (engine and benchmark with pytest, then the Scipion protocols with pyworkflow's runner)
+# on CPU.
+# Usage: bash scripts/test.sh [pytest options, for the engine and benchmark tests]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,4 +12,8 @@ venv=${DUAL_VENV:-.venv}
 "$venv/bin/ruff" format --check .
 # The packages as PyPI would get them: built, checked, complete.
 bash scripts/check_package.sh
-exec "$venv/bin/python" -m pytest "$@"
+# The engine's and the benchmark's tests (pytest; testpaths in pyproject.toml).
+"$venv/bin/python" -m pytest "$@"
+# The plugin's Scipion tests as `scipion3 tests --grep dual --run` runs them: pyworkflow's
+# runner, the engine in its own environment (.venv-engine), never in Scipion's Python.
+"$venv/bin/python" scripts/scipion_tests.py

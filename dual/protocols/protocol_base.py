@@ -4,7 +4,9 @@ and the base of the two protocols that apply a trained model (denoise, simulate)
 
 import json
 import os
+import re
 import shutil
+import subprocess
 
 import mrcfile
 import pyworkflow.protocol.params as params
@@ -20,7 +22,7 @@ from tomo.protocols import ProtTomoBase
 
 from dual import Plugin
 from dual.constants import MIN_USEFUL_ITERATIONS, MODEL_INFO_FILE, MRC_EXTENSIONS
-from dual.contract import engine, firstError
+from dual.contract import engine, firstError, sentence
 from dual.objects import DualModel
 
 
@@ -96,6 +98,24 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
         concurrent = threads - 1 if self.modeParallel() and threads > 1 else 1
         return max(1, threads // concurrent)
 
+    def _gpuErrors(self):
+        """'Use GPU = Yes' with GPU ids this machine does not have: refused by the form
+        instead of failing in the step. Not checked when the protocol runs through a
+        queue or on another host, whose GPUs are not this machine's."""
+        if not self.usesGpu() or self.useQueue():
+            return []
+        host = getattr(self, 'hostName', None)
+        if host is not None and host.get() not in (None, '', 'localhost'):
+            return []
+        try:
+            ids = self.getGpuList()
+        except ValueError:
+            return [
+                'GPU IDs "%s": give GPU numbers such as "0" or "0 1", or choose '
+                '"Use GPU = No" to run on the CPU.' % self.gpuList.get()
+            ]
+        return gpuErrors(ids, localGpuIds())
+
     # --------------------------- files -----------------------------------
     def _engineInputPath(self, name):
         """extra/inputs/<name>.mrc (absolute): where the engine reads input `name`.
@@ -163,9 +183,11 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
     # --------------------------- input checks ----------------------------
     @staticmethod
     def _setErrors(inputSet, label):
-        """An empty set, or one without a usable sampling rate."""
+        """An empty set, or one without a usable sampling rate. None when no set is
+        selected: pyworkflow reports a missing input itself ("*Label* cannot be EMPTY."),
+        so the caller stops there, without a second message for the same value."""
         if inputSet is None:
-            return ['%s: no input selected.' % label]
+            return []
         if inputSet.getSize() == 0:
             return ['%s: the set is empty.' % label]
         if not inputSet.getSamplingRate() or inputSet.getSamplingRate() <= 0:
@@ -197,6 +219,54 @@ class ProtDualBase(EMProtocol, ProtTomoBase):
     def _voxelSizeRatio(samplingRate, workingVoxelSize):
         """How far apart two voxel sizes are, as a factor >= 1."""
         return max(samplingRate, workingVoxelSize) / min(samplingRate, workingVoxelSize)
+
+
+NVIDIA_PROC_GPUS = '/proc/driver/nvidia/gpus'  # one folder per GPU the driver sees
+ROCM_DEVICE = '/dev/kfd'  # AMD GPUs under ROCm (PyTorch calls them "cuda" too)
+
+
+def localGpuIds():
+    """The ids of this machine's GPUs (`nvidia-smi -L`, else as many as the NVIDIA
+    driver's /proc entries); [] when it has none; None when it cannot tell (an AMD GPU
+    with ROCm). Never torch: Scipion's Python need not have it, nor a GPU driver."""
+    try:
+        listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        listing = None
+    if listing is not None and listing.returncode == 0:
+        ids = [int(n) for n in re.findall(r'^GPU (\d+):', listing.stdout, re.MULTILINE)]
+        if ids:
+            return ids
+    if os.path.isdir(NVIDIA_PROC_GPUS) and os.listdir(NVIDIA_PROC_GPUS):
+        return list(range(len(os.listdir(NVIDIA_PROC_GPUS))))
+    return None if os.path.exists(ROCM_DEVICE) else []
+
+
+def gpuErrors(ids, available):
+    """Errors for running on GPUs `ids` on a machine with GPUs `available` (None:
+    unknown, nothing is refused)."""
+    if available is None:
+        return []
+    other = '"Use GPU = No" to run on the CPU'
+    if not available:
+        return [
+            'Use GPU = Yes, but this machine has no GPU (nvidia-smi and the NVIDIA driver '
+            'list none): choose %s, or send the protocol to a queue with GPUs.' % other
+        ]
+    missing = [i for i in ids if i not in available]
+    if ids and not missing:
+        return []
+    which = (
+        'GPU %d' % available[0]
+        if len(available) == 1
+        else 'GPUs %s' % ', '.join(map(str, available))
+    )
+    if not ids:
+        return ['Use GPU = Yes without GPU IDs: give some of %s, or choose %s.' % (which, other)]
+    return [
+        'GPU IDs "%s": this machine has no GPU %s (it has %s): fix the GPU ids, or choose %s.'
+        % (' '.join(map(str, ids)), ', '.join(map(str, missing)), which, other)
+    ]
 
 
 def producerOf(protocol, pointer):
@@ -260,7 +330,11 @@ class ProtDualApplyModel(ProtDualBase):
         )
 
     @staticmethod
-    def _defineRunParams(form):
+    def _defineTileParam(form):
+        depth = engine.DualConfig().unet_depth
+        border = engine.tile_layout(
+            engine.DEFAULT_TILE, engine.unet_receptive_radius(depth), 2**depth
+        )[1]
         form.addParam(
             'tileSize',
             params.IntParam,
@@ -268,13 +342,18 @@ class ProtDualApplyModel(ProtDualBase):
             validators=[params.GE(engine.MIN_TILE)],
             expertLevel=params.LEVEL_ADVANCED,
             label='Tile size (voxels)',
-            help='Volumes are processed in overlapping cubic tiles of this side, '
-            'at the model\'s working voxel size; the tile borders (the '
-            'network\'s receptive radius, 24 voxels for U-Net depth 2) are '
-            'discarded, so small tiles waste most of their work. Smaller '
-            'tiles need less memory (bench/run_speed.py measures it); the '
-            'result does not depend on it.',
+            help='Volumes are processed in overlapping cubic tiles of this side, at the '
+            'model\'s working voxel size. The voxels at each face of a tile (the network\'s '
+            'receptive radius: %d for the default U-Net of depth %d) only give the network '
+            'its view and are discarded, so small tiles waste most of their work: below %d '
+            'voxels a tile keeps less than 1/8 of it, and the form warns. Smaller tiles need '
+            'less memory (bench/run_speed.py measures it); the result does not depend on '
+            'the tile size.' % (border, depth, engine.min_useful_tile(depth)),
         )
+
+    @staticmethod
+    def _defineRunParams(form):
+        ProtDualApplyModel._defineTileParam(form)
         ProtDualBase._defineGpuParams(form)
         form.addParallelSection(threads=1, mpi=0)
 
@@ -393,10 +472,10 @@ class ProtDualApplyModel(ProtDualBase):
 
     # --------------------------- info ------------------------------------
     def _validate(self):
-        errors = self._validateEngine()
+        errors = self._validateEngine() + self._gpuErrors()
         model, inputSet = self.inputModel.get(), self._getInputSet()
         errors += self._setErrors(inputSet, 'Input volumes')
-        if model is None or errors:
+        if model is None or inputSet is None or errors:
             return errors
         if not os.path.exists(model.getPath()):
             errors.append('The model file %s does not exist (moved or deleted?).' % model.getPath())
@@ -429,7 +508,20 @@ class ProtDualApplyModel(ProtDualBase):
             )
         if not self.usesGpu():
             warnings.append('Running on the CPU: this can take long for large tomograms.')
-        return warnings
+        return warnings + self._tileWarnings()
+
+    def _unetDepth(self):
+        """The U-Net depth of the model the protocol applies: its tiles' borders follow it."""
+        model = self.inputModel.get()
+        config = model.getConfig() if model is not None else {}
+        return config.get('unet_depth', engine.DualConfig().unet_depth)
+
+    def _tileWarnings(self):
+        """The engine's warning for a tile size that wastes most of its work (its rule,
+        engine.tile_warning)."""
+        tile = self.tileSize.get()
+        warning = engine.tile_warning(tile, self._unetDepth()) if tile else None
+        return [sentence(warning)] if warning else []
 
     def _modelDescription(self):
         model = self.inputModel.get()

@@ -131,6 +131,7 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             'particleDiameter',
             params.FloatParam,
             default=None,
+            allowsNull=True,  # required: _validate says so, in one message
             important=True,
             label='Particle diameter (A)',
             help='Largest extent of the particle, in Angstrom (e.g. ~280 for '
@@ -179,6 +180,7 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             'scoreThreshold',
             params.FloatParam,
             default=0.05,
+            allowsNull=True,  # required with a threshold: _validate says so, in one message
             condition='selection == %d' % SELECT_THRESHOLD,
             label='Score threshold',
             help='Keep picks whose DoG score is at least this. The score is the '
@@ -393,7 +395,7 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
         errors = self._validateEngine()
         picked = self.inputTomograms.get()
         errors += self._setErrors(picked, 'Tomograms to pick')
-        if errors:
+        if picked is None or errors:  # pyworkflow reports a missing input
             return errors
         keys = [itemKey(t) for t in picked.iterItems()]
         noTsId = [t.getObjId() for t in picked.iterItems() if not t.getTsId()]
@@ -418,7 +420,10 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
 
         settings = self._pickSettings()
         if settings['diameter'] is None:
-            errors.append('Give the particle diameter (A).')
+            errors.append(
+                'Give the particle diameter (A), the particle\'s largest extent '
+                '(e.g. ~280 for ribosomes).'
+            )
         elif self.selection.get() == SELECT_THRESHOLD and settings['threshold'] is None:
             errors.append('Give a score threshold.')
         else:

@@ -413,22 +413,20 @@ class ProtDualTrain(ProtDualBase):
         return (model.getVoxelSize(), model.getSubvolumeSize()) if model else None
 
     def _validate(self):
-        errors = self._validateEngine()
+        # A missing input or model is reported by pyworkflow ("*Noisy tomograms* cannot
+        # be EMPTY."); the checks below that need it are skipped.
+        errors = self._validateEngine() + self._gpuErrors()
         labels = {'noisy': 'Noisy tomograms', 'clean': 'Clean volumes'}
         for prefix, inputSet in self._domains():
             errors += self._setErrors(inputSet, labels[prefix])
-        if self.continueTraining:
-            model = self.inputModel.get()
-            if model is None:
-                return errors + ['Choose the model to continue from.']
-            if not os.path.exists(model.getPath()):
-                errors.append(
-                    'The model file %s does not exist (moved or deleted?).' % model.getPath()
-                )
+        model = self.inputModel.get() if self.continueTraining else None
+        if model is not None and not os.path.exists(model.getPath()):
+            errors.append('The model file %s does not exist (moved or deleted?).' % model.getPath())
         errors += trainingErrors(self, fresh=not self.continueTraining)
-        if errors:
+        geometry = self._workingGeometry()
+        if errors or geometry is None or any(s is None for _, s in self._domains()):
             return errors
-        voxelSize, subvolumeSize = self._workingGeometry()
+        voxelSize, subvolumeSize = geometry
         for prefix, inputSet in self._domains():
             errors += self._tooSmallErrors(inputSet, labels[prefix], voxelSize, subvolumeSize)
         return errors

@@ -40,6 +40,9 @@ class ProtDualWedge(ProtDualApplyModel):
     coefficients unchanged and takes only the missing cone from the translation, with
     a smooth transition at the cone's border. The trained model is an output too, so
     later runs (e.g. on new tomograms of the same kind) can skip the training.
+
+    Give it denoised tomograms (e.g. from "dual - denoise"): on raw low-SNR tomograms the
+    translation fills the cone with noise (README, Benchmark).
     """
 
     _label = 'missing wedge'
@@ -57,7 +60,12 @@ class ProtDualWedge(ProtDualApplyModel):
             important=True,
             label='Tomograms',
             help='Tomograms (tilt axis along Y or X, beam along Z) whose missing '
-            'wedge to fill. Without a model, the model is trained on them.',
+            'wedge to fill. Without a model, the model is trained on them.\n'
+            'Give denoised tomograms (e.g. from "dual - denoise"), not raw low-SNR ones: '
+            'on raw tomograms the translation fills the cone with noise like the noise '
+            'of the other domain, no closer to the truth than the reconstruction\'s own '
+            'leakage (measured on phantoms at SNR ~0.1, README, Benchmark); without noise '
+            'it restores the cone.',
         )
         form.addParam(
             'useModel',
@@ -114,9 +122,12 @@ class ProtDualWedge(ProtDualApplyModel):
             'this angle, which avoids ringing; measured coefficients are '
             'never changed.',
         )
+        # In the Input tab (Advanced, like the transition): a tab of its own would be
+        # empty at expert level Normal.
+        self._defineTileParam(form)
         defineTrainingParams(form, condition=TRAINING, freshCondition=TRAINING)
-        form.addSection(label='Run')
-        self._defineRunParams(form)
+        self._defineGpuParams(form)
+        form.addParallelSection(threads=1, mpi=0)
 
     # --------------------------- steps -----------------------------------
     def _engineCommand(self):
@@ -205,17 +216,18 @@ class ProtDualWedge(ProtDualApplyModel):
                 return ['Choose the missing-wedge model to use.']
             errors = super()._validate()
         else:
-            errors = self._validateEngine()
-            errors += self._setErrors(self._getInputSet(), 'Tomograms')
+            inputSet = self._getInputSet()
+            errors = self._validateEngine() + self._gpuErrors()
+            errors += self._setErrors(inputSet, 'Tomograms')
             errors += trainingErrors(self, fresh=True, command='wedge-train')
-            if not errors:
+            if not errors and inputSet is not None:
                 errors += self._tooSmallErrors(
-                    self._getInputSet(), 'Tomograms', self.voxelSize.get(), self.subvolumeSize.get()
+                    inputSet, 'Tomograms', self.voxelSize.get(), self.subvolumeSize.get()
                 )
         error = engine.check_values('wedge', transition=self.transition.get())
         if error:
             errors.append(sentence(error))
-        if errors:
+        if errors or self._getInputSet() is None:  # pyworkflow reports a missing input
             return errors
         return self._tiltRangeErrors()
 
@@ -242,10 +254,17 @@ class ProtDualWedge(ProtDualApplyModel):
         return errors
 
     def _warnings(self):
-        warnings = super()._warnings() if self.useModel else []
-        if not self.useModel and not self.usesGpu():
+        if self.useModel:
+            return super()._warnings()
+        warnings = []
+        if not self.usesGpu():
             warnings.append('Training on the CPU is very slow: use it for small tests only.')
-        return warnings
+        return warnings + self._tileWarnings()
+
+    def _unetDepth(self):
+        if self.useModel:
+            return super()._unetDepth()
+        return self.unetDepth.get()
 
     def _summary(self):
         inputSet = self._getInputSet()

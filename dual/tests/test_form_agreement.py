@@ -1,18 +1,10 @@
 """The forms refuse exactly what the engine refuses: grids of values through a form's
-validate() and through the engine's own checks (dual_engine.contract.Job, what the
+validate() and through the engine's own checks (the engine's contract.Job, what the
 command line and job files go through before any work), side by side."""
 
 import itertools
 
-from dual_engine.contract import (
-    CONTRASTS,
-    InputError,
-    Job,
-    check_diameter,
-    check_fits_subvolume,
-    check_voxel_size_ratio,
-)
-
+from dual.contract import engine
 from dual.objects import DualModel
 from dual.protocols import ProtDualDenoise, ProtDualPick, ProtDualWedge
 from dual.protocols.protocol_pick import SELECT_THRESHOLD
@@ -23,10 +15,10 @@ from dual.tests.workflow import TINY_TRAINING, DualWorkflowTest
 def engineError(command, values, extra=None):
     """The engine's message for a job, or None when it accepts it."""
     try:
-        Job(command, values)
+        engine.Job(command, values)
         if extra:
             extra()
-    except InputError as err:
+    except engine.InputError as err:
         return str(err)
     return None
 
@@ -97,7 +89,7 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
             prot = self.newTraining(**case)
             ((name, value),) = case.items()
             if name == 'noisyContrast':
-                value = CONTRASTS[value]
+                value = engine.CONTRASTS[value]
             self.assertAgree(prot, 'train', dict(base, **{engineNames[name]: value}))
 
     def test_pick_diameters(self):
@@ -116,7 +108,7 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
                 prot,
                 'pick',
                 {k: v for k, v in values.items() if v is not None},
-                extra=lambda: check_diameter(diameter, rate),
+                extra=lambda: engine.check_diameter(diameter, rate),
             )
 
     def test_model_voxel_sizes_and_subvolumes(self):
@@ -137,9 +129,11 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
             prot.inputTomograms.set(self.tomograms)
 
             def engineChecks():
-                check_voxel_size_ratio(rate, modelVoxel, 'The input volumes')
+                engine.check_voxel_size_ratio(rate, modelVoxel, 'The input volumes')
                 for tomo in tomograms:
-                    check_fits_subvolume(tomo.getTsId(), tomo.getDim(), rate, modelVoxel, subvolume)
+                    engine.check_fits_subvolume(
+                        tomo.getTsId(), tomo.getDim(), rate, modelVoxel, subvolume
+                    )
 
             values = dict(model=modelFile, inputs=['t.mrc'], outdir='o')
             self.assertAgree(prot, 'denoise', values, extra=engineChecks)

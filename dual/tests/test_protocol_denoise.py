@@ -68,6 +68,32 @@ class TestDualDenoise(DualWorkflowTest):
         self.assertIn('2 of 2 tomograms denoised', ' '.join(self.denoise.summary()))
         self.assertIn('We denoised 2 tomograms', ' '.join(self.denoise.methods()))
 
+    def test_denoised_tomograms_do_not_carry_the_input_half_maps(self):
+        """Input tomograms with even/odd half maps: the denoised ones have none (the
+        halves are the raw ones; an even/odd tool would pair them with a volume they
+        were not made from)."""
+        withHalves = self.phantoms._createSetOfTomograms('WithHalves')
+        withHalves.copyInfo(self.tomograms)
+        for tomo in self.tomograms:
+            tomo = tomo.clone()
+            tomo.cleanObjId()
+            tomo.setHalfMaps([tomo.getFileName(), tomo.getFileName()])  # stand-ins
+            withHalves.append(tomo)
+        withHalves.write()
+        self.phantoms._defineOutputs(withHalves=withHalves)
+        self.proj._storeProtocol(self.phantoms)
+        self.assertTrue(self.phantoms.withHalves.hasOddEven())
+
+        prot = self.newDenoise(numberOfThreads=1)
+        prot.inputTomograms.set(self.phantoms)
+        prot.inputTomograms.setExtended('withHalves')
+        self.launchProtocol(prot)
+        denoised = getattr(prot, DenoiseOutputs.tomograms.name)
+        self.assertEqual(denoised.getSize(), 2)
+        self.assertFalse(denoised.hasOddEven())
+        for tomo in denoised:
+            self.assertFalse(tomo.hasHalfMaps(), tomo.getHalfMaps())
+
     def test_output_header_sampling_rate_is_enforced(self):
         path = self.getOutputPath('wrong_header.mrc')
         with mrcfile.new(path, overwrite=True) as mrc:

@@ -2,8 +2,6 @@
 
 import filecmp
 import os
-import subprocess
-import sys
 
 from pyworkflow.plugin import Domain
 from pyworkflow.tests import setupTestProject
@@ -13,6 +11,7 @@ from dual.constants import DUAL_ENV_ACTIVATION
 from dual.objects import DualModel
 from dual.protocols import ProtDualImportModel
 from dual.protocols.protocol_import_model import ImportModelOutputs
+from dual.tests.engine_env import runEngine
 from dual.tests.phantoms import makePhantoms
 
 Plugin = Domain.getPlugin('dual').Plugin
@@ -20,41 +19,35 @@ Plugin = Domain.getPlugin('dual').Plugin
 
 def trainWithEngine(outdir, noisy, clean, iterations):
     """`dual-engine train` as a user would run it by hand (tiny model, CPU)."""
-    subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'dual_engine',
-            'train',
-            outdir,
-            '--noisy',
-            *noisy,
-            '--clean',
-            *clean,
-            '--iterations',
-            str(iterations),
-            '--subvolume-size',
-            '16',
-            '--unet-width',
-            '4',
-            '--unet-depth',
-            '2',
-            '--code-size',
-            '4',
-            '--noise-width',
-            '4',
-            '--disc-width',
-            '4',
-            '--batch-size',
-            '2',
-            '--voxel-size',
-            '12',
-            '--device',
-            'cpu',
-            '--threads',
-            '1',
-        ],
-        check=True,
+    runEngine(
+        'train',
+        outdir,
+        '--noisy',
+        *noisy,
+        '--clean',
+        *clean,
+        '--iterations',
+        iterations,
+        '--subvolume-size',
+        16,
+        '--unet-width',
+        4,
+        '--unet-depth',
+        2,
+        '--code-size',
+        4,
+        '--noise-width',
+        4,
+        '--disc-width',
+        4,
+        '--batch-size',
+        2,
+        '--voxel-size',
+        12,
+        '--device',
+        'cpu',
+        '--threads',
+        1,
     )
     return os.path.join(outdir, 'model.pt')
 

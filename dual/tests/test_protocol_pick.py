@@ -30,10 +30,6 @@ from tomo.protocols.protocol_export_coords import (
 from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
 from tomo.utils import existsPlugin
 
-from dual_engine.export import read_dynamo_tbl, read_relion_star
-from dual_engine.io import read_particle_locations
-from dual_engine.metrics import DEFAULT_EXCLUDE, match_picks
-
 from dual.protocols import ProtDualDenoise, ProtDualPhantom, ProtDualPick
 from dual.protocols.protocol_phantom import OUT_TOMOGRAMS
 from dual.contract import engine
@@ -44,6 +40,7 @@ from dual.protocols.protocol_pick import (
     SELECT_THRESHOLD,
     PickOutputs,
 )
+from dual.tests.engine_env import engineCall
 from dual.tests.phantoms import makePhantoms
 from dual.viewers import DualPicksViewer
 from dual.viewers.viewer_picks import plotPicks
@@ -55,6 +52,11 @@ DIAMETER = 140.0  # A, the tetramers' largest extent
 BOX = 14  # DIAMETER at 10 A/px, already even
 TS_IDS = ('TS_00', 'TS_01')
 PHANTOM_OPTIONS = ('--classes', 'tetramer', '--vesicles', '0', '--fiducials', '0')
+
+
+def matchPicks(picks, truth):
+    """The engine's one-to-one matching of picks to particle centres (within a radius)."""
+    return engineCall('metrics.match_picks', picks.tolist(), truth.tolist(), DIAMETER / 2 / VOXEL)
 
 
 def bin2(volume):
@@ -75,17 +77,17 @@ class TestDualPick(TestBaseCentralizedLayer):
             extra=PHANTOM_OPTIONS,
         )
         cls.truth = {}
+        exclude = engineCall('metrics.DEFAULT_EXCLUDE')
         rawDir, binnedDir = cls.getOutputPath('raw'), cls.getOutputPath('binned')
         darkDir = cls.getOutputPath('dark')  # raw-like: dense = dark
         for folder in (rawDir, binnedDir, darkDir):
             os.makedirs(folder, exist_ok=True)
         for tsId, folder in phantoms.items():
+            particles = engineCall(
+                'io.read_particle_locations', os.path.join(folder, 'particle_locations.txt')
+            )
             cls.truth[tsId] = np.array(
-                [
-                    p.xyz
-                    for p in read_particle_locations(os.path.join(folder, 'particle_locations.txt'))
-                    if p.name not in DEFAULT_EXCLUDE
-                ]
+                [(p['x'], p['y'], p['z']) for p in particles if p['name'] not in exclude]
             )
             raw = os.path.join(rawDir, tsId + '.mrc')
             if not os.path.exists(raw):
@@ -155,6 +157,7 @@ class TestDualPick(TestBaseCentralizedLayer):
         return picks
 
     def assertPicksEqual(self, actual, expected, tolerance, what):
+        actual = np.asarray(actual).reshape(-1, 3)
         self.assertEqual(actual.shape, expected.shape, what)
         if len(expected):
             error = np.abs(actual - expected).max()
@@ -194,7 +197,7 @@ class TestDualPick(TestBaseCentralizedLayer):
     def test_picks_find_the_particles(self):
         picks = self.scipionPicks(self.outputOf(self.rawPick))
         for tsId in TS_IDS:
-            m = match_picks(picks[tsId][0], self.truth[tsId], DIAMETER / 2 / VOXEL)
+            m = matchPicks(picks[tsId][0], self.truth[tsId])
             print(
                 tsId,
                 'precision %.2f recall %.2f (%d picks, %d particles)'
@@ -220,7 +223,7 @@ class TestDualPick(TestBaseCentralizedLayer):
             self.assertGreater(len(xyz), 50)
             self.assertPicksEqual(picks[tsId][0], 2 * xyz, 0.02, tsId)
             np.testing.assert_allclose(picks[tsId][1], scores, rtol=1e-6)
-            m = match_picks(picks[tsId][0], self.truth[tsId], DIAMETER / 2 / VOXEL)
+            m = matchPicks(picks[tsId][0], self.truth[tsId])
             self.assertGreaterEqual(m['precision'], 0.85, m)
             self.assertGreaterEqual(m['recall'], 0.45, m)
         self.assertIn('refer to the original tomograms', ' '.join(self.binnedPick.summary()))
@@ -275,19 +278,25 @@ class TestDualPick(TestBaseCentralizedLayer):
             self.launchProtocol(prot)
             exports[fmt] = prot._getExportPath()
 
-        xyz, _, names = read_relion_star(os.path.join(exports[EXPORT_TO_STAR], 'coords.star'))
-        names = np.array(names)
+        xyz, _, names = engineCall(
+            'export.read_relion_star', os.path.join(exports[EXPORT_TO_STAR], 'coords.star')
+        )
+        xyz, names = np.array(xyz), np.array(names)
         self.assertEqual(sorted(set(names)), list(TS_IDS))
         for tsId in TS_IDS:
             engine, _ = self.enginePicks(self.rawPick, tsId)
             self.assertPicksEqual(xyz[names == tsId], engine, 0.01, 'STAR %s' % tsId)
 
-            tblXyz, _, _ = read_dynamo_tbl(
-                os.path.join(exports[EXPORT_TO_DYNAMO], tsId + '.tbl'), one_based=False
+            tblXyz, _, _ = engineCall(
+                'export.read_dynamo_tbl',
+                os.path.join(exports[EXPORT_TO_DYNAMO], tsId + '.tbl'),
+                one_based=False,
             )
             self.assertPicksEqual(tblXyz, engine, 0.01, 'tbl %s' % tsId)
         # The engine's own Dynamo table is 1-based: the same picks, read back.
-        own, _, _ = read_dynamo_tbl(self.rawPick._getExtraPath('TS_00', 'TS_00.tbl'))
+        own, _, _ = engineCall(
+            'export.read_dynamo_tbl', self.rawPick._getExtraPath('TS_00', 'TS_00.tbl')
+        )
         self.assertPicksEqual(own, self.enginePicks(self.rawPick, 'TS_00')[0], 0.01, 'own tbl')
 
     def test_masks_restrict_the_picks(self):
@@ -368,7 +377,7 @@ class TestDualPick(TestBaseCentralizedLayer):
             picks = self.scipionPicks(self.outputOf(prot))
             for tsId in TS_IDS:
                 self.assertRegex(log, '%s: %s contrast \\(auto: skewness [+-]' % (tsId, expected))
-                m = match_picks(picks[tsId][0], self.truth[tsId], DIAMETER / 2 / VOXEL)
+                m = matchPicks(picks[tsId][0], self.truth[tsId])
                 self.assertGreaterEqual(m['precision'], 0.85, m)
 
     def test_polarity_auto_fallback_comes_from_the_producer(self):

@@ -54,6 +54,9 @@ PICK_FORMATS = ('tsv', 'star', 'tbl')
 
 # ----------------------------------------------------------------------------- limits
 DEFAULT_TILE = 160  # inference tile side in voxels (infer.apply_tiled)
+# A tile size is worth its work when at least this fraction of a tile's voxels is kept
+# (its core; the rest is the border the network needs, see tile_layout).
+MIN_TILE_KEPT = 0.125
 DEFAULT_TOP = 500  # picks per tomogram when neither top nor threshold is given
 TRANSITION_DEGREES = 5.0  # cosine ramp inside the missing cone's border (wedge.py)
 MIN_TILE = 32
@@ -284,6 +287,77 @@ def check_voxel_size_ratio(voxel_size, working_voxel_size, what='the volume'):
             )
         )
     return ratio
+
+
+def unet_receptive_radius(depth):
+    """Voxels from the centre of the receptive field of a U-Net of `depth` poolings
+    (nets.unet.UNet3D) to its edge, an upper bound: two 3x3x3 convolutions per block on
+    each level, plus pooling and upsampling. 23 voxels at depth 2."""
+    return sum(5 * 2**level for level in range(depth)) + 2 * 2**depth
+
+
+def tile_layout(tile, overlap, multiple):
+    """(tile side, overlap) the overlap-tile loop uses (streaming.tile_grid) for a
+    requested `tile` and `overlap` (voxels dropped at each face of a tile): the overlap
+    rounded up to the network's size step `multiple` (it keeps the pooling grid), the
+    tile rounded up to it and grown where it would leave a core of under 4 steps."""
+
+    def round_up(n):
+        return int(math.ceil(n / multiple) * multiple)
+
+    overlap = round_up(overlap)
+    return round_up(max(tile, 2 * overlap + 4 * multiple)), overlap
+
+
+def tile_kept_fraction(tile, unet_depth, overlap=None):
+    """The fraction of a full cubic tile's voxels whose output is kept: its core, the
+    tile less `overlap` voxels (default: the U-Net's receptive radius) at each face."""
+    multiple = 2**unet_depth
+    if overlap is None:
+        overlap = unet_receptive_radius(unet_depth)
+    side, overlap = tile_layout(tile, overlap, multiple)
+    return ((side - 2 * overlap) / side) ** 3
+
+
+def min_useful_tile(unet_depth, overlap=None):
+    """The smallest tile side that keeps at least MIN_TILE_KEPT of its work (96 voxels
+    for the default U-Net of depth 2: a 48^3 core)."""
+    tile = 2**unet_depth
+    while tile_kept_fraction(tile, unet_depth, overlap) < MIN_TILE_KEPT:
+        tile += 2**unet_depth
+    return tile
+
+
+def tile_warning(tile, unet_depth, overlap=None):
+    """A message when `tile` wastes most of its work on the tile borders (below
+    min_useful_tile), else None. Not an error: the result does not depend on the tile
+    size, only the time it takes (and a smaller tile needs less memory)."""
+    useful = min_useful_tile(unet_depth, overlap)
+    if tile >= useful:
+        return None
+    radius = unet_receptive_radius(unet_depth) if overlap is None else overlap
+    side, border = tile_layout(tile, radius, 2**unet_depth)
+    default = ''
+    if DEFAULT_TILE >= useful:
+        default = '; the default, %d, keeps %.1f%%' % (
+            DEFAULT_TILE,
+            100 * tile_kept_fraction(DEFAULT_TILE, unet_depth, overlap),
+        )
+    return (
+        'a tile size of %d keeps only the central %d^3 voxels of each %d^3 tile (%.1f%% '
+        'of its work: the %d voxels at each face only give the network its view): use at '
+        'least %d (keeps %.1f%%%s) unless memory is short'
+        % (
+            tile,
+            side - 2 * border,
+            side,
+            100 * tile_kept_fraction(tile, unet_depth, overlap),
+            border,
+            useful,
+            100 * tile_kept_fraction(useful, unet_depth, overlap),
+            default,
+        )
+    )
 
 
 def check_tomo_name(name):

@@ -12,6 +12,7 @@ Compensation combines whole-volume Fourier transforms, so it holds the volume.
 
 import contextlib
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -25,6 +26,7 @@ from dual_engine.contract import (
     check_voxel_size_ratio,
     output_name,
     simulated_name,
+    tile_warning,
     torch_seed,
 )
 from dual_engine.cpus import default_threads
@@ -101,6 +103,9 @@ def _prepare(job, task, outputs):
     (config, generators, device)."""
     loaded = _load_checked(job.model, task, job.device, job.threads, job.inputs, job.voxel_size)
     check_outputs(outputs, job.overwrite)
+    warning = tile_warning(job.tile, loaded[0].unet_depth, job.overlap)
+    if warning:
+        print('dual-engine: warning: %s.' % warning, file=sys.stderr, flush=True)
     return loaded
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from dual_engine.contract import InputError
+from dual_engine.contract import InputError, tile_layout
 from dual_engine.io import atomic_output, check_extremes
 
 SLAB_VOXELS = 1 << 22  # voxels per slab of the slab-wise passes (16 MB of float32)
@@ -170,13 +170,13 @@ def tile_grid(shape, tile, overlap, multiple):
     """(tile sizes, core sizes, overlap) along each axis: tiles of `tile` voxels rounded
     up to `multiple` (the network's size step), or less along an axis the volume fills
     with less (a thin tomogram gets flat tiles, not cubes mostly made of padding)."""
-    overlap = int(np.ceil(overlap / multiple) * multiple)  # keeps the pooling grid
+    # The overlap rounded to the pooling grid; tiles grown where the overlap would leave
+    # too small a core (deep networks): the contract's rule, which the forms use too.
+    tile, overlap = tile_layout(tile, overlap, multiple)
 
     def round_up(n):
         return int(np.ceil(n / multiple) * multiple)
 
-    # Tiles grow when the overlap would leave too small a core (deep networks).
-    tile = round_up(max(tile, 2 * overlap + 4 * multiple))
     tiles = [min(tile, round_up(n + 2 * overlap)) for n in shape]
     return tiles, [t - 2 * overlap for t in tiles], overlap
 

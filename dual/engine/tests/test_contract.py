@@ -115,3 +115,23 @@ def test_streams_never_share_draws():
     # Deterministic: the same key, the same stream.
     assert torch_seed(3, 'simulate', 2, 1) == torch_seed(3, 'simulate', 2, 1)
     assert seed_sequence(3, 'train', 1, 2).spawn_key == (contract.STREAMS['train'], 1, 2)
+
+
+def test_tile_rule_is_what_the_tile_loop_does():
+    """The forms' tile-size rule (kept fraction, useful minimum) is computed from the
+    same layout and receptive radius the network and the tile loop use."""
+    from dual_engine.nets import UNet3D
+    from dual_engine.streaming import tile_grid
+
+    for depth in (1, 2, 3):
+        net = UNet3D(width=2, depth=depth)
+        assert net.receptive_radius == contract.unet_receptive_radius(depth)
+        for tile in (32, 64, 96, 160, 224):
+            tiles, cores, _ = tile_grid((1000, 1000, 1000), tile, net.receptive_radius, 2**depth)
+            kept = contract.tile_kept_fraction(tile, depth)
+            assert kept == pytest.approx((cores[0] / tiles[0]) ** 3)
+            useful = contract.min_useful_tile(depth)
+            assert (kept >= contract.MIN_TILE_KEPT) == (tile >= useful)
+            assert (contract.tile_warning(tile, depth) is None) == (tile >= useful)
+    assert contract.min_useful_tile(2) == 96
+    assert 'use at least 96' in contract.tile_warning(64, 2)

@@ -1,6 +1,8 @@
 import torch
 from torch import nn
 
+from dual_engine.contract import unet_receptive_radius
+
 
 def conv_block(in_channels, out_channels):
     """Two 3x3x3 convolutions with LeakyReLU. No normalisation layer: per-sample
@@ -38,9 +40,9 @@ class UNet3D(nn.Module):
 
     @property
     def receptive_radius(self):
-        """Voxels from the centre of the receptive field to its edge (an upper bound):
-        two 3x3x3 convolutions per block on each level, plus pooling and upsampling."""
-        return sum(5 * 2**level for level in range(self.depth)) + 2 * 2**self.depth
+        """Voxels from the centre of the receptive field to its edge (an upper bound;
+        contract.unet_receptive_radius, which the forms' tile-size rule uses too)."""
+        return unet_receptive_radius(self.depth)
 
     def forward(self, x):
         skips = []
