@@ -112,6 +112,24 @@ class TestDualDenoise(DualWorkflowTest):
         self.assertEqual(len(figure.axes), 8)  # 2 rows: slices XY, XZ and their spectra
         plt.close(figure)
 
+    def test_viewer_moves_through_the_volume_and_hands_it_to_the_tomo_viewer(self):
+        viewer = DualDenoiseViewer(project=self.proj, protocol=self.denoise)
+        viewer.setProtocol(self.denoise)
+        viewer.zPercent.set(0.0)  # the first XY slice, the last XZ slice
+        viewer.yPercent.set(100.0)
+        tsId = viewer._chosenTsId()
+        figure = viewer._showBeforeAfter()[0].getFigure()
+        with mrcfile.open(self.denoise.getInputFile(tsId), permissive=True) as mrc:
+            raw = np.asarray(mrc.data)
+        xy, xz = (figure.axes[i].images[0].get_array() for i in (0, 1))
+        np.testing.assert_array_equal(xy, raw[0])
+        np.testing.assert_array_equal(xz, raw[:, -1, :])
+        self.assertIn('z = 0 of', figure.axes[0].get_xlabel())
+        plt.close(figure)
+        views = viewer._showInTomoViewer()
+        self.assertEqual(type(views[0]).__name__, 'TomoObjectDialogView')
+        self.assertEqual(views[0]._setOfObjects.getObjId(), self.denoised.getObjId())
+
     def test_cpu_threads_are_shared_by_the_tomograms_run_at_once(self):
         # threads T: T - 1 tomograms at a time (one if T = 1), T // that many threads each
         for threads, perTomogram in ((1, 1), (2, 2), (3, 1), (8, 1)):

@@ -65,10 +65,22 @@ def plotTrainingCurves(records, figure=None):
 
 
 # --------------------------------------------------------------- slices and spectra
-def centralSections(volume):
-    """{'XY': the central z slice, 'XZ': the central y slice} of a [z, y, x] volume."""
+def sliceIndex(fraction, length):
+    """The slice at `fraction` (0: first, 1: last) of `length` slices; the central one
+    for None: one position shown at the same relative depth in volumes of other sizes."""
+    if fraction is None:
+        return length // 2
+    return min(length - 1, max(0, int(round(fraction * (length - 1)))))
+
+
+def sections(volume, zFraction=None, yFraction=None):
+    """{'XY': a z slice, 'XZ': a y slice} of a [z, y, x] volume, at the given fractions
+    of its depth and height (default: the central ones)."""
     nz, ny, _ = volume.shape
-    return {'XY': volume[nz // 2], 'XZ': volume[:, ny // 2, :]}
+    return {
+        'XY': volume[sliceIndex(zFraction, nz)],
+        'XZ': volume[:, sliceIndex(yFraction, ny), :],
+    }
 
 
 def _centralCube(volume, side=FOURIER_SIDE):
@@ -97,14 +109,20 @@ def fourierSections(volume, side=FOURIER_SIDE):
     return {'XY': amplitude[nz // 2], 'XZ': amplitude[:, ny // 2, :]}
 
 
-def plotSlicesAndSpectra(volumes, titles, figure=None):
-    """One row per volume: central XY and XZ slices and the XY and XZ sections of its
-    Fourier amplitudes (e.g. input vs denoised, or map vs simulated)."""
+def plotSlicesAndSpectra(volumes, titles, figure=None, zFraction=None, yFraction=None):
+    """One row per volume: XY and XZ slices (at zFraction and yFraction of its depth and
+    height, default central) and the XY and XZ sections of its Fourier amplitudes (e.g.
+    input vs denoised, or map vs simulated)."""
     figure = newFigure(figure, (12, 3 * len(volumes) + 0.4))
     columns = ('XY slice', 'XZ slice', '|F|, XY section', '|F|, XZ section (missing wedge)')
     for row, (volume, title) in enumerate(zip(volumes, titles)):
-        sections, spectra = centralSections(volume), fourierSections(volume)
-        panels = (sections['XY'], sections['XZ'], spectra['XY'], spectra['XZ'])
+        nz, ny, _ = volume.shape
+        positions = (  # under each slice: where it is (volumes may differ in size)
+            'z = %d of 0-%d' % (sliceIndex(zFraction, nz), nz - 1),
+            'y = %d of 0-%d' % (sliceIndex(yFraction, ny), ny - 1),
+        )
+        slices, spectra = sections(volume, zFraction, yFraction), fourierSections(volume)
+        panels = (slices['XY'], slices['XZ'], spectra['XY'], spectra['XZ'])
         for column, (image, label) in enumerate(zip(panels, columns)):
             axes = figure.add_subplot(len(volumes), len(columns), row * len(columns) + column + 1)
             low, high = np.percentile(image, [1, 99.5])
@@ -124,6 +142,8 @@ def plotSlicesAndSpectra(volumes, titles, figure=None):
                 axes.set_title(label, fontsize=10)
             if column == 0:
                 axes.set_ylabel(title, fontsize=11)
+            if column < 2:
+                axes.set_xlabel(positions[column], fontsize=8)
             axes.set_xticks([])
             axes.set_yticks([])
     figure.tight_layout()

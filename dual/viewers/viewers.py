@@ -15,10 +15,11 @@ from dual.protocols.protocol_wedge import WedgeOutputs
 from dual.viewers import plots
 
 
-def _plotter(draw, *args, windowTitle=''):
-    """An EmPlotter (a non-blocking View) whose figure `draw(*args, figure=...)` fills."""
+def _plotter(draw, *args, windowTitle='', **options):
+    """An EmPlotter (a non-blocking View) whose figure `draw(*args, figure=..., **options)`
+    fills."""
     plotter = EmPlotter(windowTitle=windowTitle)
-    draw(*args, figure=plotter.getFigure())
+    draw(*args, figure=plotter.getFigure(), **options)
     return plotter
 
 
@@ -62,6 +63,40 @@ class DualVolumesViewer(ProtocolViewer):
             display=params.EnumParam.DISPLAY_COMBO,
             label=label,
         )
+        line = form.addLine(
+            'Slice positions (%)',
+            help='Where the XY slice (z, % of the depth) and the XZ slice (y, % of the '
+            'height) cut each volume: 50 is the central slice. The same relative position '
+            'in volumes of different sizes. To browse every slice, open the output in the '
+            'tomogram viewer below.',
+        )
+        line.addParam('zPercent', params.FloatParam, default=50.0, label='z')
+        line.addParam('yPercent', params.FloatParam, default=50.0, label='y')
+        form.addParam(
+            'showInTomoViewer',
+            params.LabelParam,
+            label='All output tomograms in the tomogram viewer (every slice; IMOD, napari...)',
+        )
+
+    def _slicePositions(self):
+        """zFraction and yFraction for plots.plotSlicesAndSpectra (clipped to the volume)."""
+        return dict(
+            zFraction=min(1.0, max(0.0, (self.zPercent.get() or 0.0) / 100.0)),
+            yFraction=min(1.0, max(0.0, (self.yPercent.get() or 0.0) / 100.0)),
+        )
+
+    def _getVisualizeDict(self):
+        return {'showInTomoViewer': self._showInTomoViewer}
+
+    def _showInTomoViewer(self, paramName=None):
+        """The output set handed to scipion-em-tomo's viewer, as its right-click menu
+        does: a list of the tomograms, each opened with the slice viewers installed."""
+        outSet = getattr(self.protocol, self._outputName, None)
+        if outSet is None:
+            return self._noOutput()
+        from tomo.viewers.views_tkinter_tree import TomoObjectDialogView  # Tk: only here
+
+        return [TomoObjectDialogView(self.getTkRoot(), self.protocol, outSet)]
 
     def _chosenTsId(self):
         tsIds = self._outputTsIds()
@@ -79,6 +114,7 @@ class DualVolumesViewer(ProtocolViewer):
             [beforeVolume, afterVolume],
             [beforeTitle, afterTitle],
             windowTitle=windowTitle,
+            **self._slicePositions(),
         )
 
     def _noOutput(self):
@@ -100,7 +136,9 @@ class DualBeforeAfterViewer(DualVolumesViewer):
         )
 
     def _getVisualizeDict(self):
-        return {'showBeforeAfter': self._showBeforeAfter}
+        return dict(
+            DualVolumesViewer._getVisualizeDict(self), showBeforeAfter=self._showBeforeAfter
+        )
 
     def _showBeforeAfter(self, paramName=None):
         tsId = self._chosenTsId()
@@ -149,10 +187,11 @@ class DualSimulateViewer(DualVolumesViewer):
         )
 
     def _getVisualizeDict(self):
-        return {
-            'showMapVsSynthetic': self._showMapVsSynthetic,
-            'showRealVsSynthetic': self._showRealVsSynthetic,
-        }
+        return dict(
+            DualVolumesViewer._getVisualizeDict(self),
+            showMapVsSynthetic=self._showMapVsSynthetic,
+            showRealVsSynthetic=self._showRealVsSynthetic,
+        )
 
     def _showMapVsSynthetic(self, paramName=None):
         tsId = self._chosenTsId()
@@ -194,6 +233,7 @@ class DualSimulateViewer(DualVolumesViewer):
                 [realVolume, synthetic],
                 ['real', 'synthetic'],
                 windowTitle=title,
+                **self._slicePositions(),
             ),
             _plotter(
                 plots.plotRealVsSimulated,
