@@ -15,6 +15,11 @@ the defect gets wrong; pyworkflow 3.11 has both.
    protocol's constructor, which drops them (Step.__init__ does not forward its keyword
    arguments), so every box gets its default label. `Project.newProtocol` here sets
    them when the constructor did not.
+
+And one convenience of the same occasion: a new project made from a workflow with DUAL
+boxes opens in the protocol view that lists them (Tomography), not in the first view
+(often "Protocols SPA", where a user finds none of the boxes in the tree). A view the
+project already has is kept.
 """
 
 import functools
@@ -58,11 +63,32 @@ def _keepLabels(newProtocol):
     return wrapper
 
 
+PROTOCOL_VIEW = 'Tomography'  # the view of dual/protocols.conf
+
+
+def _openInDualView(loadProtocols):
+    @functools.wraps(loadProtocols)
+    def wrapper(project, *args, **kwargs):
+        loaded = loadProtocols(project, *args, **kwargs)
+        ours = any(type(p).__module__.split('.')[0] == 'dual' for p in (loaded or {}).values())
+        if ours and not project.getProtocolView() and not project.openedAsReadOnly():
+            project.getSettings().setProtocolView(PROTOCOL_VIEW)
+            project.saveSettings()
+        return loaded
+
+    return wrapper
+
+
 def apply():
-    """Wrap Project.scheduleProtocol and Project.newProtocol (once per process)."""
+    """Wrap Project.scheduleProtocol, Project.newProtocol and Project.loadProtocols
+    (once per process)."""
     from pyworkflow.project import Project
 
-    for name, workaround in (('scheduleProtocol', _scheduleOnce), ('newProtocol', _keepLabels)):
+    for name, workaround in (
+        ('scheduleProtocol', _scheduleOnce),
+        ('newProtocol', _keepLabels),
+        ('loadProtocols', _openInDualView),
+    ):
         method = getattr(Project, name)
         if not getattr(method, _APPLIED, False):
             wrapped = workaround(method)

@@ -265,6 +265,9 @@ class TestDualTemplateRun(TestBaseCentralizedLayer):
             if time.time() - start > cls.TIMEOUT:
                 return runs
 
+    def test_project_opens_in_the_view_listing_the_boxes(self):
+        self.assertEqual(self.proj.getProtocolView(), 'Tomography')
+
     def test_each_box_ran_once_with_its_label(self):
         self.assertEqual(self.scheduler.returncode, 0, self.scheduler.stderr)
         for key, prot in self.runs.items():
