@@ -508,8 +508,10 @@ class DualConfig(Options):
     )
     weight_average: float = option(
         0.995,
-        'decay of the moving average of the generator weights that the model uses '
-        '(0: the last weights, as the paper)',
+        'largest decay of the moving average of the generator weights that the model '
+        'uses; the decay grows as (1 + t) / (10 + t) with the iteration t up to it, so '
+        'at 600 iterations the average spans about the last 65 (0: the last weights, '
+        'as the paper)',
         ge=0,
         le=0.9999,
     )
