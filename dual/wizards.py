@@ -24,13 +24,18 @@ def inputTomograms(protocol):
     return tomograms
 
 
+def samplingRate(tomograms):
+    """The tomograms' sampling rate (A/voxel), or a WizardError when they have none."""
+    rate = tomograms.getSamplingRate()
+    if not rate or rate <= 0:
+        raise WizardError('The tomograms have no sampling rate; fix it on import.')
+    return rate
+
+
 def workingVoxelSize(protocol):
     """The working voxel size: the sampling rate of the tomograms the model will process
     (the noisy tomograms of "dual - train", the tomograms of "dual - missing wedge")."""
-    rate = inputTomograms(protocol).getSamplingRate()
-    if not rate or rate <= 0:
-        raise WizardError('The tomograms have no sampling rate; fix it on import.')
-    return round(rate, 3)
+    return round(samplingRate(inputTomograms(protocol)), 3)
 
 
 def acquisitionTiltRange(protocol):
@@ -56,10 +61,7 @@ def diameterFromBox(protocol):
             'Give the box size (Output tab) first: the diameter is taken as its side in A.'
         )
     tomograms = protocol.originalTomograms.get() or inputTomograms(protocol)
-    rate = tomograms.getSamplingRate()
-    if not rate or rate <= 0:
-        raise WizardError('The tomograms have no sampling rate; fix it on import.')
-    return round(box * rate, 1)
+    return round(box * samplingRate(tomograms), 1)
 
 
 class DualWizard(EmWizard):
