@@ -59,6 +59,9 @@ DEFAULT_TILE = 160  # inference tile side in voxels (infer.apply_tiled)
 MIN_TILE_KEPT = 0.125
 DEFAULT_TOP = 500  # picks per tomogram when neither top nor threshold is given
 TRANSITION_DEGREES = 5.0  # cosine ramp inside the missing cone's border (wedge.py)
+# Test-time flips (infer.FlipAveraged): identity, along the tilt axis, beam + other axis,
+# and both; the flips that keep an asymmetric missing wedge (data.wedge_preserving_flips).
+FLIP_AVERAGE_COUNT = 4
 MIN_TILE = 32
 SUBVOLUME_MULTIPLE = 8  # three poolings' worth: the U-Nets and discriminators need it
 MIN_BATCH = 2  # the noise-code KL term needs a batch covariance
@@ -669,6 +672,15 @@ class InferenceOptions(Options):
 
 
 @dataclass
+class FlipOptions(Options):
+    flip_average: bool = option(
+        False,
+        'average the network over the %d flips of the volume that keep its missing wedge '
+        '(%dx the time; less noise in the output)' % (FLIP_AVERAGE_COUNT, FLIP_AVERAGE_COUNT),
+    )
+
+
+@dataclass
 class DenoiseOptions(Options):
     suffix: str = option('_denoised', 'added to each output name')
 
@@ -870,11 +882,11 @@ COMMANDS = {
     ),
     'denoise': (
         'denoise tomograms with a trained model',
-        (InferenceOptions, DenoiseOptions, RunOptions),
+        (InferenceOptions, DenoiseOptions, FlipOptions, RunOptions),
     ),
     'wedge': (
         'fill the missing wedge of tomograms with a wedge model',
-        (InferenceOptions, WedgeOptions, RunOptions),
+        (InferenceOptions, WedgeOptions, FlipOptions, RunOptions),
     ),
     'simulate': (
         'synthetic tomograms from clean density maps',

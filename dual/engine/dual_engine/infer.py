@@ -20,6 +20,7 @@ import torch
 
 from dual_engine.contract import (
     DEFAULT_TILE,
+    FLIP_AVERAGE_COUNT,
     InputError,
     check_outputs,
     check_tilt_range,
@@ -30,7 +31,7 @@ from dual_engine.contract import (
     torch_seed,
 )
 from dual_engine.cpus import default_threads
-from dual_engine.data import load_for_model
+from dual_engine.data import load_for_model, wedge_preserving_flips
 from dual_engine.io import read_mrc, resize_to_shape, write_mrc
 from dual_engine.streaming import (
     checked_statistics,
@@ -58,6 +59,38 @@ def apply_tiled(volume, network, tile=DEFAULT_TILE, overlap=None, multiple=4, de
     out = np.empty(volume.shape, dtype=np.float32)
     run_tiles(volume, out, network, tile, overlap, multiple, device)
     return out
+
+
+class FlipAveraged(torch.nn.Module):
+    """`network` averaged over the flips of its input that keep the missing wedge
+    (data.wedge_preserving_flips: the ones training augments with), each output
+    flipped back. The network is not exactly flip-equivariant, so the average has less
+    of the variance that depends on orientation (noise mapped differently by each
+    flip); it costs FLIP_AVERAGE_COUNT passes."""
+
+    def __init__(self, network, tilt_axis):
+        super().__init__()
+        self.network = network
+        along, across = wedge_preserving_flips(tilt_axis)
+        # Array axes of a (Z, Y, X) volume are tensor dims 2..4 of (N, C, Z, Y, X).
+        groups = [(), along, across, along + across]
+        self.flips = [tuple(axis + 2 for axis in group) for group in groups]
+        assert len(self.flips) == FLIP_AVERAGE_COUNT
+        self.receptive_radius = network.receptive_radius
+        self.multiple = network.multiple
+
+    def forward(self, x):
+        total = None
+        for dims in self.flips:
+            y = self.network(torch.flip(x, dims)) if dims else self.network(x)
+            y = torch.flip(y, dims) if dims else y
+            total = y if total is None else total + y
+        return total / len(self.flips)
+
+
+def _inference_network(network, cfg, flip_average):
+    """The network inference runs: as trained, or averaged over the wedge's flips."""
+    return FlipAveraged(network, cfg.tilt_axis) if flip_average else network
 
 
 def load_network(model_path, device, threads):
@@ -114,7 +147,17 @@ def denoise_files(job):
     outputs = [(p, os.path.join(job.outdir, output_name(p, job.suffix))) for p in job.inputs]
     cfg, generators, device = _prepare(job, 'denoise', outputs)
     for path, output in outputs:
-        yield _denoise(cfg, generators, path, output, job.tile, job.overlap, device, job.voxel_size)
+        yield _denoise(
+            cfg,
+            generators,
+            path,
+            output,
+            job.tile,
+            job.overlap,
+            device,
+            job.voxel_size,
+            job.flip_average,
+        )
 
 
 def denoise(
@@ -126,20 +169,26 @@ def denoise(
     device='cpu',
     threads=None,
     voxel_size=None,
+    flip_average=False,
 ):
-    """Denoise one tomogram with the model's Dn; writes output_path on the input's grid."""
+    """Denoise one tomogram with the model's Dn; writes output_path on the input's grid.
+    flip_average: average Dn over the wedge-preserving flips (FlipAveraged)."""
     cfg, generators, device = _load_checked(
         model_path, 'denoise', device, threads, [input_path], voxel_size
     )
-    return _denoise(cfg, generators, input_path, output_path, tile, overlap, device, voxel_size)
+    return _denoise(
+        cfg, generators, input_path, output_path, tile, overlap, device, voxel_size, flip_average
+    )
 
 
-def _denoise(cfg, generators, input_path, output_path, tile, overlap, device, voxel_size):
+def _denoise(
+    cfg, generators, input_path, output_path, tile, overlap, device, voxel_size, flip_average
+):
     def standardise(block, index):
         return (block - stats['mean']) / stats['std']
 
     with _streamed(cfg, input_path, output_path, voxel_size) as (working, result, stats, size):
-        network = generators.denoiser
+        network = _inference_network(generators.denoiser, cfg, flip_average)
         run_tiles(
             working,
             result,
@@ -156,6 +205,7 @@ def _denoise(cfg, generators, input_path, output_path, tile, overlap, device, vo
         'voxel_size': size,
         'working_voxel_size': cfg.voxel_size,
         'shape': list(open_volume(input_path).shape),
+        'flip_average': bool(flip_average),
     }
 
 
@@ -191,14 +241,20 @@ def _streamed(cfg, input_path, output_path, voxel_size):
 
 
 def denoise_on_input_grid(
-    cfg, generators, input_path, tile=DEFAULT_TILE, overlap=None, device='cpu', voxel_size=None
+    cfg,
+    generators,
+    input_path,
+    tile=DEFAULT_TILE,
+    overlap=None,
+    device='cpu',
+    voxel_size=None,
+    flip_average=False,
 ):
     """Dn applied to one volume file, returned on the file's grid (standardised scale),
     with the voxel size the file was read at."""
     volume, input_voxel_size, shape = load_for_model(input_path, cfg.voxel_size, voxel_size)
-    output = apply_tiled(
-        volume, generators.denoiser, tile, overlap, generators.denoiser.multiple, device
-    )
+    network = _inference_network(generators.denoiser, cfg, flip_average)
+    output = apply_tiled(volume, network, tile, overlap, network.multiple, device)
     return resize_to_shape(output, shape), input_voxel_size
 
 
@@ -330,6 +386,7 @@ def compensate_files(job):
             job.overlap,
             device,
             job.voxel_size,
+            job.flip_average,
         )
 
 
@@ -345,13 +402,15 @@ def compensate(
     device='cpu',
     threads=None,
     voxel_size=None,
+    flip_average=False,
 ):
     """Fill the missing wedge of one tomogram with a wedge model's translation.
 
     tilt_range: the tomogram's, in degrees; None takes the model's training range.
     tilt_axis: None takes the model's. The output (written atomically) has the input's
     grid, voxel size and intensity scale; outside the missing cone its Fourier
-    coefficients are the input's.
+    coefficients are the input's. flip_average: average the translation over the
+    wedge-preserving flips (FlipAveraged).
     """
     cfg, generators, device = _load_checked(
         model_path, 'wedge', device, threads, [input_path], voxel_size
@@ -368,6 +427,7 @@ def compensate(
         overlap,
         device,
         voxel_size,
+        flip_average,
     )
 
 
@@ -383,6 +443,7 @@ def _compensate(
     overlap,
     device,
     voxel_size,
+    flip_average=False,
 ):
     tilt_axis = tilt_axis or cfg.tilt_axis
     tilt_range = check_tilt_range(tilt_range if tilt_range is not None else cfg.tilt_range)
@@ -391,7 +452,7 @@ def _compensate(
     if not np.isfinite(std) or std == 0:
         raise InputError('%s is constant or not finite' % input_path)
     translated, input_voxel_size = denoise_on_input_grid(
-        cfg, generators, input_path, tile, overlap, device, voxel_size
+        cfg, generators, input_path, tile, overlap, device, voxel_size, flip_average
     )
     result, gain = combine(
         (data - mean) / std, translated, tilt_range, tilt_axis, transition, match_gain=True
@@ -405,4 +466,5 @@ def _compensate(
         'tilt_axis': tilt_axis,
         'transition_degrees': transition,
         'translation_gain': gain,
+        'flip_average': bool(flip_average),
     }
