@@ -27,6 +27,15 @@ def _load():
 engine = _load()
 
 
+def optionField(command, name):
+    """The engine's declaration (a dataclass field: default, metadata['help']) of option
+    `name` of `command`, for a form to show the engine's default and help."""
+    for _, field in engine.command_fields(command):
+        if field.name == name:
+            return field
+    raise KeyError('%s has no option %s' % (command, name))
+
+
 def firstError(check, *args):
     """The message of the InputError `check(*args)` raises (as a sentence for a form),
     or None if it passes."""

@@ -22,7 +22,7 @@ from tomo.protocols import ProtTomoBase
 
 from dual import Plugin
 from dual.constants import MIN_USEFUL_ITERATIONS, MODEL_INFO_FILE, MRC_EXTENSIONS
-from dual.contract import engine, firstError, sentence
+from dual.contract import engine, firstError, optionField, sentence
 from dual.objects import DualModel
 
 
@@ -352,6 +352,20 @@ class ProtDualApplyModel(ProtDualBase):
         )
 
     @staticmethod
+    def _defineFlipParam(form, command, more=''):
+        """'flipAverage': the engine's flip_average option of `command` (its default and
+        help), passed to the engine's jobs as flip_average. more: what the protocol adds."""
+        field = optionField(command, 'flip_average')
+        form.addParam(
+            'flipAverage',
+            params.BooleanParam,
+            default=field.default,
+            expertLevel=params.LEVEL_ADVANCED,
+            label='Average over wedge-preserving flips',
+            help=sentence(field.metadata['help']) + more,
+        )
+
+    @staticmethod
     def _defineRunParams(form):
         ProtDualApplyModel._defineTileParam(form)
         ProtDualBase._defineGpuParams(form)
@@ -367,11 +381,15 @@ class ProtDualApplyModel(ProtDualBase):
 
     def _insertAllSteps(self):
         self._initialize()
-        modelSteps = self._insertModelSteps()
+        inputSteps = {name: self._insertInputSteps(name) for name in self.inputItems}
+        modelSteps = self._insertModelSteps([i for steps in inputSteps.values() for i in steps])
         outputSteps = []
         for name in self.inputItems:
             runId = self._insertFunctionStep(
-                self.runModelStep, name, prerequisites=modelSteps, needsGPU=self.usesGpu()
+                self.runModelStep,
+                name,
+                prerequisites=modelSteps + inputSteps[name],
+                needsGPU=self.usesGpu(),
             )
             outputSteps.append(
                 self._insertFunctionStep(
@@ -380,8 +398,14 @@ class ProtDualApplyModel(ProtDualBase):
             )
         self._insertFunctionStep(self._closeOutputSet, prerequisites=outputSteps, needsGPU=False)
 
-    def _insertModelSteps(self):
-        """Steps that make the model before it is applied (none: it is an input)."""
+    def _insertInputSteps(self, name):
+        """Steps that prepare input `name` before the model is made and applied to it
+        (none: the model reads the input itself)."""
+        return []
+
+    def _insertModelSteps(self, inputSteps):
+        """Steps that make the model before it is applied, after the steps `inputSteps`
+        (none: it is an input)."""
         return []
 
     def _modelPath(self):
@@ -400,17 +424,28 @@ class ProtDualApplyModel(ProtDualBase):
 
     def _engineJob(self, name, gpus):
         """The engine job that processes input `name` (subclasses add their options)."""
-        item = self.inputItems[name]
+        return self._inferenceJob(
+            self._modelPath(), self._modelInputFile(name), self._getExtraPath(), name, gpus
+        )
+
+    def _inferenceJob(self, modelPath, inputFile, outdir, name, gpus):
+        """An engine job that applies the model file `modelPath` to `inputFile` (made
+        from input `name`, at its sampling rate), writing into `outdir`."""
         return {
-            'model': os.path.abspath(self._modelPath()),
-            'inputs': [self._engineInputFile(item, name)],
-            'outdir': os.path.abspath(self._getExtraPath()),
-            'voxel_size': item.getSamplingRate(),
+            'model': os.path.abspath(modelPath),
+            'inputs': [inputFile],
+            'outdir': os.path.abspath(outdir),
+            'voxel_size': self.inputItems[name].getSamplingRate(),
             'tile': self.tileSize.get(),
             'overwrite': True,  # the step's own output: a re-run replaces it
             'device': self._engineDevice(gpus),
             'threads': self._engineThreads(),
         }
+
+    def _modelInputFile(self, name):
+        """The file the model reads for input `name`: the input itself, linked (or
+        converted) to _engineInputPath(name) here."""
+        return self._engineInputFile(self.inputItems[name], name)
 
     def _engineCommand(self):
         raise NotImplementedError
@@ -445,9 +480,13 @@ class ProtDualApplyModel(ProtDualBase):
             outSet.setSamplingRate(inputSet.getSamplingRate())
         outSet.setStreamState(Set.STREAM_OPEN)
         self._defineOutputs(**{outName: outSet})
-        self._defineSourceRelation(self._getInputPointer(), outSet)
-        self._defineSourceRelation(self._modelSource(), outSet)
+        for source in self._outputSources():
+            self._defineSourceRelation(source, outSet)
         return outSet
+
+    def _outputSources(self):
+        """The inputs (pointers or objects) the output tomograms derive from."""
+        return [self._getInputPointer(), self._modelSource()]
 
     def _appendTomogram(self, name, outFile, outName):
         """Add the engine's output file for input tomogram `name` to the streaming set
@@ -477,35 +516,57 @@ class ProtDualApplyModel(ProtDualBase):
         errors += self._setErrors(inputSet, 'Input volumes')
         if model is None or inputSet is None or errors:
             return errors
+        return self._modelErrors(model, self._modelTask, inputSet, 'Input volumes')
+
+    def _modelErrors(self, model, task, inputSet, label, field=None):
+        """What keeps `model` from being applied to `inputSet` (called `label`) for
+        `task`: a missing file, another task, a voxel size too far from the model's,
+        volumes thinner than its subvolumes. field: the form's label of the model, named
+        in the messages (None: "The model")."""
+        what = '"%s": the model' % field if field else 'The model'
+        errors = []
         if not os.path.exists(model.getPath()):
-            errors.append('The model file %s does not exist (moved or deleted?).' % model.getPath())
-        if model.getTask() != self._modelTask:
             errors.append(
-                'The model was trained for the "%s" task; this protocol needs a '
-                'model trained for "%s" (%s).'
-                % (model.getTask(), self._modelTask, TASK_SOURCES[self._modelTask])
+                '%s file %s does not exist (moved or deleted?).' % (what, model.getPath())
+            )
+        if model.getTask() != task:
+            errors.append(
+                '%s was trained for the "%s" task; %s needs a model trained for "%s" (%s).'
+                % (
+                    what,
+                    model.getTask(),
+                    'it' if field else 'this protocol',
+                    task,
+                    TASK_SOURCES[task],
+                )
             )
         error = firstError(
             engine.check_voxel_size_ratio,
             inputSet.getSamplingRate(),
             model.getVoxelSize(),
-            'The input volumes',
+            'The %s' % label.lower(),
         )
         if error:
-            errors.append(error)
+            errors.append('"%s": %s' % (field, error[0].lower() + error[1:]) if field else error)
         errors += self._tooSmallErrors(
-            inputSet, 'Input volumes', model.getVoxelSize(), model.getSubvolumeSize()
+            inputSet,
+            '%s (for "%s")' % (label, field) if field else label,
+            model.getVoxelSize(),
+            model.getSubvolumeSize(),
         )
         return errors
 
+    @staticmethod
+    def _undertrainedWarnings(model, what='The model'):
+        if model is None or (model.getIterations() or 0) >= MIN_USEFUL_ITERATIONS:
+            return []
+        return [
+            '%s was trained for only %s iterations: expect poor results (a useful '
+            'model usually needs a few thousand).' % (what, model.getIterations())
+        ]
+
     def _warnings(self):
-        model = self.inputModel.get()
-        warnings = []
-        if model is not None and (model.getIterations() or 0) < MIN_USEFUL_ITERATIONS:
-            warnings.append(
-                'The model was trained for only %s iterations: expect poor '
-                'results (a useful model usually needs a few thousand).' % model.getIterations()
-            )
+        warnings = self._undertrainedWarnings(self.inputModel.get())
         if not self.usesGpu():
             warnings.append('Running on the CPU: this can take long for large tomograms.')
         return warnings + self._tileWarnings()
@@ -523,8 +584,18 @@ class ProtDualApplyModel(ProtDualBase):
         warning = engine.tile_warning(tile, self._unetDepth()) if tile else None
         return [sentence(warning)] if warning else []
 
-    def _modelDescription(self):
-        model = self.inputModel.get()
+    def _flipMethods(self, what='the network'):
+        """The methods' words for flipAverage: '' when it is off."""
+        if not self.flipAverage.get():
+            return ''
+        return ' (%s averaged over the %d flips of the volume that keep its missing wedge)' % (
+            what,
+            engine.FLIP_AVERAGE_COUNT,
+        )
+
+    def _modelDescription(self, model=None):
+        """Words for the methods about `model` (default: the protocol's inputModel)."""
+        model = self.inputModel.get() if model is None else model
         return 'a DUAL model trained for %d iterations at %.2f A/voxel on %d^3 subvolumes' % (
             model.getIterations(),
             model.getVoxelSize(),

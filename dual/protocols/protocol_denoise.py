@@ -8,6 +8,7 @@ from dual.contract import engine
 from dual.protocols.protocol_base import ProtDualApplyModel
 
 DENOISED_SUFFIX = '_denoised'
+DENOISED_CONTRAST = 'bright'  # the particle contrast of denoised tomograms
 
 
 class DenoiseOutputs(Enum):
@@ -40,6 +41,7 @@ class ProtDualDenoise(ProtDualApplyModel):
             help='Tomograms to denoise; best at a voxel size close to the '
             'model\'s working voxel size.',
         )
+        self._defineFlipParam(form, self._engineCommand())
         self._defineRunParams(form)
 
     # --------------------------- steps -----------------------------------
@@ -48,11 +50,11 @@ class ProtDualDenoise(ProtDualApplyModel):
 
     def getOutputContrast(self):
         """The denoiser maps tomograms to the clean (density) domain: dense = bright."""
-        return 'bright'
+        return DENOISED_CONTRAST
 
     def _engineJob(self, name, gpus):
         job = super()._engineJob(name, gpus)
-        job['suffix'] = DENOISED_SUFFIX
+        job.update(suffix=DENOISED_SUFFIX, flip_average=self.flipAverage.get())
         return job
 
     def _denoisedFile(self, name):
@@ -80,11 +82,12 @@ class ProtDualDenoise(ProtDualApplyModel):
         return [
             'We denoised %d tomograms (%.2f A/voxel) with DUAL [Zeng2023DUAL], using %s. '
             'Each tomogram was resampled to the model\'s voxel size, denoised in '
-            'overlapping tiles of %d voxels and resampled back to its original grid.'
+            'overlapping tiles of %d voxels%s and resampled back to its original grid.'
             % (
                 inputSet.getSize(),
                 inputSet.getSamplingRate(),
                 self._modelDescription(),
                 self.tileSize.get(),
+                self._flipMethods(),
             )
         ]

@@ -2,6 +2,7 @@ import os
 from enum import Enum
 
 import pyworkflow.protocol.params as params
+import pyworkflow.utils as pwutils
 from pyworkflow import BETA
 from pyworkflow.utils import Message
 from tomo.objects import SetOfTomograms
@@ -10,6 +11,7 @@ from dual.constants import TRAINING_DIR
 from dual.contract import engine, firstError, sentence
 from dual.objects import DualModel
 from dual.protocols.protocol_base import ProtDualApplyModel, itemKey, producedContrast
+from dual.protocols.protocol_denoise import DENOISED_CONTRAST, DENOISED_SUFFIX
 from dual.protocols.protocol_train import (
     DEFAULTS,
     defineTrainingParams,
@@ -19,6 +21,8 @@ from dual.protocols.protocol_train import (
 
 WEDGE_SUFFIX = '_wedge'
 TRAINING = 'not useModel'
+DENOISED_DIR = 'denoised'  # extra/denoised/: the tomograms denoised first
+DENOISING_LABEL = 'Denoise first with'
 
 # Where the tilt range comes from.
 RANGE_ACQUISITION, RANGE_GIVEN, RANGE_ESTIMATED = 0, 1, 2
@@ -41,8 +45,12 @@ class ProtDualWedge(ProtDualApplyModel):
     a smooth transition at the cone's border. The trained model is an output too, so
     later runs (e.g. on new tomograms of the same kind) can skip the training.
 
-    Give it denoised tomograms (e.g. from "dual - denoise"): on raw low-SNR tomograms the
-    translation fills the cone with noise (README, Benchmark).
+    Compensate denoised tomograms: on raw low-SNR tomograms the translation fills the
+    cone with noise (README, Benchmark). Give tomograms denoised already (e.g. by "dual -
+    denoise"), or raw tomograms and a denoising model ("Denoise first with"): each
+    tomogram is then denoised first (extra/denoised/), the model is trained on the
+    denoised tomograms and applied to them, and the outputs are the denoised tomograms
+    with their missing wedge filled.
     """
 
     _label = 'missing wedge'
@@ -61,11 +69,24 @@ class ProtDualWedge(ProtDualApplyModel):
             label='Tomograms',
             help='Tomograms (tilt axis along Y or X, beam along Z) whose missing '
             'wedge to fill. Without a model, the model is trained on them.\n'
-            'Give denoised tomograms (e.g. from "dual - denoise"), not raw low-SNR ones: '
-            'on raw tomograms the translation fills the cone with noise like the noise '
-            'of the other domain, no closer to the truth than the reconstruction\'s own '
-            'leakage (measured on phantoms at SNR ~0.1, README, Benchmark); without noise '
-            'it restores the cone.',
+            'Give denoised tomograms (e.g. from "dual - denoise"), or raw ones with a '
+            'denoising model below, not raw low-SNR ones alone: on raw tomograms the '
+            'translation fills the cone with noise like the noise of the other domain, '
+            'no closer to the truth than the reconstruction\'s own leakage (measured on '
+            'phantoms at SNR ~0.1, README, Benchmark); without noise it restores the cone.',
+        )
+        form.addParam(
+            'denoisingModel',
+            params.PointerParam,
+            pointerClass='DualModel',
+            allowsNull=True,
+            label=DENOISING_LABEL,
+            help='Optional: a denoising model (from "dual - train" or "dual - import '
+            'model"). Each tomogram is first denoised with it (as "dual - denoise" does, '
+            'into extra/%s/), and the missing-wedge model is trained on and applied to '
+            'the denoised tomograms: the outputs are the denoised tomograms with their '
+            'wedge filled. Empty: the tomograms are used as given (give denoised ones).'
+            % DENOISED_DIR,
         )
         form.addParam(
             'useModel',
@@ -124,6 +145,11 @@ class ProtDualWedge(ProtDualApplyModel):
         )
         # In the Input tab (Advanced, like the transition): a tab of its own would be
         # empty at expert level Normal.
+        self._defineFlipParam(
+            form,
+            self._engineCommand(),
+            ' With "%s", the denoiser is averaged too.' % DENOISING_LABEL,
+        )
         self._defineTileParam(form)
         defineTrainingParams(form, condition=TRAINING, freshCondition=TRAINING)
         self._defineGpuParams(form)
@@ -134,16 +160,72 @@ class ProtDualWedge(ProtDualApplyModel):
         return 'wedge'
 
     def getOutputContrast(self):
-        """Compensation keeps the measured coefficients: the input's contrast."""
+        """Compensation keeps the measured coefficients: the contrast of the tomograms
+        compensated, the denoised ones' when the protocol denoises first."""
+        if self._denoisesFirst():
+            return DENOISED_CONTRAST
         return producedContrast(self, self.inputTomograms)
 
-    def _insertModelSteps(self):
+    def _denoisesFirst(self):
+        return self.denoisingModel.get() is not None
+
+    def _insertInputSteps(self, name):
+        if not self._denoisesFirst():
+            return []
+        return [
+            self._insertFunctionStep(
+                self.denoiseStep, name, prerequisites=[], needsGPU=self.usesGpu()
+            )
+        ]
+
+    def _insertModelSteps(self, inputSteps):
         if self.useModel:
             return []
-        trainId = self._insertFunctionStep(self.trainStep, needsGPU=self.usesGpu())
+        trainId = self._insertFunctionStep(
+            self.trainStep, prerequisites=inputSteps, needsGPU=self.usesGpu()
+        )
         return [
             self._insertFunctionStep(self.createModelStep, prerequisites=[trainId], needsGPU=False)
         ]
+
+    def _denoisedFile(self, name):
+        """extra/denoised/<name>_denoised.mrc: input `name` denoised by denoiseStep (the
+        engine names its output after the input link extra/inputs/<name>.mrc)."""
+        return self._getExtraPath(
+            DENOISED_DIR, engine.output_name(self._engineInputPath(name), DENOISED_SUFFIX)
+        )
+
+    def denoiseStep(self, name):
+        """Denoise input `name` with the denoising model, as "dual - denoise" does."""
+        gpus = self._stepGpus()
+        outdir = self._getExtraPath(DENOISED_DIR)
+        pwutils.makePath(outdir)
+        job = self._inferenceJob(
+            self.denoisingModel.get().getPath(),
+            self._engineInputFile(self.inputItems[name], name),
+            outdir,
+            name,
+            gpus,
+        )
+        job.update(suffix=DENOISED_SUFFIX, flip_average=self.flipAverage.get())
+        self.runEngineJob('denoise', job, 'denoise_%s' % name, useGpu=bool(gpus))
+        self._setHeaderSamplingRate(
+            self._denoisedFile(name), self.inputItems[name].getSamplingRate()
+        )
+
+    def _modelInputFile(self, name):
+        """The denoised tomogram when the protocol denoises first (denoiseStep made it),
+        else the input itself: what the wedge model is trained on and applied to."""
+        if self._denoisesFirst():
+            return os.path.abspath(self._denoisedFile(name))
+        return super()._modelInputFile(name)
+
+    def getInputFile(self, name):
+        """The tomogram the wedge model was applied to (for the viewers): the denoised
+        one when the protocol denoised first."""
+        if self._denoisesFirst():
+            return self._denoisedFile(name)
+        return super().getInputFile(name)
 
     def _trainingDir(self):
         return self._getExtraPath(TRAINING_DIR)
@@ -176,7 +258,7 @@ class ProtDualWedge(ProtDualApplyModel):
         gpus = self._stepGpus()
         job = trainingJob(self, self._trainingDir(), gpus, fresh=True)
         job.update(
-            tomograms=[self._engineInputFile(item, name) for name, item in self.inputItems.items()],
+            tomograms=[self._modelInputFile(name) for name in self.inputItems],
             input_voxel_size=self._getInputSet().getSamplingRate(),
             tilt_axis=self._tiltAxis(),
             tilt_range=self._tiltRange(),
@@ -186,7 +268,16 @@ class ProtDualWedge(ProtDualApplyModel):
     def createModelStep(self):
         model = self._dualModelFromFile(self._modelPath())
         self._defineOutputs(**{WedgeOutputs.model.name: model})
-        self._defineSourceRelation(self.inputTomograms, model)
+        for source in self._trainingSources():
+            self._defineSourceRelation(source, model)
+
+    def _trainingSources(self):
+        """What the trained model derives from: the tomograms (and the denoiser)."""
+        return [self.inputTomograms] + ([self.denoisingModel] if self._denoisesFirst() else [])
+
+    def _outputSources(self):
+        sources = super()._outputSources()
+        return sources + ([self.denoisingModel] if self._denoisesFirst() else [])
 
     def _engineJob(self, name, gpus):
         job = super()._engineJob(name, gpus)
@@ -195,12 +286,14 @@ class ProtDualWedge(ProtDualApplyModel):
             tilt_axis=self._tiltAxis(),
             transition=self.transition.get(),
             suffix=WEDGE_SUFFIX,
+            flip_average=self.flipAverage.get(),
         )
         return job
 
     def getOutputFile(self, name):
-        """The engine names its output after the input link extra/inputs/<name>.mrc."""
-        return self._getExtraPath(engine.output_name(self._engineInputPath(name), WEDGE_SUFFIX))
+        """The engine names its output after its input, the link extra/inputs/<name>.mrc
+        or the denoised extra/denoised/<name>_denoised.mrc."""
+        return self._getExtraPath(engine.output_name(self.getInputFile(name), WEDGE_SUFFIX))
 
     def createOutputStep(self, tsId):
         self._appendTomogram(tsId, self.getOutputFile(tsId), WedgeOutputs.tomograms.name)
@@ -227,6 +320,14 @@ class ProtDualWedge(ProtDualApplyModel):
         error = engine.check_values('wedge', transition=self.transition.get())
         if error:
             errors.append(sentence(error))
+        if self._denoisesFirst() and self._getInputSet() is not None:
+            errors += self._modelErrors(
+                self.denoisingModel.get(),
+                'denoise',
+                self._getInputSet(),
+                'Tomograms',
+                field=DENOISING_LABEL,
+            )
         if errors or self._getInputSet() is None:  # pyworkflow reports a missing input
             return errors
         return self._tiltRangeErrors()
@@ -254,12 +355,36 @@ class ProtDualWedge(ProtDualApplyModel):
         return errors
 
     def _warnings(self):
+        denoiser = self._undertrainedWarnings(
+            self.denoisingModel.get(), 'The denoising model ("%s")' % DENOISING_LABEL
+        )
+        denoiser += self._flipAxisWarnings()
         if self.useModel:
-            return super()._warnings()
+            return denoiser + super()._warnings()
         warnings = []
         if not self.usesGpu():
             warnings.append('Training on the CPU is very slow: use it for small tests only.')
-        return warnings + self._tileWarnings()
+        return denoiser + warnings + self._tileWarnings()
+
+    def _flipAxisWarnings(self):
+        """The engine flips a volume about the tilt axis of the model that processes it
+        (the one it was trained with: Y for denoising models from "dual - train"): with
+        tomograms tilted about another axis those flips do not keep their wedge."""
+        models = [('The denoising model', self.denoisingModel.get())]
+        if self.useModel:
+            models.append(('The missing-wedge model', self.inputModel.get()))
+        warnings = []
+        for what, model in models:
+            if model is None or not self.flipAverage.get():
+                continue
+            axis = model.getConfig().get('tilt_axis', engine.DualConfig().tilt_axis)
+            if axis != self._tiltAxis():
+                warnings.append(
+                    '%s was trained for tilt axis %s, the tomograms\' is %s: averaged over '
+                    'its flips, which keep a wedge about %s, it sees mirrored wedges.'
+                    % (what, axis.upper(), self._tiltAxis().upper(), axis.upper())
+                )
+        return warnings
 
     def _unetDepth(self):
         if self.useModel:
@@ -273,6 +398,8 @@ class ProtDualWedge(ProtDualApplyModel):
         outSet = getattr(self, WedgeOutputs.tomograms.name, None)
         done = outSet.getSize() if outSet is not None else 0
         lines = ['%d of %d tomograms compensated.' % (done, inputSet.getSize())]
+        if self._denoisesFirst():
+            lines.append('Denoised first with: %s.' % self.denoisingModel.get())
         model = getattr(self, WedgeOutputs.model.name, None) or (
             self.inputModel.get() if self.useModel else None
         )
@@ -292,16 +419,32 @@ class ProtDualWedge(ProtDualApplyModel):
                 'against copies of themselves with the beam axis and the in-plane axis '
                 'swapped' % (self.iterations.get(), self.voxelSize.get())
             )
+        denoised, whose = '', ''
+        if self._denoisesFirst():
+            denoised = (
+                'The tomograms were first denoised with DUAL, using %s; the missing-wedge '
+                'model was %s the denoised tomograms. '
+                % (
+                    self._modelDescription(self.denoisingModel.get()),
+                    'applied to' if self.useModel else 'trained on and applied to',
+                )
+            )
+            whose = ' of the denoised tomograms'
         return [
             'We filled the missing wedge of %d tomograms (%.2f A/voxel, tilt axis %s) '
-            'with DUAL [Zeng2023DUAL], using %s. The measured Fourier coefficients were '
-            'kept; the missing cone was taken from the translated tomogram with a %g-degree '
-            'transition at its border.'
+            'with DUAL [Zeng2023DUAL], using %s. %sThe measured Fourier coefficients%s were '
+            'kept; the missing cone was taken from the translated tomogram%s with a '
+            '%g-degree transition at its border.'
             % (
                 inputSet.getSize(),
                 inputSet.getSamplingRate(),
                 self._tiltAxis().upper(),
                 how,
+                denoised,
+                whose,
+                self._flipMethods(
+                    'both networks' if self._denoisesFirst() else 'the translation network'
+                ),
                 self.transition.get(),
             )
         ]

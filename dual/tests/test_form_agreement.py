@@ -4,7 +4,7 @@ command line and job files go through before any work), side by side."""
 
 import itertools
 
-from dual.contract import engine
+from dual.contract import engine, optionField, sentence
 from dual.objects import DualModel
 from dual.protocols import ProtDualDenoise, ProtDualPick, ProtDualWedge
 from dual.protocols.protocol_pick import SELECT_THRESHOLD
@@ -137,3 +137,23 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
 
             values = dict(model=modelFile, inputs=['t.mrc'], outdir='o')
             self.assertAgree(prot, 'denoise', values, extra=engineChecks)
+
+    def test_flip_average(self):
+        """The forms' flipAverage is the engine's flip_average: its default and help, and
+        each value the form can take goes into a job the engine accepts."""
+        field = optionField('denoise', 'flip_average')
+        self.assertIs(field, optionField('wedge', 'flip_average'))  # one declaration
+        for cls, command, values in (
+            (ProtDualDenoise, 'denoise', dict(model='m.pt', inputs=['t.mrc'], outdir='o')),
+            (ProtDualWedge, 'wedge', dict(model='m.pt', inputs=['t.mrc'], outdir='o')),
+        ):
+            prot = self.newProtocol(cls)
+            param = prot.getParam('flipAverage')
+            self.assertIs(prot.flipAverage.get(), field.default, cls.__name__)
+            self.assertIn(sentence(field.metadata['help']), param.help.get(), cls.__name__)
+            self.assertIn(str(engine.FLIP_AVERAGE_COUNT), param.help.get(), cls.__name__)
+            for value in (False, True):
+                prot = self.newProtocol(cls, flipAverage=value, useGpu=False)
+                self.assertIsNone(
+                    engineError(command, dict(values, flip_average=prot.flipAverage.get()))
+                )

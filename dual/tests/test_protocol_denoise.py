@@ -11,11 +11,11 @@ import numpy as np
 from pyworkflow.plugin import Domain
 
 from dual.constants import DUAL_ENV_ACTIVATION
+from dual.contract import engine
 from dual.objects import DualModel
 from dual.protocols import ProtDualDenoise
 from dual.protocols.protocol_denoise import DenoiseOutputs
-from dual.tests.phantoms import SMALL_VOXEL_SIZE
-from dual.tests.workflow import PHANTOM_DIMENSIONS, DualWorkflowTest, unsavedTomogramSet
+from dual.tests.workflow import DualWorkflowTest, unsavedTomogramSet
 from dual.viewers import DualDenoiseViewer
 
 Plugin = Domain.getPlugin('dual').Plugin
@@ -38,18 +38,8 @@ class TestDualDenoise(DualWorkflowTest):
         return prot
 
     def test_denoised_tomograms_keep_the_input_metadata(self):
-        first = self.tomograms.getFirstItem()
-        self.checkTomograms(
-            self.denoised,
-            expectedSetSize=2,
-            expectedSRate=SMALL_VOXEL_SIZE,
-            expectedDimensions=PHANTOM_DIMENSIONS,
-            expectedOriginShifts=first.getOrigin().getShifts(),
-            testSetAcqObj=self.tomograms.getAcquisition(),
-            testAcqObj=first.getAcquisition(),
-        )
+        self.assertRegistered(self.denoised, self.tomograms)
         inputs = {t.getTsId(): t.clone() for t in self.tomograms}
-        self.assertEqual(sorted(t.getTsId() for t in self.denoised), sorted(inputs))
         for tomo in self.denoised:
             original = inputs[tomo.getTsId()]
             self.assertEqual(
@@ -67,6 +57,26 @@ class TestDualDenoise(DualWorkflowTest):
         self.assertEqual((job['device'], job['voxel_size'], job['tile']), ('cpu', 10.0, 160))
         self.assertIn('2 of 2 tomograms denoised', ' '.join(self.denoise.summary()))
         self.assertIn('We denoised 2 tomograms', ' '.join(self.denoise.methods()))
+
+    def test_flip_average_keeps_the_grid_and_changes_the_output(self):
+        """Averaged over the wedge-preserving flips: the input's shape, sampling rate and
+        tsIds, another (averaged) denoised tomogram than the plain run's."""
+        prot = self.newDenoise(flipAverage=True)
+        self.launchProtocol(prot)
+        averaged = getattr(prot, DenoiseOutputs.tomograms.name)
+        self.assertRegistered(averaged, self.tomograms)
+        plain = {t.getTsId(): t.getFileName() for t in self.denoised}
+        for tomo in averaged:
+            with mrcfile.open(tomo.getFileName()) as a, mrcfile.open(plain[tomo.getTsId()]) as b:
+                self.assertEqual(a.data.shape, b.data.shape)
+                self.assertTrue(np.all(np.isfinite(a.data)))
+                self.assertFalse(np.allclose(a.data, b.data, atol=1e-4))
+        for run, expected in ((prot, True), (self.denoise, False)):
+            with open(run._getExtraPath('denoise_TS_00.json')) as f:
+                self.assertIs(json.load(f)['flip_average'], expected)
+        flips = 'averaged over the %d flips' % engine.FLIP_AVERAGE_COUNT
+        self.assertIn(flips, ' '.join(prot.methods()))
+        self.assertNotIn('flips', ' '.join(self.denoise.methods()))
 
     def test_denoised_tomograms_do_not_carry_the_input_half_maps(self):
         """Input tomograms with even/odd half maps: the denoised ones have none (the

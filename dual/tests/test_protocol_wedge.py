@@ -1,19 +1,28 @@
 """ProtDualWedge on phantoms tilted -50..70: a tiny model trained in the run, then
 reused by a second run; outputs keep the input's metadata and its measured Fourier
-coefficients; the form rejects what the engine cannot do. Compensation quality is
-tested in the engine's tests and measured in bench/."""
+coefficients; denoising first (with a tiny denoiser) gives what compensating "dual -
+denoise" outputs gives; the form rejects what the engine cannot do. Compensation quality
+is tested in the engine's tests and measured in bench/."""
 
 import json
+import os
 
 import matplotlib.pyplot as plt
 import mrcfile
 import numpy as np
 
-from dual.protocols import ProtDualPhantom, ProtDualWedge
+from dual.contract import engine
+from dual.protocols import ProtDualDenoise, ProtDualPhantom, ProtDualWedge
+from dual.protocols.protocol_denoise import DenoiseOutputs
 from dual.protocols.protocol_phantom import OUT_TOMOGRAMS
-from dual.protocols.protocol_wedge import RANGE_ESTIMATED, RANGE_GIVEN, WedgeOutputs
+from dual.protocols.protocol_wedge import (
+    DENOISED_DIR,
+    RANGE_ESTIMATED,
+    RANGE_GIVEN,
+    WedgeOutputs,
+)
 from dual.tests.phantoms import SMALL_VOXEL_SIZE
-from dual.tests.workflow import PHANTOM_DIMENSIONS, TINY_TRAINING, X, Y, Z, DualWorkflowTest
+from dual.tests.workflow import TINY_TRAINING, X, Y, Z, DualWorkflowTest
 from dual.viewers import DualTrainingViewer, DualWedgeViewer
 
 TILT_RANGE = (-50.0, 70.0)
@@ -54,9 +63,17 @@ class TestDualWedge(DualWorkflowTest):
         cls.launchProtocol(cls.wedge)
         cls.model = getattr(cls.wedge, WedgeOutputs.model.name)
         cls.output = getattr(cls.wedge, WedgeOutputs.tomograms.name)
+        cls._denoiser = None
 
     @classmethod
-    def newWedge(cls, tomograms=None, model=None, **values):
+    def denoiser(cls):
+        """A tiny denoising model (trained on the first call)."""
+        if cls._denoiser is None:
+            cls._denoiser = cls.runTraining()[1]
+        return cls._denoiser
+
+    @classmethod
+    def newWedge(cls, tomograms=None, model=None, denoiser=None, **values):
         settings = {k: v for k, v in TINY_TRAINING.items()}
         settings.update(values)
         prot = cls.newProtocol(ProtDualWedge, **settings)
@@ -64,32 +81,28 @@ class TestDualWedge(DualWorkflowTest):
         if model is not None:
             prot.useModel.set(True)
             prot.inputModel.set(model)
+        if denoiser is not None:
+            prot.denoisingModel.set(denoiser)
         return prot
+
+    @staticmethod
+    def readJob(prot, name):
+        with open(prot._getExtraPath('%s.json' % name)) as f:
+            return json.load(f)
 
     def test_trained_model_is_a_wedge_model_with_the_acquisition_range(self):
         self.assertEqual(self.model.getTask(), 'wedge')
         self.assertEqual(self.model.getTiltRange(), TILT_RANGE)
         self.assertEqual(self.model.getIterations(), TINY_TRAINING['iterations'])
-        with open(self.wedge._getExtraPath('wedge_train.json')) as f:
-            job = json.load(f)
+        job = self.readJob(self.wedge, 'wedge_train')
         self.assertEqual(
             (job['tilt_range'], job['tilt_axis'], job['device']), (list(TILT_RANGE), 'y', 'cpu')
         )
         self.assertIn('missing wedge -50..70 deg', ' '.join(self.wedge.summary()))
 
     def test_outputs_keep_metadata_and_measured_coefficients(self):
-        first = self.asymmetric.getFirstItem()
-        self.checkTomograms(
-            self.output,
-            expectedSetSize=2,
-            expectedSRate=SMALL_VOXEL_SIZE,
-            expectedDimensions=PHANTOM_DIMENSIONS,
-            expectedOriginShifts=first.getOrigin().getShifts(),
-            testSetAcqObj=self.asymmetric.getAcquisition(),
-            testAcqObj=first.getAcquisition(),
-        )
+        self.assertRegistered(self.output, self.asymmetric)
         inputs = {t.getTsId(): t.getFileName() for t in self.asymmetric}
-        self.assertEqual(sorted(t.getTsId() for t in self.output), sorted(inputs))
         for tomo in self.output:
             with mrcfile.open(tomo.getFileName()) as out, mrcfile.open(
                 inputs[tomo.getTsId()]
@@ -119,6 +132,81 @@ class TestDualWedge(DualWorkflowTest):
         for tomo in output:
             with mrcfile.open(tomo.getFileName()) as a, mrcfile.open(ours[tomo.getTsId()]) as b:
                 self.assertTrue(np.allclose(a.data, b.data, atol=1e-4))
+
+    def test_denoising_first_trains_on_and_compensates_the_denoised_tomograms(self):
+        prot = self.newWedge(denoiser=self.denoiser(), flipAverage=True, numberOfThreads=3)
+        self.launchProtocol(prot)
+        output = getattr(prot, WedgeOutputs.tomograms.name)
+        self.assertRegistered(output, self.asymmetric)
+        self.assertEqual(getattr(prot, WedgeOutputs.model.name).getTask(), 'wedge')
+        names = sorted(t.getTsId() for t in self.asymmetric)
+        denoised = {name: prot._denoisedFile(name) for name in names}
+        # Each tomogram denoised by the engine (flips averaged), then the wedge model
+        # trained on the denoised tomograms and applied to them (flips averaged).
+        self.assertEqual(
+            sorted(os.listdir(prot._getExtraPath(DENOISED_DIR))),
+            sorted(os.path.basename(path) for path in denoised.values()),
+        )
+        job = self.readJob(prot, 'denoise_%s' % names[0])
+        self.assertEqual(job['model'], os.path.abspath(self.denoiser().getPath()))
+        self.assertIs(job['flip_average'], True)
+        self.assertEqual(
+            self.readJob(prot, 'wedge_train')['tomograms'],
+            [os.path.abspath(denoised[name]) for name in names],
+        )
+        job = self.readJob(prot, 'wedge_%s' % names[0])
+        self.assertEqual(job['inputs'], [os.path.abspath(denoised[names[0]])])
+        self.assertIs(job['flip_average'], True)
+        raw = {t.getTsId(): t.getFileName() for t in self.asymmetric}
+        for tomo in output:
+            inPath = denoised[tomo.getTsId()]
+            self.assertEqual(prot.getInputFile(tomo.getTsId()), inPath)  # the viewers'
+            with mrcfile.open(tomo.getFileName()) as out, mrcfile.open(inPath) as den, mrcfile.open(
+                raw[tomo.getTsId()]
+            ) as noisy:
+                self.assertAlmostEqual(float(den.voxel_size.x), SMALL_VOXEL_SIZE, places=3)
+                self.assertTrue(np.all(np.isfinite(out.data)))
+                self.assertFalse(np.allclose(out.data, den.data))  # the cone was filled
+                self.assertFalse(np.allclose(den.data, noisy.data))  # the denoiser ran
+            # The denoised tomogram's measured coefficients are kept, not the raw one's.
+            self.assertLess(measuredCoefficientsKept(inPath, tomo.getFileName(), TILT_RANGE), 1e-3)
+            self.assertGreater(
+                measuredCoefficientsKept(raw[tomo.getTsId()], tomo.getFileName(), TILT_RANGE),
+                1e-2,
+            )
+        denoiseContrast = self.newProtocol(ProtDualDenoise).getOutputContrast()
+        self.assertEqual(prot.getOutputContrast(), denoiseContrast)
+        self.assertIn('Denoised first with', ' '.join(prot.summary()))
+        methods = ' '.join(prot.methods())
+        self.assertIn('first denoised with DUAL', methods)
+        self.assertIn('averaged over the %d flips' % engine.FLIP_AVERAGE_COUNT, methods)
+        self.assertNotIn('first denoised', ' '.join(self.wedge.methods()))
+        self.assertNotIn('flips', ' '.join(self.wedge.methods()))
+
+    def test_denoising_first_equals_compensating_denoise_outputs(self):
+        """Raw tomograms and a denoising model, or the tomograms "dual - denoise" made
+        with it: the same compensated tomograms, with the denoised contrast."""
+        denoise = self.newProtocol(ProtDualDenoise, useGpu=False, flipAverage=True)
+        denoise.inputModel.set(self.denoiser())
+        denoise.inputTomograms.set(self.asymmetric)
+        self.launchProtocol(denoise)
+        fromDenoise = self.newWedge(
+            tomograms=getattr(denoise, DenoiseOutputs.tomograms.name),
+            model=self.model,
+            flipAverage=True,
+        )
+        self.launchProtocol(fromDenoise)
+        together = self.newWedge(model=self.model, denoiser=self.denoiser(), flipAverage=True)
+        self.launchProtocol(together)
+        outputs = [getattr(p, WedgeOutputs.tomograms.name) for p in (fromDenoise, together)]
+        for output in outputs:
+            self.assertRegistered(output, self.asymmetric)
+        theirs = {t.getTsId(): t.getFileName() for t in outputs[0]}
+        for tomo in outputs[1]:
+            with mrcfile.open(tomo.getFileName()) as a, mrcfile.open(theirs[tomo.getTsId()]) as b:
+                self.assertTrue(np.allclose(a.data, b.data, atol=1e-4))
+        self.assertEqual(fromDenoise.getOutputContrast(), denoise.getOutputContrast())
+        self.assertEqual(together.getOutputContrast(), denoise.getOutputContrast())
 
     def test_viewers_draw(self):
         viewer = DualWedgeViewer(project=self.proj, protocol=self.wedge)
@@ -151,5 +239,29 @@ class TestDualWedge(DualWorkflowTest):
         self.assertError(prot, 'Choose the missing-wedge model')
 
     def test_validate_rejects_a_denoising_model(self):
-        _, denoiser = self.runTraining()
-        self.assertError(self.newWedge(model=denoiser), 'trained for the "denoise" task')
+        self.assertError(self.newWedge(model=self.denoiser()), 'trained for the "denoise" task')
+
+    def test_validate_denoising_model(self):
+        self.assertEqual(self.newWedge(denoiser=self.denoiser()).validate(), [])
+        self.assertEqual(self.newWedge(model=self.model, denoiser=self.denoiser()).validate(), [])
+        # Flips about the denoiser's tilt axis (Y) do not keep a wedge about X.
+        tiltX = dict(denoiser=self.denoiser(), tiltAxis=1)
+        self.assertIn(
+            'The denoising model was trained for tilt axis Y, the tomograms\' is X',
+            ' '.join(self.newWedge(flipAverage=True, **tiltX).warnings()),
+        )
+        self.assertNotIn('tilt axis Y', ' '.join(self.newWedge(**tiltX).warnings()))
+        self.assertNotIn(
+            'tilt axis Y',
+            ' '.join(self.newWedge(denoiser=self.denoiser(), flipAverage=True).warnings()),
+        )
+        # A wedge model given as the denoising model: refused, before any work.
+        for prot in (
+            self.newWedge(denoiser=self.model),
+            self.newWedge(self.asymmetric, self.model, self.model),
+        ):
+            self.assertError(
+                prot,
+                '"Denoise first with": the model was trained for the "wedge" task; it needs '
+                'a model trained for "denoise"',
+            )

@@ -54,6 +54,22 @@ class DualWorkflowTest(TestBaseCentralizedLayer):
         cls.tomograms = getattr(cls.phantoms, OUT_TOMOGRAMS)
         cls.grandModels = getattr(cls.phantoms, OUT_GRAND_MODELS)
 
+    def assertRegistered(self, output, inputs):
+        """The tomograms of `output` lie on the grid of those of `inputs` (two
+        phantoms): shape, sampling rate (object and MRC header), origin, acquisition
+        and tsIds."""
+        first = inputs.getFirstItem()
+        self.checkTomograms(
+            output,
+            expectedSetSize=2,
+            expectedSRate=SMALL_VOXEL_SIZE,
+            expectedDimensions=PHANTOM_DIMENSIONS,
+            expectedOriginShifts=first.getOrigin().getShifts(),
+            testSetAcqObj=inputs.getAcquisition(),
+            testAcqObj=first.getAcquisition(),
+        )
+        self.assertEqual(sorted(t.getTsId() for t in output), sorted(t.getTsId() for t in inputs))
+
     @classmethod
     def newTraining(cls, inputModel=None, **changes):
         """ProtDualTrain (tiny) on the phantoms (noisy) and their grand models (clean)."""
