@@ -11,6 +11,15 @@ DENOISED_SUFFIX = '_denoised'
 DENOISED_CONTRAST = 'bright'  # the particle contrast of denoised tomograms
 
 
+def denoisedContrast(model):
+    """The particle contrast of `model`'s denoised tomograms: DENOISED_CONTRAST when its
+    training anchored the contrast ('same' or 'inverted'), None (not declared) when it
+    left it free: then the output may come out inverted (bench/run_picking.py saw both
+    signs), and a picker must measure it."""
+    config = model.getConfig() if model is not None else {}
+    return None if config.get('noisy_contrast') == 'free' else DENOISED_CONTRAST
+
+
 class DenoiseOutputs(Enum):
     tomograms = SetOfTomograms
 
@@ -49,8 +58,9 @@ class ProtDualDenoise(ProtDualApplyModel):
         return 'denoise'
 
     def getOutputContrast(self):
-        """The denoiser maps tomograms to the clean (density) domain: dense = bright."""
-        return DENOISED_CONTRAST
+        """The denoiser maps tomograms to the clean (density) domain: dense = bright,
+        unless the model's training left the contrast free (denoisedContrast)."""
+        return denoisedContrast(self.inputModel.get())
 
     def _engineJob(self, name, gpus):
         job = super()._engineJob(name, gpus)
@@ -70,10 +80,18 @@ class ProtDualDenoise(ProtDualApplyModel):
             return []
         outSet = getattr(self, DenoiseOutputs.tomograms.name, None)
         done = outSet.getSize() if outSet is not None else 0
-        return [
+        summary = [
             '%d of %d tomograms denoised with %s.'
             % (done, self._getInputSet().getSize(), self._modelDescription())
         ]
+        if self.getOutputContrast() is None:
+            summary.append(
+                'The model\'s training left the particle contrast free (its "Particle '
+                'contrast of the noisy tomograms" was free, or auto found it unclear): '
+                'the output may be inverted. Check it in the viewer; "dual - pick '
+                'particles" measures it (contrast auto).'
+            )
+        return summary
 
     def _methods(self):
         if self.inputModel.get() is None or self._getInputSet() is None:

@@ -198,8 +198,9 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             expertLevel=params.LEVEL_ADVANCED,
             label='Minimum distance (A)',
             help='No two picks closer than this (non-maximum suppression: the '
-            'better one is kept). Empty: 24/28 of the diameter (the DUAL '
-            'paper\'s 24 nm for 28 nm ribosomes).',
+            'better one is kept). Empty: %g x the diameter, chosen by F1 on the '
+            'crowded picking benchmark (the DUAL paper\'s 24/28 dropped touching '
+            'neighbours there).' % engine.NMS_FRACTION,
         )
         form.addParam(
             'margin',
@@ -210,7 +211,8 @@ class ProtDualPick(ProtTomoPicking, ProtDualBase):
             label='Margin (A)',
             help='Nothing is picked closer than this to a face of the tomogram '
             '(particles cut by the border, and the filter\'s border '
-            'artefacts). Empty: the particle radius.',
+            'artefacts). Empty: %g x the diameter (from the same benchmark: '
+            'particles cut by a face are still found).' % engine.MARGIN_FRACTION,
         )
 
         form.addSection(label='Output')

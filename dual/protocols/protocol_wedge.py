@@ -11,7 +11,7 @@ from dual.constants import TRAINING_DIR
 from dual.contract import engine, firstError, sentence
 from dual.objects import DualModel
 from dual.protocols.protocol_base import ProtDualApplyModel, itemKey, producedContrast
-from dual.protocols.protocol_denoise import DENOISED_CONTRAST, DENOISED_SUFFIX
+from dual.protocols.protocol_denoise import DENOISED_SUFFIX, denoisedContrast
 from dual.protocols.protocol_train import (
     DEFAULTS,
     defineTrainingParams,
@@ -163,7 +163,7 @@ class ProtDualWedge(ProtDualApplyModel):
         """Compensation keeps the measured coefficients: the contrast of the tomograms
         compensated, the denoised ones' when the protocol denoises first."""
         if self._denoisesFirst():
-            return DENOISED_CONTRAST
+            return denoisedContrast(self.denoisingModel.get())
         return producedContrast(self, self.inputTomograms)
 
     def _denoisesFirst(self):

@@ -155,3 +155,22 @@ class TestProtocolsTree(unittest.TestCase):
         }
         self.assertTrue(exported)
         self.assertEqual(listed, exported)
+
+
+class TestDenoisedContrast(unittest.TestCase):
+    """A denoiser whose training anchored the contrast declares its output bright; one
+    that left it free declares nothing (its output may come out inverted)."""
+
+    def test_declared_only_when_anchored(self):
+        from dual.objects import DualModel
+        from dual.protocols.protocol_denoise import DENOISED_CONTRAST, denoisedContrast
+
+        for contrast, expected in (
+            ('same', DENOISED_CONTRAST),
+            ('inverted', DENOISED_CONTRAST),
+            ('free', None),
+        ):
+            model = DualModel()
+            model.setConfig({'task': 'denoise', 'noisy_contrast': contrast})
+            self.assertEqual(denoisedContrast(model), expected, contrast)
+        self.assertEqual(denoisedContrast(None), DENOISED_CONTRAST)

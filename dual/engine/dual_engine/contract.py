@@ -58,6 +58,13 @@ DEFAULT_TILE = 160  # inference tile side in voxels (infer.apply_tiled)
 # (its core; the rest is the border the network needs, see tile_layout).
 MIN_TILE_KEPT = 0.125
 DEFAULT_TOP = 500  # picks per tomogram when neither top nor threshold is given
+# Pick defaults, as fractions of the particle diameter, chosen by F1 on the crowded
+# picking benchmark (bench/run_picking.py: best or tied best for the raw, smoothed and
+# noise-free tomograms and the grand model; the paper's 24/28 and the radius lost 0.08
+# to 0.24 F1 there): suppression at one radius, nothing picked within a quarter
+# diameter of a face.
+NMS_FRACTION = 0.5
+MARGIN_FRACTION = 0.25
 TRANSITION_DEGREES = 5.0  # cosine ramp inside the missing cone's border (wedge.py)
 # Test-time flips (infer.FlipAveraged): identity, along the tilt axis, beam + other axis,
 # and both; the flips that keep an asymmetric missing wedge (data.wedge_preserving_flips).
@@ -750,7 +757,9 @@ class PickOptions(Options):
         exclusive='selection',
     )
     min_distance: Optional[float] = option(
-        None, 'A between picks, non-maximum suppression (default 24/28 of the diameter)', ge=0
+        None,
+        'A between picks, non-maximum suppression (default %g x the diameter)' % NMS_FRACTION,
+        ge=0,
     )
     polarity: str = option(
         AUTO_POLARITY,
@@ -767,7 +776,10 @@ class PickOptions(Options):
     )
     mask: Optional[str] = option(None, "MRC mask of the tomogram's shape: pick where > 0.5")
     margin: Optional[float] = option(
-        None, 'A from the volume faces where nothing is picked (default: the radius)', ge=0
+        None,
+        'A from the volume faces where nothing is picked (default %g x the diameter)'
+        % MARGIN_FRACTION,
+        ge=0,
     )
     voxel_size: Optional[float] = option(
         None, 'voxel size of the tomogram in A, if its header is wrong', gt=0

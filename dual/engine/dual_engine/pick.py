@@ -27,15 +27,16 @@ Conventions (all lengths given to the public functions are in Angstrom):
   above PEAK_FLOOR times the largest DoG value (this drops flat background and FFT
   round-off plateaus); each position is refined to sub-voxel precision with a
   three-point parabola along each axis (offset at most half a voxel).
-- margin (default: the particle radius): peaks whose voxel lies closer than `margin` to
+- margin (default MARGIN_FRACTION x the diameter): peaks whose voxel lies closer than `margin` to
   a face of the volume are dropped, i.e. kept when margin <= i <= n - 1 - margin on
   every axis; refined positions stay inside that box.
 - mask: peaks are kept only where mask > 0.5 (at the peak voxel).
 - margin and mask are applied before non-maximum suppression, so a rejected peak never
   suppresses a kept one. Suppression is greedy in decreasing score: a candidate within
   min_distance (inclusive) of a better kept pick is dropped. Default min_distance =
-  NMS_FRACTION * diameter with NMS_FRACTION = 24 / 28, the paper's 24 nm for 28 nm
-  ribosomes; kept picks are thus never closer than min_distance.
+  NMS_FRACTION * diameter (one radius; the paper used 24 nm for 28 nm ribosomes, which
+  in a crowded set drops touching neighbours: see contract.NMS_FRACTION); kept picks
+  are thus never closer than min_distance.
 - selection: score >= threshold when a threshold is given, then at most `top` picks
   (default DEFAULT_TOP = 500 when neither is given).
 Returned coordinates are (x, y, z) voxels of the input volume (array [z, y, x]),
@@ -66,6 +67,8 @@ from dual_engine.contract import (
     AUTO_POLARITY,
     DEFAULT_TOP,
     DYNAMO_SUFFIX,
+    MARGIN_FRACTION,
+    NMS_FRACTION,
     PICK_FORMATS,
     PICK_SUMMARY_SUFFIX,
     PICKS_SUFFIX,
@@ -82,7 +85,6 @@ from dual_engine.io import check_finite, read_mrc
 
 SIGMA_RATIO = 1.1  # sigma2 / sigma1 (paper, after Voss et al. 2009)
 SIGMA_PER_RADIUS = 1.0 / math.sqrt(3.0)
-NMS_FRACTION = 24.0 / 28.0  # default min_distance / diameter (paper: 24 nm for 28 nm)
 PEAK_FLOOR = 1e-4  # peaks need DoG > PEAK_FLOOR * max(DoG)
 TRUNCATE = 4.0  # Gaussian support (sigmas), real-space and FFT padding
 FFT_MIN_SIGMA = 1.5  # voxels (sigma2): real-space filter below
@@ -273,7 +275,7 @@ def dog_pick(
     """DoG picks of `volume` ([z, y, x]); returns (xyz [N, 3] voxels, scores [N]).
 
     voxel_size, diameter, min_distance and margin are in Angstrom; min_distance defaults
-    to NMS_FRACTION * diameter and margin to diameter / 2. top / threshold select the
+    to NMS_FRACTION * diameter and margin to MARGIN_FRACTION * diameter. top / threshold select the
     output (see the module doc; top defaults to DEFAULT_TOP when neither is given, and
     both may be combined). mask: array or MRC path of the volume's shape, picks only
     where mask > 0.5. method: 'auto', 'fft' or 'spatial' filtering; workers: FFT threads.
@@ -294,7 +296,7 @@ def dog_pick(
     min_distance_vox = (
         NMS_FRACTION * diameter if min_distance is None else float(min_distance)
     ) / voxel_size
-    margin_vox = (0.5 * diameter if margin is None else float(margin)) / voxel_size
+    margin_vox = (MARGIN_FRACTION * diameter if margin is None else float(margin)) / voxel_size
     keep_mask = None if mask is None else _load_mask(mask, volume.shape)
 
     data = np.asarray(volume, dtype=np.float32)
