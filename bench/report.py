@@ -227,6 +227,90 @@ def write_tables(results_dir):
     return path
 
 
+def _picking_f1_table(results_dir):
+    """run_picking.py's section: picking with every parameter tuned by F1."""
+    data = load_json(os.path.join(results_dir, "picking_f1.json"))
+    if not data:
+        return []
+    st, pk = data["set"], data["picking"]
+    title = "Table 2, tuned by F1: DoG picking on the crowded set"
+    lines = [
+        title,
+        "-" * len(title),
+        "",
+        "Last command ``%s`` on %s (%s, %s cores, %s torch thread(s)); each method's own "
+        "command and date are in picking_f1.json. Ribosomes only, %s requested per "
+        "%s-voxel tomogram, contrast %s V; noisy domain seeds %s, clean domain seeds %s, "
+        "tuning seed %s, test seeds %s. Every free parameter (the filter's, and the DoG's "
+        "sigma scale, suppression, margin and number of picks) tuned by %s; a hit within "
+        "%.2f diameter (paper rule) or within the radius, one-to-one. The last column: the "
+        "same outputs with the paper's suppression (24/28 diameter) and a radius margin."
+        % (
+            data["last_command"],
+            data["updated"],
+            data["machine"]["cpu"],
+            data["machine"]["cores"],
+            data["machine"]["torch_threads"],
+            st["phantom"]["n_particles"],
+            "x".join(map(str, st["phantom"]["shape"])),
+            st["phantom"]["contrast_volts"],
+            st["noisy_seeds"],
+            st["clean_seeds"],
+            st["tuning_seed"],
+            st["test_seeds"],
+            pk["tuned_by"],
+            pk["hit_rules_fraction_of_diameter"]["paper"],
+        ),
+        "",
+    ]
+    header = [
+        "Method",
+        "F1 (paper rule)",
+        "P / R (paper rule)",
+        "F1 (within radius)",
+        "Tuning F1",
+        "F1, paper NMS + margin",
+    ]
+    for kind in ("method", "reference"):
+        rows = [
+            [
+                e["label"],
+                _fmt(e, "tuned_paper_f1", 3),
+                "%.3f / %.3f"
+                % (e["mean"]["tuned_paper_precision"], e["mean"]["tuned_paper_recall"]),
+                _fmt(e, "tuned_radius_f1", 3),
+                "%.3f" % e["tuning_f1"],
+                _fmt(e, "paper_nms_margin_paper_f1", 3),
+            ]
+            for e in data["methods"].values()
+            if e["kind"] == kind
+        ]
+        if rows:
+            if kind == "reference":
+                lines += ["Oracles (not competitors):", ""]
+            lines += _grid_table(header, rows) + [""]
+    for e in data["methods"].values():
+        s = e["dog_setting"]
+        text = "sigma x%s, suppression %.2f, margin %.2f diameter, %s x the true count" % (
+            s["scale"],
+            s["nms"],
+            s["margin"],
+            s["top"],
+        )
+        if e.get("filter_params"):
+            text = ", ".join("%s=%s" % kv for kv in e["filter_params"].items()) + "; " + text
+        if "training" in e:
+            t = e["training"]
+            text += "; trained %s iterations in %.0f s (%s threads), %.1f s per tomogram" % (
+                t["config"]["iterations"],
+                t["train_wall_seconds"],
+                t["threads"],
+                e["seconds_per_tomogram"],
+            )
+        lines.append("- %s: %s" % (e["label"], text))
+    return lines + [""]
+
+
 def _extra_tables(results_dir):
     """The sections of run_wedge.py, run_realism.py and run_speed.py, when they ran."""
     lines = []
@@ -262,8 +346,10 @@ def _extra_tables(results_dir):
             "Table 3 SSIM",
             "Table 3 Fourier corr.",
             "GM cone Fourier corr.",
+            "GM cone mean shell corr.",
             "GM cone PSNR",
             "GM cone SSIM",
+            "Kept corr.",
             "s / tomogram",
         ]
         rows = [
@@ -273,8 +359,10 @@ def _extra_tables(results_dir):
                 _fmt(e, "t3_ssim", 3),
                 _fmt(e, "t3_fourier_correlation", 3),
                 _fmt(e, "gt_fourier_correlation", 3),
+                _fmt(e, "gt_mean_shell_correlation", 3),
                 _fmt(e, "gt_psnr", 2),
                 _fmt(e, "gt_ssim", 3),
+                _fmt(e, "kept_correlation", 4),
                 "%.1f" % e["mean"]["seconds"],
             ]
             for e in data["methods"].values()
@@ -298,7 +386,19 @@ def _extra_tables(results_dir):
                 lines.append(
                     "- %s: %s" % (e["label"], ", ".join("%s=%s" % kv for kv in e["params"].items()))
                 )
+            if "mean_shell_correlation_by_shell" in e:
+                edges = e["shell_edges_cycles_per_voxel"]
+                lines.append(
+                    "- %s, GM cone correlation by shell (from %s cycles/voxel, steps of %s): %s"
+                    % (
+                        e["label"],
+                        edges[0],
+                        round(edges[1] - edges[0], 4),
+                        " ".join("%.3f" % c for c in e["mean_shell_correlation_by_shell"]),
+                    )
+                )
         lines.append("")
+    lines += _picking_f1_table(results_dir)
     data = load_json(os.path.join(results_dir, "realism.json"))
     if data:
         lines += [

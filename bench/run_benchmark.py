@@ -68,7 +68,7 @@ def parse(argv):
         help="methods to run (default: all; DUAL unless --no-dual)",
     )
     ap.add_argument("--no-dual", action="store_true", help="skip DUAL")
-    ap.add_argument("--sets", nargs="+", choices=list(study.SETS), default=list(study.SETS))
+    ap.add_argument("--sets", nargs="+", choices=study.TABLE_SETS, default=list(study.TABLE_SETS))
     ap.add_argument(
         "--dual-config",
         default=methods.DUAL_CONFIG,

@@ -3,13 +3,17 @@
 
     python bench/run_wedge.py --threads 2            # after run_benchmark.py made the phantoms
     python bench/run_wedge.py --volume reconstruction_noisefree   # no noise: the mechanism
+    python bench/run_wedge.py --volume denoised      # denoise first, then fill the wedge
 
 Data: the denoising set of run_benchmark.py (64x256x256 voxels at 10 A, tilts -60..60
 about Y), either its tomograms (--volume reconstruction, SNR ~0.1) or their noise-free
-reconstructions (--volume reconstruction_noisefree: same CTF and wedge, no noise), each
-a table of its own. The DUAL wedge model trains on those volumes of seeds 0-3 alone (no
-grand model: the method needs none); its iteration count is chosen on seed 9, and every
-score below is on the held-out seeds 8, 10 and 11.
+reconstructions (--volume reconstruction_noisefree: same CTF and wedge, no noise), or
+the tomograms denoised by DUAL (--volume denoised: a denoising model with the engine's
+defaults trained on the set's own split, reconstructions of 0-3 against grand models of
+4-7, its final model), each a table of its own. The DUAL wedge model (the engine's
+default network and schedule) trains on those volumes of seeds 0-3 alone (no grand
+model: the method needs none); its iteration count is chosen on seed 9, and every score
+below is on the held-out seeds 8, 10 and 11.
 
 Methods:
   none     the tomogram as it is (its missing cone holds only reconstruction leakage)
@@ -17,7 +21,9 @@ Methods:
            volume with a Gaussian, put the measured coefficients back, repeat; sigma and
            the iteration count tuned on seed 9
   dual     dual_engine.infer.compensate with the model trained by dual_engine.train
-           (task 'wedge'), the bench's DUAL config (bench/dual_config.json)
+           (task 'wedge')
+  dual_flip  the same, the translation averaged over the four wedge-preserving flips
+           (--flip-average)
 
 Scores, per test tomogram, mean and sample std reported:
   Table 3 (the paper's protocol, needs no ground truth): compensate T -> C1; remove a
@@ -31,7 +37,10 @@ Scores, per test tomogram, mean and sample std reported:
   cone, 0.02-0.3 cycles/voxel (below the first CTF zero), without the k_z axis (the
   slab's z profile, which no tomogram holds): the same three scores, PSNR and
   SSIM with each region-only volume standardised (a tomogram and a density map do not
-  share a scale).
+  share a scale), and the correlation per Fourier shell (SHELL_WIDTH wide) averaged over
+  the shells (the lowest shells, with most of the power, dominate the overall one).
+  Kept: the correlation of C1's coefficients outside the cone (weight 1, the measured
+  ones) with those of the volume compensated (1 when every measured coefficient is kept).
 
 Outputs: bench/results/wedge.json and the Table 3 section of bench/results/tables.rst
 (written by report.write_tables). Intermediates in bench/work/wedge/.
@@ -64,15 +73,18 @@ SET = "denoise"
 TILT_RANGE = (-60.0, 60.0)  # the denoising set's acquisition
 GT_BAND = (0.02, 0.3)  # cycles/voxel: below the first CTF zero at 3 um, 10 A
 SCORE_KEY = "gt-cone-without-kz-axis, gain-matched fill"  # change -> re-score snapshots
+SHELL_WIDTH = 0.02  # cycles/voxel: the per-shell correlation's shells in GT_BAND
 LOWPASS_GRID = {"sigma": [1.0, 2.0, 3.0], "iterations": [5, 20, 50]}
 VOLUMES = {
     "reconstruction": "the phantoms' tomograms (SNR ~0.1)",
     "reconstruction_noisefree": "their noise-free reconstructions (CTF and wedge, no noise)",
+    "denoised": "their DUAL-denoised tomograms (denoising model trained on the set's split)",
 }
 LABELS = {
     "none": "None (as reconstructed)",
     "lowpass": "Iterative low-pass fill (POCS)",
     "dual": "DUAL",
+    "dual_flip": "DUAL, flip average",
 }
 
 
@@ -82,6 +94,21 @@ def lowpass_fill(volume, sigma, iterations, tilt_range=TILT_RANGE):
     for _ in range(iterations):
         filled = wedge.combine(volume, ndimage.gaussian_filter(filled, sigma), tilt_range)
     return filled
+
+
+def shell_correlations(reference, volume, region):
+    """Fourier correlation of `volume` with `reference` inside `region` (rfftn-grid
+    mask), shell by shell: SHELL_WIDTH-wide shells over GT_BAND."""
+    a, b = np.fft.rfftn(reference), np.fft.rfftn(volume)
+    radius = wedge.radial_frequency(reference.shape)
+    edges = np.arange(GT_BAND[0], GT_BAND[1] + 1e-9, SHELL_WIDTH)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        shell = region & (radius >= lo) & (radius < hi)
+        x, y = a[shell], b[shell]
+        energy = float(np.sum(np.abs(x) ** 2) * np.sum(np.abs(y) ** 2))
+        out.append(float(np.real(np.sum(x * np.conj(y))) / np.sqrt(energy)) if energy > 0 else 0.0)
+    return out
 
 
 def turned(volume):
@@ -99,19 +126,65 @@ class WedgeBench(study.PhantomStudy):
         )
         from dual_engine.model import DualConfig
 
-        self.cfg = DualConfig.from_dict(
-            dict(
-                methods.dual_config().to_dict(),
-                iterations=args.iterations,
-                task="wedge",
-                tilt_range=list(TILT_RANGE),
-            )
+        self.cfg = DualConfig(
+            iterations=args.iterations, task="wedge", tilt_range=tuple(TILT_RANGE)
         )
+
+    # ------------------------------------------------------------ inputs
+    def input_path(self, seed):
+        """The tomogram the methods compensate: a phantom volume, or its denoised one."""
+        if self.args.volume != "denoised":
+            return self.path(seed, self.args.volume)
+        return self.denoised(seed)
+
+    def denoiser(self):
+        """The denoising model of --volume denoised (trained once, cached)."""
+        from dual_engine.model import DualConfig
+        from dual_engine.train import train
+
+        s = study.SETS[SET]
+        outdir = os.path.join(self.work, "denoiser")
+        model = os.path.join(outdir, "model.pt")
+        cfg = DualConfig()
+        key = study.canonical(
+            {
+                "config": cfg.to_dict(),
+                "phantoms": [self.bench.phantom_params(SET, k) for k in s["noisy"] + s["clean"]],
+            }
+        )
+        stamp = os.path.join(outdir, "bench_model.json")
+        meta = study.load_json(stamp)
+        if meta and meta["key"] == key and os.path.exists(model) and not self.args.force:
+            return model, key
+        study.log("training the denoising model (engine defaults)")
+        t0 = time.perf_counter()
+        train(
+            [self.path(k, "reconstruction") for k in s["noisy"]],
+            [self.path(k, "grandmodel") for k in s["clean"]],
+            outdir,
+            cfg,
+            device="cpu",
+            threads=self.args.threads,
+            overwrite=True,
+            given=set(),
+        )
+        study.save_json(stamp, {"key": key, "seconds": round(time.perf_counter() - t0, 1)})
+        return model, key
+
+    def denoised(self, seed):
+        model, key = self.denoiser()
+        path = os.path.join(self.work, "denoised", "seed%03d.mrc" % seed)
+        stamp = path[:-4] + ".json"
+        meta = study.load_json(stamp)
+        if not (meta and meta["key"] == key and os.path.exists(path)) or self.args.force:
+            infer.denoise(model, self.path(seed, "reconstruction"), path, threads=self.args.threads)
+            study.save_json(stamp, {"key": key})
+        return path
 
     # ------------------------------------------------------------ methods
     def dual_model(self):
         s = study.SETS[SET]
-        noisy = [self.path(k, self.args.volume) for k in s["noisy"]]
+        noisy = [self.input_path(k) for k in s["noisy"]]
         key = study.canonical(
             {
                 "config": self.cfg.to_dict(),
@@ -119,6 +192,7 @@ class WedgeBench(study.PhantomStudy):
                 "select_every": self.args.select_every,
                 "tune": s["tune"],
                 "phantoms": [self.bench.phantom_params(SET, k) for k in s["noisy"] + [s["tune"]]],
+                "denoiser": self.denoiser()[1] if self.args.volume == "denoised" else None,
             }
         )
         outdir = os.path.join(self.work, "dual")
@@ -126,9 +200,7 @@ class WedgeBench(study.PhantomStudy):
         def score(snapshot):
             return self.ground_truth_scores(
                 s["tune"],
-                self.compensate_file(
-                    "dual", snapshot, self.path(s["tune"], self.args.volume), "tune"
-                ),
+                self.compensate_file("dual", snapshot, self.input_path(s["tune"]), "tune"),
             )
 
         record = methods.train_with_snapshots(
@@ -150,9 +222,15 @@ class WedgeBench(study.PhantomStudy):
     def compensate_file(self, method, model, path, name, params=None):
         """Method output for the volume file `path` (written to work/<method>/<name>.mrc)."""
         out = os.path.join(self.work, method, name + ".mrc")
-        if method == "dual":
+        if method.startswith("dual"):
             infer.compensate(
-                model, path, out, tilt_range=TILT_RANGE, device="cpu", threads=self.args.threads
+                model,
+                path,
+                out,
+                tilt_range=TILT_RANGE,
+                device="cpu",
+                threads=self.args.threads,
+                flip_average=method == "dual_flip",
             )
             return np.array(read_mrc(out)[0], dtype=np.float32)
         volume = np.array(read_mrc(path)[0], dtype=np.float32)
@@ -165,7 +243,7 @@ class WedgeBench(study.PhantomStudy):
         rows = []
         for sigma, iterations in itertools.product(*LOWPASS_GRID.values()):
             params = {"sigma": sigma, "iterations": iterations}
-            out = lowpass_fill(self.load(seed, self.args.volume), **params)
+            out = lowpass_fill(self.load_input(seed), **params)
             rows.append(dict(params, **self.ground_truth_scores(seed, out)))
             study.log("  lowpass %s: %s" % (params, rows[-1]["fourier_correlation"]))
         best = max(rows, key=lambda r: r["fourier_correlation"])
@@ -180,9 +258,23 @@ class WedgeBench(study.PhantomStudy):
         method can restore it, yet its power would dominate the cone's."""
         cone = wedge.cone_mask(compensated.shape, TILT_RANGE, band=GT_BAND).copy()
         cone[:, 0, 0] = False
+        grand_model = self.load(seed, "grandmodel")
+        scores = metrics.fourier_region_scores(grand_model, compensated, cone, same_scale=False)
+        scores["shell_correlation"] = shell_correlations(grand_model, compensated, cone)
+        scores["mean_shell_correlation"] = float(np.mean(scores["shell_correlation"]))
+        return scores
+
+    def load_input(self, seed):
+        return np.array(read_mrc(self.input_path(seed))[0], dtype=np.float32)
+
+    def kept_correlation(self, seed, compensated):
+        """Correlation of the measured coefficients (weight 1) of the compensated volume
+        with those of the volume it compensated."""
+        measured = wedge.measured_weight(compensated.shape, TILT_RANGE) == 1
+        measured[0, 0, 0] = False  # the mean
         return metrics.fourier_region_scores(
-            self.load(seed, "grandmodel"), compensated, cone, same_scale=False
-        )
+            self.load_input(seed), compensated, measured, same_scale=False
+        )["fourier_correlation"]
 
     def table3_scores(self, method, model, params, seed, first):
         """Remove the second wedge from the first compensation, compensate again, score."""
@@ -214,7 +306,7 @@ class WedgeBench(study.PhantomStudy):
         for method in self.args.methods:
             os.makedirs(os.path.join(self.work, method), exist_ok=True)
             model, params, entry = None, None, {"label": LABELS[method]}
-            if method == "dual":
+            if method.startswith("dual"):
                 model, record = self.dual_model()
                 entry["training"] = {
                     k: record[k]
@@ -234,11 +326,12 @@ class WedgeBench(study.PhantomStudy):
             for seed in s["test"]:
                 t0 = time.perf_counter()
                 first = self.compensate_file(
-                    method, model, self.path(seed, self.args.volume), "seed%03d" % seed, params
+                    method, model, self.input_path(seed), "seed%03d" % seed, params
                 )
                 seconds = time.perf_counter() - t0
                 row = {"seed": seed, "seconds": round(seconds, 2)}
                 row.update({"gt_" + k: v for k, v in self.ground_truth_scores(seed, first).items()})
+                row["kept_correlation"] = self.kept_correlation(seed, first)
                 row.update(
                     {
                         "t3_" + k: v
@@ -248,12 +341,26 @@ class WedgeBench(study.PhantomStudy):
                 per.append(row)
                 study.log(
                     "  %s seed %d: %s"
-                    % (method, seed, {k: round(v, 3) for k, v in row.items() if k != "seed"})
+                    % (
+                        method,
+                        seed,
+                        {
+                            k: round(v, 3)
+                            for k, v in row.items()
+                            if k != "seed" and not isinstance(v, list)
+                        },
+                    )
                 )
-            keys = [k for k in per[0] if k != "seed"]
+            keys = [k for k in per[0] if k not in ("seed", "gt_shell_correlation")]
             entry["per_tomogram"] = per
             entry["mean"] = {k: float(np.mean([r[k] for r in per])) for k in keys}
             entry["std"] = {k: float(np.std([r[k] for r in per], ddof=1)) for k in keys}
+            entry["mean_shell_correlation_by_shell"] = np.mean(
+                [r["gt_shell_correlation"] for r in per], axis=0
+            ).tolist()
+            entry["shell_edges_cycles_per_voxel"] = [
+                round(x, 4) for x in np.arange(GT_BAND[0], GT_BAND[1] + 1e-9, SHELL_WIDTH)
+            ]
             results["methods"][method] = entry
         path = os.path.join(os.path.abspath(self.args.results), "wedge.json")
         old = study.load_json(path, {}) or {}
@@ -281,13 +388,13 @@ def parse(argv):
     ap.add_argument(
         "--iterations",
         type=int,
-        default=1000,
-        help="most iterations the wedge model trains (default 1000)",
+        default=600,
+        help="most iterations the wedge model trains (default 600, the engine's)",
     )
     ap.add_argument(
         "--select-every",
         type=int,
-        default=250,
+        default=200,
         help="score a snapshot on the tuning tomogram every N iterations",
     )
     add_common_arguments(ap, threads=2)
