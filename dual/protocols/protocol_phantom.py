@@ -3,9 +3,19 @@ import os
 from pyworkflow import BETA
 from pyworkflow.protocol import STEPS_PARALLEL
 import pyworkflow.protocol.params as params
-from tomo.objects import SetOfTomograms, Tomogram, TomoAcquisition
+from tomo.constants import BOTTOM_LEFT_CORNER
+from tomo.objects import (
+    Coordinate3D,
+    SetOfCoordinates3D,
+    SetOfTomograms,
+    SetOfTomoMasks,
+    Tomogram,
+    TomoAcquisition,
+    TomoMask,
+)
 
 from dual.contract import engine, sentence
+from dual.convert import defaultBoxSize
 from dual.protocols.protocol_base import ProtDualBase
 
 
@@ -13,6 +23,8 @@ from dual.protocols.protocol_base import ProtDualBase
 # _possibleOutputs is a dict.
 OUT_TOMOGRAMS = 'tomograms'
 OUT_GRAND_MODELS = 'grandModels'
+OUT_CLASS_MASKS = 'classMasks'
+OUT_COORDINATES = 'coordinates'
 
 
 # The engine's phantom defaults, shown in the form (outdir is the only required option).
@@ -25,14 +37,21 @@ class ProtDualPhantom(ProtDualBase):
     Each phantom is a slab of cytoplasm with vesicles, gold fiducials and several
     macromolecule classes, imaged as a tilt series about Y (CTF, dose-limited noise)
     and reconstructed by weighted back-projection, so it has a missing wedge and a
-    realistically low SNR. Outputs: the tomograms and their noise-free grand models
-    (same tsIds); the masks and particle list of each phantom are in extra/<tsId>/.
-    Use them to test a pipeline against known ground truth, or as DUAL training data.
+    realistically low SNR. Outputs: the tomograms, their noise-free grand models and
+    class masks (same tsIds), and the true particle positions as coordinates on the
+    tomograms (group id = class id of class_conversion_table.txt); the SHREC files of
+    each phantom are in extra/<tsId>/. Use them to test a pipeline against known ground
+    truth, as DUAL training data, or as labelled maps for "dual - simulate tomograms".
     """
 
     _label = 'simulate phantoms'
     _devStatus = BETA
-    _possibleOutputs = {OUT_TOMOGRAMS: SetOfTomograms, OUT_GRAND_MODELS: SetOfTomograms}
+    _possibleOutputs = {
+        OUT_TOMOGRAMS: SetOfTomograms,
+        OUT_GRAND_MODELS: SetOfTomograms,
+        OUT_CLASS_MASKS: SetOfTomoMasks,
+        OUT_COORDINATES: SetOfCoordinates3D,
+    }
     stepsExecutionMode = STEPS_PARALLEL
 
     def getOutputContrast(self):
@@ -158,18 +177,61 @@ class ProtDualPhantom(ProtDualBase):
 
     def createOutputStep(self):
         tomograms, grandModels = self._newSet('Phantoms'), self._newSet('GrandModels')
+        classMasks = SetOfTomoMasks.create(self._getPath(), prefix='ClassMasks')
+        classMasks.setSamplingRate(self.voxelSize.get())
         for index in range(self.numberOfPhantoms.get()):
             for outSet, name in (
                 (tomograms, 'reconstruction.mrc'),
                 (grandModels, 'grandmodel.mrc'),
             ):
-                tomo = Tomogram(location=os.path.join(self._phantomDir(index), name))
-                tomo.setSamplingRate(self.voxelSize.get())
-                tomo.setTsId(self.getTsId(index))
-                tomo.setAcquisition(self._acquisition())
-                tomo.setOrigin()  # centred, in A
-                outSet.append(tomo)
-        self._defineOutputs(**{OUT_TOMOGRAMS: tomograms, OUT_GRAND_MODELS: grandModels})
+                outSet.append(self._phantomFile(index, name))
+            mask = TomoMask()
+            mask.copyInfo(self._phantomFile(index, 'reconstruction.mrc'))
+            mask.setFileName(os.path.join(self._phantomDir(index), 'class_mask.mrc'))
+            mask.setVolName(os.path.join(self._phantomDir(index), 'reconstruction.mrc'))
+            classMasks.append(mask)
+        self._defineOutputs(
+            **{OUT_TOMOGRAMS: tomograms, OUT_GRAND_MODELS: grandModels, OUT_CLASS_MASKS: classMasks}
+        )
+        self._defineOutputs(**{OUT_COORDINATES: self._trueCoordinates(tomograms)})
+
+    def _phantomFile(self, index, name):
+        """A volume of phantom `index` as a Tomogram (its tsId, voxel size, acquisition)."""
+        tomo = Tomogram(location=os.path.join(self._phantomDir(index), name))
+        tomo.setSamplingRate(self.voxelSize.get())
+        tomo.setTsId(self.getTsId(index))
+        tomo.setAcquisition(self._acquisition())
+        tomo.setOrigin()  # centred, in A
+        return tomo
+
+    def _trueCoordinates(self, tomograms):
+        """The macromolecules of particle_locations.txt (voxels of the tomogram's grid,
+        0-based: Scipion's BOTTOM_LEFT_CORNER) as coordinates on the tomograms."""
+        coords = self._createSetOfCoordinates3D(tomograms)
+        coords.setSamplingRate(self.voxelSize.get())
+        coords.setBoxSize(defaultBoxSize(engine.PHANTOM_PARTICLE_BOX, self.voxelSize.get()))
+        byTsId = {tomo.getTsId(): tomo.clone() for tomo in tomograms}
+        for index in range(self.numberOfPhantoms.get()):
+            tomo, folder = byTsId[self.getTsId(index)], self._phantomDir(index)
+            classIds = self._classIds(folder)
+            for particle in engine.read_particle_locations(
+                os.path.join(folder, 'particle_locations.txt')
+            ):
+                if particle.name in engine.PHANTOM_CONTEXT_CLASSES:
+                    continue  # vesicles and fiducials are not particles to average
+                coord = Coordinate3D()
+                coord.setVolume(tomo)
+                coord.setPosition(particle.x, particle.y, particle.z, BOTTOM_LEFT_CORNER)
+                coord.setGroupId(classIds[particle.name])
+                coords.append(coord)
+        return coords
+
+    @staticmethod
+    def _classIds(folder):
+        """{class name: id} of the phantom's class_conversion_table.txt."""
+        with open(os.path.join(folder, 'class_conversion_table.txt')) as f:
+            rows = [line.split() for line in f if line.strip()]
+        return {name: int(value) for name, value in rows}
 
     # --------------------------- INFO ------------------------------------
     def _validate(self):

@@ -1,11 +1,22 @@
 import os
 from enum import Enum
 
+import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow import BETA
-from tomo.objects import SetOfTomograms, SetOfTomoMasks, Tomogram, TomoMask
+from pyworkflow.object import Pointer, Set
+from tomo.constants import BOTTOM_LEFT_CORNER
+from tomo.objects import (
+    Coordinate3D,
+    SetOfCoordinates3D,
+    SetOfTomograms,
+    SetOfTomoMasks,
+    Tomogram,
+    TomoMask,
+)
 
 from dual.contract import engine
+from dual.convert import convertPositions
 from dual.protocols.protocol_base import ProtDualApplyModel
 
 SIM_TAG = '_sim'
@@ -14,6 +25,7 @@ SIM_TAG = '_sim'
 class SimulateOutputs(Enum):
     tomograms = SetOfTomograms
     labels = SetOfTomoMasks
+    coordinates = SetOfCoordinates3D
 
 
 class ProtDualSimulate(ProtDualApplyModel):
@@ -23,8 +35,9 @@ class ProtDualSimulate(ProtDualApplyModel):
     from a random noise code, then the structural distortions (CTF, missing wedge).
     Each map gives N synthetic tomograms (tsIds <tsId>_sim00, _sim01...) on the map's
     own grid and voxel size. With label masks of the maps (e.g. class masks of grand
-    models), each synthetic tomogram gets its labels too: ready-made training data for
-    a segmentation or picking network.
+    models) and particle coordinates in them (e.g. the phantoms' true coordinates),
+    each synthetic tomogram gets its labels and coordinates too: ready-made training
+    data for a segmentation or picking network.
     """
 
     _label = 'simulate tomograms'
@@ -35,6 +48,7 @@ class ProtDualSimulate(ProtDualApplyModel):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.labelItems = None
+        self.coordinateItems = None
 
     # --------------------------- form ------------------------------------
     def _defineParams(self, form):
@@ -57,6 +71,17 @@ class ProtDualSimulate(ProtDualApplyModel):
             label='Label masks of the maps (optional)',
             help='One mask per map, matched by tsId and on the same grid. Each '
             'synthetic tomogram is output with its map\'s mask.',
+        )
+        form.addParam(
+            'inputCoordinates',
+            params.PointerParam,
+            pointerClass='SetOfCoordinates3D',
+            allowsNull=True,
+            label='Particle coordinates in the maps (optional)',
+            help='Coordinates on tomograms with the maps\' tsIds (the maps themselves, '
+            'or tomograms on the same grid, such as the phantoms\' tomograms; any voxel '
+            'size: positions go through the physical frame). Each synthetic tomogram '
+            'gets its map\'s coordinates, with their orientations, scores and groups.',
         )
         form.addParam(
             'variants',
@@ -102,11 +127,70 @@ class ProtDualSimulate(ProtDualApplyModel):
     def _initialize(self):
         super()._initialize()
         self.labelItems = self._labelsByName()
+        self.coordinateItems = self._coordinatesByName()
 
     def _labelsByName(self):
         """{tsId: label mask} of the optional label input."""
         labels = self.inputLabels.get()
         return {} if labels is None else {m.getTsId(): m.clone() for m in labels.iterItems()}
+
+    def _coordinatesByName(self):
+        """{tsId: (its tomogram, [(x, y, z, matrix, score, group)])} of the optional
+        coordinates, positions in BOTTOM_LEFT_CORNER voxels of that tomogram."""
+        coords = self.inputCoordinates.get()
+        if coords is None:
+            return {}
+        byName = {}
+        for coord in coords.iterCoordinates():
+            tomogram, points = byName.setdefault(coord.getTomoId(), (coord.getVolume().clone(), []))
+            points.append(
+                coord.getPosition(BOTTOM_LEFT_CORNER)
+                + (np.array(coord.getMatrix()), coord.getScore(), coord.getGroupId())
+            )
+        return byName
+
+    @staticmethod
+    def _followingCoordinates(source, points, tomo):
+        """Coordinates on synthetic tomogram `tomo` at the same points as `points` in
+        tomogram `source` (its map, or a tomogram on the map's grid), with their
+        orientation, score and group."""
+        positions = convertPositions([p[:3] for p in points], source, tomo)
+        for (x, y, z), (_, _, _, matrix, score, group) in zip(positions, points):
+            coord = Coordinate3D()
+            coord.setVolume(tomo)  # before setPosition: it needs the origin
+            coord.setPosition(x, y, z, BOTTOM_LEFT_CORNER)
+            coord.setMatrix(matrix)
+            if score is not None:
+                coord.setScore(score)
+            if group is not None:
+                coord.setGroupId(group)
+            yield coord
+
+    def _getCoordinatesSet(self):
+        """The streaming coordinates on the synthetic tomograms, created on first use
+        (after the tomograms). Call under self._lock."""
+        name = SimulateOutputs.coordinates.name
+        outSet = getattr(self, name, None)
+        if outSet is not None:
+            outSet.enableAppend()
+            return outSet
+        inputCoords, maps = self.inputCoordinates.get(), self._getInputSet()
+        outSet = SetOfCoordinates3D.create(self._getPath(), prefix=name)
+        outSet.setPrecedents(Pointer(self, extended=SimulateOutputs.tomograms.name))
+        outSet.setSamplingRate(maps.getSamplingRate())
+        outSet.setBoxSize(
+            int(
+                round(
+                    inputCoords.getBoxSize()
+                    * inputCoords.getSamplingRate()
+                    / maps.getSamplingRate()
+                )
+            )
+        )
+        outSet.setStreamState(Set.STREAM_OPEN)
+        self._defineOutputs(**{name: outSet})
+        self._defineSourceRelation(self.inputCoordinates, outSet)
+        return outSet
 
     def createOutputStep(self, name):
         inMap = self.inputItems[name]
@@ -128,6 +212,14 @@ class ProtDualSimulate(ProtDualApplyModel):
             for tomo in tomograms:
                 self._appendToOutput(outSet, tomo)
             self._store(outSet)
+            if name in self.coordinateItems:
+                source, points = self.coordinateItems[name]
+                coordSet = self._getCoordinatesSet()
+                for tomo in tomograms:
+                    for coord in self._followingCoordinates(source, points, tomo):
+                        coordSet.append(coord)
+                coordSet.write()
+                self._store(coordSet)
             if masks:
                 maskSet = self._getOutputSet(SimulateOutputs.labels.name, SetOfTomoMasks)
                 for labels in masks:
@@ -153,10 +245,34 @@ class ProtDualSimulate(ProtDualApplyModel):
     # --------------------------- info ------------------------------------
     def _validate(self):
         errors = super()._validate()
-        labels, maps = self.inputLabels.get(), self._getInputSet()
-        if labels is None or maps is None or maps.getSize() == 0:
+        maps = self._getInputSet()
+        if maps is None or maps.getSize() == 0:
             return errors
-        errors += self._setErrors(labels, 'Label masks')
+        return errors + self._labelErrors(maps) + self._coordinateErrors(maps)
+
+    def _coordinateErrors(self, maps):
+        coords = self.inputCoordinates.get()
+        if coords is None:
+            return []
+        if not isinstance(maps, SetOfTomograms):
+            return [
+                'Particle coordinates are matched to the maps by tsId: give the maps as '
+                'tomograms (plain volumes have no tsId).'
+            ]
+        mapIds = {m.getTsId() for m in maps.iterItems()}
+        coordIds = {t.getTsId() for t in coords.getPrecedents().iterItems()}
+        if not mapIds & coordIds:
+            return [
+                'Particle coordinates: none of their tomograms (%s) has the tsId of a map '
+                '(%s).' % (', '.join(sorted(coordIds)), ', '.join(sorted(mapIds)))
+            ]
+        return []
+
+    def _labelErrors(self, maps):
+        labels = self.inputLabels.get()
+        if labels is None:
+            return []
+        errors = self._setErrors(labels, 'Label masks')
         if not isinstance(maps, SetOfTomograms):
             return errors + [
                 'Label masks are matched to the maps by tsId: give the maps as '
@@ -196,6 +312,12 @@ class ProtDualSimulate(ProtDualApplyModel):
             lines.append(
                 'Each synthetic tomogram has its map\'s label mask (output %s).'
                 % SimulateOutputs.labels.name
+            )
+        coords = getattr(self, SimulateOutputs.coordinates.name, None)
+        if coords is not None:
+            lines.append(
+                '%d coordinates follow their maps onto the synthetic tomograms (output %s).'
+                % (coords.getSize(), SimulateOutputs.coordinates.name)
             )
         return lines
 

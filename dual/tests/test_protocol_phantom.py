@@ -6,11 +6,18 @@ import os
 import mrcfile
 import numpy as np
 from pyworkflow.tests import setupTestProject
+from tomo.constants import BOTTOM_LEFT_CORNER
 from tomo.protocols import ProtImportTomograms
 from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
 
 from dual.protocols import ProtDualPhantom
-from dual.protocols.protocol_phantom import OUT_GRAND_MODELS, OUT_TOMOGRAMS
+from dual.contract import engine
+from dual.protocols.protocol_phantom import (
+    OUT_CLASS_MASKS,
+    OUT_COORDINATES,
+    OUT_GRAND_MODELS,
+    OUT_TOMOGRAMS,
+)
 from dual.tests.phantoms import makePhantoms, SMALL_SHAPE, SMALL_VOXEL_SIZE
 
 
@@ -70,6 +77,42 @@ class TestDualPhantom(TestBaseCentralizedLayer):
             r = np.corrcoef(t.data.ravel(), m.data.ravel())[0, 1]
         self.assertGreater(r, 0.0)
         self.assertLess(r, 0.6)
+        # Class masks and true coordinates on the tomograms, registered to each other:
+        # the mask at each coordinate is the coordinate's class.
+        masks = {m.getTsId(): m.clone() for m in getattr(prot, OUT_CLASS_MASKS)}
+        self.checkTomoMasks(
+            getattr(prot, OUT_CLASS_MASKS),
+            expectedSetSize=2,
+            expectedSRate=12.0,
+            expectedDimensions=[x, y, z],
+        )
+        coords = getattr(prot, OUT_COORDINATES)
+        self.assertEqual(coords.getSamplingRate(), 12.0)
+        self.assertEqual(coords.getBoxSize(), 28)  # 320 A at 12 A/px, even
+        tomograms = {t.getTsId(): t.clone() for t in getattr(prot, OUT_TOMOGRAMS)}
+        for tsId in ('TS_03', 'TS_04'):
+            with mrcfile.open(masks[tsId].getFileName()) as m:
+                classMask = np.array(m.data)
+            folder = prot._getExtraPath(tsId)
+            particles = [
+                p
+                for p in engine.read_particle_locations(
+                    os.path.join(folder, 'particle_locations.txt')
+                )
+                if p.name not in engine.PHANTOM_CONTEXT_CLASSES
+            ]
+            # (iterCoordinates reuses one object: read each while iterating)
+            points = [
+                (c.getPosition(BOTTOM_LEFT_CORNER), c.getGroupId())
+                for c in coords.iterCoordinates(volume=tomograms[tsId])
+            ]
+            self.assertGreater(len(points), 0)
+            self.assertEqual(
+                sorted(xyz for xyz, _ in points), sorted((p.x, p.y, p.z) for p in particles)
+            )
+            for xyz, group in points:
+                px, py, pz = (int(round(v)) for v in xyz)
+                self.assertEqual(classMask[pz, py, px], group)
         # The engine's job file is left for the user to re-run the step by hand.
         self.assertTrue(os.path.exists(prot._getExtraPath('phantom_TS_03.json')))
 

@@ -1,6 +1,7 @@
 """ProtDualSimulate with a tiny model trained on phantoms: synthetic tomograms from the
-grand models with their class masks, reproducible per seed; maps given as volumes;
-form checks; viewers."""
+grand models with their class masks and true coordinates (the phantom protocol's
+outputs) registered to them, reproducible per seed; maps given as volumes; form
+checks; viewers."""
 
 import os
 
@@ -8,7 +9,8 @@ import matplotlib.pyplot as plt
 import mrcfile
 import numpy as np
 from pwem.protocols import ProtImportVolumes
-from tomo.objects import SetOfTomoMasks
+from tomo.constants import BOTTOM_LEFT_CORNER
+from tomo.objects import SetOfCoordinates3D, SetOfTomoMasks
 
 from dual.objects import DualModel
 from dual.protocols import ProtDualSimulate
@@ -32,18 +34,25 @@ class TestDualSimulate(DualWorkflowTest):
     def setUpClass(cls):
         super().setUpClass()
         cls.train, cls.model = cls.runTraining()
-        cls.classMasks = cls.importClassMasks(cls.grandModels)
-        cls.simulate = cls.newSimulate(labels=cls.classMasks, variants=2, seed=3, numberOfThreads=3)
+        cls.simulate = cls.newSimulate(
+            labels=cls.classMasks,
+            coordinates=cls.trueCoordinates,
+            variants=2,
+            seed=3,
+            numberOfThreads=3,
+        )
         cls.launchProtocol(cls.simulate)
         cls.synthetic = byTsId(getattr(cls.simulate, SimulateOutputs.tomograms.name))
 
     @classmethod
-    def newSimulate(cls, maps=None, labels=None, **values):
+    def newSimulate(cls, maps=None, labels=None, coordinates=None, **values):
         prot = cls.newProtocol(ProtDualSimulate, **dict(dict(useGpu=False), **values))
         prot.inputModel.set(cls.model)
         prot.inputMaps.set(cls.grandModels if maps is None else maps)
         if labels is not None:
             prot.inputLabels.set(labels)
+        if coordinates is not None:
+            prot.inputCoordinates.set(coordinates)
         return prot
 
     def test_synthetic_tomograms_per_map_and_variant(self):
@@ -88,12 +97,46 @@ class TestDualSimulate(DualWorkflowTest):
                 readData(mask), readData(inputMasks[tsId.split('_sim')[0]])
             )
 
+    def test_coordinates_follow_the_synthetic_tomograms(self):
+        coords = getattr(self.simulate, SimulateOutputs.coordinates.name)
+        self.assertIsInstance(coords, SetOfCoordinates3D)
+        self.assertEqual(coords.getSamplingRate(), SMALL_VOXEL_SIZE)
+        self.assertEqual(coords.getBoxSize(), self.trueCoordinates.getBoxSize())
+        self.assertEqual(
+            sorted(t.getTsId() for t in coords.getPrecedents()), sorted(self.synthetic)
+        )
+        truth = {}
+        for coord in self.trueCoordinates.iterCoordinates():
+            truth.setdefault(coord.getTomoId(), []).append(
+                (coord.getPosition(BOTTOM_LEFT_CORNER), coord.getGroupId())
+            )
+        self.assertEqual(coords.getSize(), 2 * sum(len(v) for v in truth.values()))
+        masks = {
+            m.getTsId(): readData(m) for m in getattr(self.simulate, SimulateOutputs.labels.name)
+        }
+        for tsId, tomo in self.synthetic.items():
+            points = [
+                (c.getPosition(BOTTOM_LEFT_CORNER), c.getGroupId())
+                for c in coords.iterCoordinates(volume=tomo)
+            ]
+            source = truth[tsId.split('_sim')[0]]
+            self.assertEqual(len(points), len(source))
+            for (xyz, group), (trueXyz, trueGroup) in zip(points, source):
+                np.testing.assert_allclose(xyz, trueXyz, atol=1e-6)
+                self.assertEqual(group, trueGroup)
+                # Registered to the synthetic tomogram's labels: the class mask at
+                # the coordinate is the coordinate's class.
+                x, y, z = (int(round(v)) for v in xyz)
+                self.assertEqual(masks[tsId][z, y, x], group)
+        self.assertIn('coordinates follow their maps', ' '.join(self.simulate.summary()))
+
     def test_same_seed_reproduces_another_seed_differs(self):
         again = self.newSimulate(variants=1, seed=3)
         other = self.newSimulate(variants=1, seed=4)
         for prot in (again, other):
             self.launchProtocol(prot)
             self.assertIsNone(getattr(prot, SimulateOutputs.labels.name, None))
+            self.assertIsNone(getattr(prot, SimulateOutputs.coordinates.name, None))
         reference = readData(self.synthetic['TS_01_sim00'])
         np.testing.assert_array_equal(
             readData(byTsId(getattr(again, SimulateOutputs.tomograms.name))['TS_01_sim00']),
@@ -125,10 +168,14 @@ class TestDualSimulate(DualWorkflowTest):
             expectedDimensions=PHANTOM_DIMENSIONS,
         )
         self.assertEqual(sorted(t.getTsId() for t in outSet), ['vol001_sim00', 'vol002_sim00'])
-        # Label masks are matched by tsId, which plain volumes do not have.
+        # Label masks and coordinates are matched by tsId, which plain volumes lack.
         self.assertError(
             self.newSimulate(maps=volumes.outputVolumes, labels=self.classMasks),
             'give the maps as tomograms',
+        )
+        self.assertError(
+            self.newSimulate(maps=volumes.outputVolumes, coordinates=self.trueCoordinates),
+            'Particle coordinates are matched to the maps by tsId',
         )
 
     def test_viewers_draw(self):

@@ -3,15 +3,17 @@
 Everything runs for real (engine included) on CPU, at sizes that take seconds.
 """
 
-import os
-
 from pyworkflow.tests import setupTestProject
 from tomo.objects import SetOfTomograms
-from tomo.protocols import ProtImportTomomasks
 from tomo.tests.test_base_centralized_layer import TestBaseCentralizedLayer
 
 from dual.protocols import ProtDualPhantom, ProtDualTrain
-from dual.protocols.protocol_phantom import OUT_GRAND_MODELS, OUT_TOMOGRAMS
+from dual.protocols.protocol_phantom import (
+    OUT_CLASS_MASKS,
+    OUT_COORDINATES,
+    OUT_GRAND_MODELS,
+    OUT_TOMOGRAMS,
+)
 from dual.protocols.protocol_train import TrainOutputs
 from dual.tests.phantoms import SMALL_SHAPE, SMALL_VOXEL_SIZE
 
@@ -36,7 +38,8 @@ PHANTOM_DIMENSIONS = [X, Y, Z]
 
 
 class DualWorkflowTest(TestBaseCentralizedLayer):
-    """A test project with two phantoms (tomograms TS_00, TS_01 and their grand models)."""
+    """A test project with two phantoms (tomograms TS_00, TS_01, their grand models,
+    class masks and true coordinates)."""
 
     @classmethod
     def setUpClass(cls):
@@ -53,6 +56,8 @@ class DualWorkflowTest(TestBaseCentralizedLayer):
         cls.launchProtocol(cls.phantoms)
         cls.tomograms = getattr(cls.phantoms, OUT_TOMOGRAMS)
         cls.grandModels = getattr(cls.phantoms, OUT_GRAND_MODELS)
+        cls.classMasks = getattr(cls.phantoms, OUT_CLASS_MASKS)
+        cls.trueCoordinates = getattr(cls.phantoms, OUT_COORDINATES)
 
     def assertRegistered(self, output, inputs):
         """The tomograms of `output` lie on the grid of those of `inputs` (two
@@ -86,22 +91,6 @@ class DualWorkflowTest(TestBaseCentralizedLayer):
         prot = cls.newTraining(inputModel, **changes)
         cls.launchProtocol(prot)
         return prot, getattr(prot, TrainOutputs.model.name)
-
-    @classmethod
-    def importClassMasks(cls, tomograms):
-        """The phantoms' class masks as a SetOfTomoMasks of `tomograms` (matched by tsId)."""
-        folder = cls.getOutputPath('class_masks')
-        os.makedirs(folder, exist_ok=True)
-        for tsId in ('TS_00', 'TS_01'):
-            link = os.path.join(folder, '%s.mrc' % tsId)
-            if not os.path.exists(link):
-                os.symlink(
-                    os.path.abspath(cls.phantoms._getExtraPath(tsId, 'class_mask.mrc')), link
-                )
-        prot = cls.newProtocol(ProtImportTomomasks, filesPath=folder, filesPattern='*.mrc')
-        prot.inputTomos.set(tomograms)
-        cls.launchProtocol(prot)
-        return getattr(prot, ProtImportTomomasks._possibleOutputs.tomomasks.name)
 
 
 def unsavedTomogramSet(path, items=(), samplingRate=None):

@@ -407,6 +407,29 @@ def simulated_name(input_path, variant):
     return output_name(input_path, '_sim%02d' % variant)
 
 
+# A box (Angstrom) that holds every phantom macromolecule (the largest, the ribosome of
+# synth/packing.py, is ~28 nm across): the box size of the plugin's phantom coordinates.
+PHANTOM_PARTICLE_BOX = 320.0
+PHANTOM_CONTEXT_CLASSES = ('vesicle', 'fiducial')  # phantom classes that are not particles
+
+# A map with labels (`simulate`): a SHREC-2021 model folder's grandmodel.mrc (the
+# phantom's layout), whose label files beside it follow into each synthetic tomogram.
+LABELLED_MAP_NAME = 'grandmodel.mrc'
+LABEL_FILES = (
+    'class_mask.mrc',
+    'occupancy_mask.mrc',
+    'particle_locations.txt',
+    'class_conversion_table.txt',
+)
+
+
+def simulated_label_name(simulated_path, label_file):
+    """The file a label file of a map is written to beside synthetic tomogram
+    `simulated_path`: that tomogram's stem, '_', the label file's name."""
+    stem = os.path.splitext(os.path.basename(simulated_path))[0]
+    return '%s_%s' % (stem, label_file)
+
+
 def check_outputs(paths, overwrite=False):
     """Refuse outputs that collide with each other, that exist (unless `overwrite`), or
     whose folder cannot be created or written. paths: [(source, output path)]."""
@@ -459,6 +482,45 @@ def read_picks_table(path):
         return np.zeros((0, 3)), np.zeros(0)
     scores = table[:, 3] if table.shape[1] > 3 else np.ones(len(table))
     return table[:, :3], scores
+
+
+@dataclass
+class Particle:
+    """One line of a SHREC 2021 particle_locations.txt."""
+
+    name: str
+    x: float
+    y: float
+    z: float
+    rot_z1: float = 0.0
+    rot_x: float = 0.0
+    rot_z2: float = 0.0
+
+    @property
+    def xyz(self):
+        return np.array([self.x, self.y, self.z], dtype=np.float64)
+
+
+def read_particle_locations(path):
+    """The particles of a SHREC 2021 particle list (`class x y z [rot_Z1 rot_X rot_Z2]`
+    per line, voxels and ZXZ degrees); a line that is not one is refused."""
+    particles = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                numbers = [float(v) for v in fields[1:]]
+            except ValueError:
+                numbers = None
+            if len(fields) not in (4, 7) or numbers is None or not all(map(math.isfinite, numbers)):
+                raise InputError(
+                    "%s:%d: expected 'class x y z [rot_Z1 rot_X rot_Z2]' with finite numbers"
+                    % (path, lineno)
+                )
+            particles.append(Particle(fields[0], *numbers))
+    return particles
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -901,7 +963,9 @@ COMMANDS = {
         (InferenceOptions, WedgeOptions, FlipOptions, RunOptions),
     ),
     'simulate': (
-        'synthetic tomograms from clean density maps',
+        'synthetic tomograms from clean density maps (a SHREC model folder\'s %s brings '
+        'its labels: %s, written beside each synthetic tomogram as <its name>_<file>)'
+        % (LABELLED_MAP_NAME, ', '.join(LABEL_FILES)),
         (InferenceOptions, SimulateOptions, RunOptions),
     ),
     'model-info': ("a model file's settings and training summary, as JSON", (ModelInfoOptions,)),

@@ -33,6 +33,7 @@ from dual_engine.contract import (
 from dual_engine.cpus import default_threads
 from dual_engine.data import load_for_model, wedge_preserving_flips
 from dual_engine.io import read_mrc, resize_to_shape, write_mrc
+from dual_engine.labels import check_labels, label_outputs, map_labels, write_labels
 from dual_engine.streaming import (
     checked_statistics,
     new_volume,
@@ -266,6 +267,9 @@ def simulate_files(job):
         for p in job.inputs
         for v in range(job.variants)
     ]
+    labels = _checked_labels(job.inputs)
+    for path, output in list(outputs):
+        outputs += label_outputs(labels[path], [output])
     cfg, generators, device = _prepare(job, 'denoise', outputs)
     for index, path in enumerate(job.inputs, job.first_index):
         yield _simulate(
@@ -301,6 +305,7 @@ def simulate(
     the map's place among the maps of a run (its own random streams)."""
     if variants < 1:
         raise InputError('variants must be at least 1')
+    _checked_labels([input_path])
     cfg, generators, device = _load_checked(
         model_path, 'denoise', device, threads, [input_path], voxel_size
     )
@@ -319,11 +324,20 @@ def simulate(
     )
 
 
+def _checked_labels(inputs):
+    """{map: its labels} (labels.map_labels), each checked against its map."""
+    found = {path: map_labels(path) for path in inputs}
+    for path, labels in found.items():
+        check_labels(path, labels)
+    return found
+
+
 def _simulate(
     cfg, generators, input_path, outdir, variants, seed, index, tile, overlap, device, voxel_size
 ):
     network = generators.structural_generator
-    outputs = []
+    labels = map_labels(input_path)
+    outputs, written = [], []
     for variant in range(variants):
         path = os.path.join(outdir, simulated_name(input_path, variant))
         key = torch_seed(seed, 'simulate', index, variant)
@@ -340,9 +354,11 @@ def _simulate(
                 noisy,
             )
         outputs.append(path)
+        written.append(write_labels(labels, path, size))
     return {
         'input': input_path,
         'outputs': outputs,
+        'labels': written,
         'voxel_size': size,
         'seed': seed,
         'index': index,

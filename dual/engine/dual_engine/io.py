@@ -11,12 +11,16 @@ half-written file under the final name.
 
 import contextlib
 import os
-from dataclasses import dataclass
 
 import mrcfile
 import numpy as np
 
-from dual_engine.contract import InputError, read_picks_table  # noqa: F401 (re-exported)
+from dual_engine.contract import (  # noqa: F401 (re-exported)
+    InputError,
+    Particle,
+    read_particle_locations,
+    read_picks_table,
+)
 
 
 @contextlib.contextmanager
@@ -165,23 +169,6 @@ def standardize(volume, name="volume"):
     return (volume - float(volume.mean(dtype=np.float64))) / std
 
 
-@dataclass
-class Particle:
-    """One line of a SHREC 2021 particle_locations.txt."""
-
-    name: str
-    x: float
-    y: float
-    z: float
-    rot_z1: float = 0.0
-    rot_x: float = 0.0
-    rot_z2: float = 0.0
-
-    @property
-    def xyz(self):
-        return np.array([self.x, self.y, self.z], dtype=np.float64)
-
-
 def write_particle_locations(path, particles):
     with atomic_output(path) as tmp, open(tmp, "w") as f:
         for p in particles:
@@ -189,21 +176,6 @@ def write_particle_locations(path, particles):
                 "%s %d %d %d %.3f %.3f %.3f\n"
                 % (p.name, round(p.x), round(p.y), round(p.z), p.rot_z1, p.rot_x, p.rot_z2)
             )
-
-
-def read_particle_locations(path):
-    particles = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) not in (4, 7):
-                raise InputError(
-                    "%s:%d: expected 'class x y z [rot_Z1 rot_X rot_Z2]'" % (path, lineno)
-                )
-            particles.append(Particle(fields[0], *map(float, fields[1:])))
-    return particles
 
 
 COORDINATE_COLUMNS = ("x", "y", "z", "score")

@@ -15,6 +15,7 @@ from dual_engine.contract import (
     check_tilt_range,
     make_job,
     numpy_rng,
+    read_particle_locations,
     seed_sequence,
     torch_seed,
 )
@@ -135,3 +136,13 @@ def test_tile_rule_is_what_the_tile_loop_does():
             assert (contract.tile_warning(tile, depth) is None) == (tile >= useful)
     assert contract.min_useful_tile(2) == 96
     assert 'use at least 96' in contract.tile_warning(64, 2)
+
+
+@pytest.mark.parametrize(
+    "line", ["ribosome 1 2", "ribosome 1 2 x", "ribosome 1 2 nan", "ribosome 1 2 3 4 5"]
+)
+def test_particle_list_refuses_bad_lines(tmp_path, line):
+    path = tmp_path / "particle_locations.txt"
+    path.write_text("dimer 1 2 3 0 0 0\n" + line + "\n")
+    with pytest.raises(InputError, match=":2: expected 'class x y z"):
+        read_particle_locations(str(path))

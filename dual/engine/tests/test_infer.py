@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dual_engine.infer import apply_tiled, denoise, simulate
-from dual_engine.io import InputError, read_mrc, write_mrc
+from dual_engine.io import InputError, read_mrc, read_particle_locations, write_mrc
 from dual_engine.metrics import pearson
 from dual_engine.nets import UNet3D, orthogonal_init
 from dual_engine.contract import MODEL_FILE as MODEL
@@ -107,6 +107,49 @@ def test_simulate_seeded_variants(trained, tmp_path):
     assert np.all(np.isfinite(v0)) and v0.std() > 0
     # Plausible: the synthetic tomogram still carries the map's structure.
     assert pearson(truth, v0) > 0.1
+
+
+def test_simulate_labels_follow_the_map(trained, tmp_path):
+    model, held_out = trained
+    clean = os.path.join(held_out, "grandmodel.mrc")
+    result = simulate(model, clean, str(tmp_path), variants=2, seed=1)
+    assert len(result["labels"]) == 2
+    for synthetic, labels in zip(result["outputs"], result["labels"]):
+        stem = synthetic[: -len(".mrc")]
+        assert labels["class_mask.mrc"] == stem + "_class_mask.mrc"
+        tomogram, voxel = read_mrc(synthetic)
+        for name in ("class_mask.mrc", "occupancy_mask.mrc"):
+            mask, mask_voxel = read_mrc(labels[name])
+            source = read_mrc(os.path.join(held_out, name))[0]
+            assert mask.shape == tomogram.shape and mask_voxel == voxel
+            np.testing.assert_array_equal(mask, source)
+        particles = read_particle_locations(labels["particle_locations.txt"])
+        assert particles == read_particle_locations(
+            os.path.join(held_out, "particle_locations.txt")
+        )
+        assert len(particles) > 0
+    # The particles are where the synthetic tomogram's density is: the class mask's
+    # voxels are brighter on average than the background (same contrast as the map).
+    mask = read_mrc(result["labels"][0]["class_mask.mrc"])[0]
+    tomogram = read_mrc(result["outputs"][0])[0]
+    assert tomogram[mask > 0].mean() > tomogram[mask == 0].mean()
+
+
+def test_simulate_refuses_labels_off_the_grid(trained, tmp_path):
+    model, held_out = trained
+    folder = tmp_path / "model"
+    folder.mkdir()
+    truth, voxel = read_mrc(os.path.join(held_out, "grandmodel.mrc"))
+    write_mrc(str(folder / "grandmodel.mrc"), np.array(truth), voxel)
+    write_mrc(str(folder / "class_mask.mrc"), np.zeros((4, 8, 8), np.int16), voxel)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="labels must lie on the map's grid"):
+        simulate(model, str(folder / "grandmodel.mrc"), str(out))
+    assert not out.exists() or not os.listdir(out)
+    os.remove(folder / "class_mask.mrc")
+    (folder / "particle_locations.txt").write_text("ribosome 1 2 9999 0 0 0\n")
+    with pytest.raises(InputError, match="lies outside its map"):
+        simulate(model, str(folder / "grandmodel.mrc"), str(out))
 
 
 def test_not_a_model_file(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dual_engine import cli
+from dual_engine.contract import PHANTOM_CONTEXT_CLASSES, PHANTOM_PARTICLE_BOX
 from dual_engine.io import InputError, read_mrc, read_particle_locations
 from dual_engine.metrics import pearson
 from dual_engine.synth.acquisition import AcquisitionParams, acquire
@@ -143,6 +144,26 @@ def test_every_particle_inside_its_own_label(phantom):
         # The class mask marks the particle (vesicles: only the membrane) with its class id.
         assert np.all(np.isin(classes[occupancy == label], [0, int(table[p.name])]))
         assert np.any(classes[occupancy == label] == int(table[p.name]))
+
+
+def test_macromolecules_fit_the_phantom_box(phantom):
+    """contract.PHANTOM_PARTICLE_BOX (the box of the plugin's phantom coordinates) holds
+    every macromolecule's label, centred on its listed position."""
+    folder, _, volumes = phantom
+    particles = read_particle_locations(os.path.join(folder, "particle_locations.txt"))
+    half = PHANTOM_PARTICLE_BOX / VOXEL / 2
+    occupancy = volumes["occupancy_mask"]
+    checked = 0
+    for label, p in enumerate(particles, 1):
+        if p.name in PHANTOM_CONTEXT_CLASSES:
+            continue
+        z, y, x = np.nonzero(occupancy == label)
+        if len(x) == 0:
+            continue
+        extent = np.abs(np.stack([x - p.x, y - p.y, z - p.z])).max()
+        assert extent <= half, (p, extent, half)
+        checked += 1
+    assert checked > 0
 
 
 def test_rotation_convention():

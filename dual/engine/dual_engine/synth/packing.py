@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from dual_engine.io import InputError, Particle
+from dual_engine.contract import PHANTOM_CONTEXT_CLASSES
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ CATALOGUE = (
 )
 MACROMOLECULES = tuple(c.name for c in CATALOGUE)
 # Fixed ids, whatever subset is packed, so that masks of different runs are comparable.
-CLASS_IDS = {name: i + 1 for i, name in enumerate(MACROMOLECULES + ("vesicle", "fiducial"))}
+CLASS_IDS = {name: i + 1 for i, name in enumerate(MACROMOLECULES + PHANTOM_CONTEXT_CLASSES)}
 
 PROTEIN_DENSITY = 1.0
 MEMBRANE_DENSITY = 1.0
