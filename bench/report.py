@@ -438,6 +438,7 @@ def _extra_tables(results_dir):
             for e in data["simulators"].values()
         ]
         lines += _grid_table(header, rows) + [""]
+    lines += _sim2real_table(results_dir)
     data = load_json(os.path.join(results_dir, "speed.json"))
     if data:
         lines += [
@@ -468,3 +469,58 @@ def _extra_tables(results_dir):
         if data.get("note"):
             lines += [data["note"], ""]
     return lines
+
+
+def _sim2real_table(results_dir):
+    """The section of run_sim2real.py, when it ran."""
+    data = load_json(os.path.join(results_dir, "sim2real.json"))
+    if not data:
+        return []
+    net = data["network"]
+    lines = [
+        "Sim-to-real segmentation",
+        "-" * 24,
+        "",
+        "``%s`` on %s. A 3-D U-Net (width %d, depth %d, %d steps of %d x %d^3, the same "
+        "for every row) trained only on the row's tomograms of the grand models of seeds "
+        "%s with their class masks, scored on the real tomograms of seeds %s (SNR of the "
+        "real set %.3f). Physics simulator with other acquisition: %s. Picking: "
+        "centroids of predicted macromolecule components (>= %d voxels) within %g voxels "
+        "of a true centre."
+        % (
+            data["last_command"],
+            data["updated"],
+            net["width"],
+            net["depth"],
+            net["iterations"],
+            net["batch"],
+            net["crop"],
+            data["maps"],
+            data["test_seeds"],
+            data["real_snr"],
+            ", ".join("%s %s" % kv for kv in data["other_acquisition"].items()),
+            data["picking"]["min_component_voxels"],
+            data["picking"]["match_voxels"],
+        ),
+        "",
+    ]
+    classes = sorted(
+        {k for e in data["methods"].values() for k in e["mean"] if k.startswith("dice_")}
+    )
+    header = (
+        ["Training set", "Mean Dice (macromolecules)"]
+        + [c[len("dice_") :] for c in classes]
+        + ["Picking F1", "Precision", "Recall", "Training s"]
+    )
+    rows = [
+        [e["label"], _fmt(e, "mean_dice", 3)]
+        + ["%.3f" % e["mean"][c] if c in e["mean"] else "-" for c in classes]
+        + [
+            _fmt(e, "f1", 3),
+            "%.3f" % e["mean"]["precision"],
+            "%.3f" % e["mean"]["recall"],
+            "%.0f" % e["training"]["seconds"],
+        ]
+        for e in data["methods"].values()
+    ]
+    return lines + _grid_table(header, rows) + [""]

@@ -138,38 +138,8 @@ class WedgeBench(study.PhantomStudy):
         return self.denoised(seed)
 
     def denoiser(self):
-        """The denoising model of --volume denoised (trained once, cached)."""
-        from dual_engine.model import DualConfig
-        from dual_engine.train import train
-
-        s = study.SETS[SET]
-        outdir = os.path.join(self.work, "denoiser")
-        model = os.path.join(outdir, "model.pt")
-        cfg = DualConfig()
-        key = study.canonical(
-            {
-                "config": cfg.to_dict(),
-                "phantoms": [self.bench.phantom_params(SET, k) for k in s["noisy"] + s["clean"]],
-            }
-        )
-        stamp = os.path.join(outdir, "bench_model.json")
-        meta = study.load_json(stamp)
-        if meta and meta["key"] == key and os.path.exists(model) and not self.args.force:
-            return model, key
-        study.log("training the denoising model (engine defaults)")
-        t0 = time.perf_counter()
-        train(
-            [self.path(k, "reconstruction") for k in s["noisy"]],
-            [self.path(k, "grandmodel") for k in s["clean"]],
-            outdir,
-            cfg,
-            device="cpu",
-            threads=self.args.threads,
-            overwrite=True,
-            given=set(),
-        )
-        study.save_json(stamp, {"key": key, "seconds": round(time.perf_counter() - t0, 1)})
-        return model, key
+        """The denoising model of --volume denoised (the set's engine-default model)."""
+        return self.default_denoiser(self.args.threads)
 
     def denoised(self, seed):
         model, key = self.denoiser()

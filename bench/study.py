@@ -281,3 +281,42 @@ class PhantomStudy:
     def load(self, seed, name):
         """A phantom's volume as float32, as written (not standardised)."""
         return np.array(read_mrc(self.path(seed, name))[0], dtype=np.float32)
+
+    def default_denoiser(self, threads):
+        """A denoising model with the engine's defaults (DualConfig()) trained on the set's
+        split (reconstructions of its noisy seeds, grand models of its clean seeds),
+        trained once and cached in <work>/models/<set>_engine_defaults; returns (model
+        path, its cache key)."""
+        from dual_engine.model import DualConfig
+        from dual_engine.train import train
+
+        s = SETS[self.set_name]
+        outdir = os.path.join(self.bench.work, "models", "%s_engine_defaults" % self.set_name)
+        model = os.path.join(outdir, "model.pt")
+        cfg = DualConfig()
+        key = canonical(
+            {
+                "config": cfg.to_dict(),
+                "phantoms": [
+                    self.bench.phantom_params(self.set_name, k) for k in s["noisy"] + s["clean"]
+                ],
+            }
+        )
+        stamp = os.path.join(outdir, "bench_model.json")
+        meta = load_json(stamp)
+        if meta and meta["key"] == key and os.path.exists(model) and not self.args.force:
+            return model, key
+        log("training the denoising model (engine defaults) on the %s set" % self.set_name)
+        t0 = time.perf_counter()
+        train(
+            [self.path(k, "reconstruction") for k in s["noisy"]],
+            [self.path(k, "grandmodel") for k in s["clean"]],
+            outdir,
+            cfg,
+            device="cpu",
+            threads=threads,
+            overwrite=True,
+            given=set(),
+        )
+        save_json(stamp, {"key": key, "seconds": round(time.perf_counter() - t0, 1)})
+        return model, key

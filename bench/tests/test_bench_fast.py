@@ -222,3 +222,29 @@ def test_train_with_snapshots_trains_once_and_scores_each_snapshot(tmp_path):
         paths, paths, outdir, cfg, 2, 1, {"k": 1}, score, "iteration_seen"
     )
     assert again["train_wall_seconds"] == record["train_wall_seconds"]
+
+
+def test_sim2real_scores_a_perfect_and_a_shifted_segmentation(tmp_path):
+    import run_sim2real
+    from dual_engine.io import read_mrc, read_particle_locations
+    from dual_engine.synth.packing import CLASS_IDS
+    from dual_engine.synth.phantom import make_phantom
+
+    make_phantom(str(tmp_path), shape=(48, 96, 96), seed=2)
+    truth = np.array(read_mrc(str(tmp_path / "class_mask.mrc"))[0], dtype=np.int64)
+    centres = np.array(
+        [
+            p.xyz
+            for p in read_particle_locations(str(tmp_path / "particle_locations.txt"))
+            if p.name not in ("vesicle", "fiducial")
+        ]
+    )
+    perfect = run_sim2real.segmentation_scores(truth, truth, centres, CLASS_IDS)
+    assert perfect["mean_dice"] == 1.0 and perfect["dice_ribosome"] == 1.0
+    # Every particle is found; a few split into parts (ring subunits, dimer globules
+    # apart at the label threshold), which count as false picks.
+    assert perfect["recall"] == 1.0 and perfect["precision"] > 0.7 and perfect["f1"] > 0.8
+    shifted = run_sim2real.segmentation_scores(np.roll(truth, 6, axis=2), truth, centres, CLASS_IDS)
+    assert shifted["mean_dice"] < 0.5 and shifted["f1"] < perfect["f1"]
+    empty = run_sim2real.segmentation_scores(np.zeros_like(truth), truth, centres, CLASS_IDS)
+    assert empty["mean_dice"] == 0.0 and empty["f1"] == 0.0 and empty["n_picks"] == 0

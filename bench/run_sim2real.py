@@ -1,0 +1,353 @@
+#!/usr/bin/env python
+"""Sim-to-real: does a segmentation network trained only on simulated tomograms work on
+real ones? The paper's Figs. 4-5 on phantoms, one command.
+
+    python bench/run_sim2real.py --threads 2      # makes the phantoms it needs
+
+Data: the denoising set of run_benchmark.py (every class, 64x256x256 voxels at 10 A).
+The labelled maps are the grand models of its clean seeds 4-7 with their class masks;
+each training set below turns the same maps into tomograms, with the same labels:
+  dual     DUAL simulations: `simulate` (SIM_VARIANTS per map) with a denoising model of
+           the engine's defaults trained on the set's own split (reconstructions of seeds
+           0-3, grand models of 4-7: study.PhantomStudy.default_denoiser)
+  physics  the physics simulator on the same maps with another acquisition than the real
+           set's (OTHER_ACQUISITION: defocus, dose and tilt step changed), as a user
+           simulating without knowing the microscope would
+  white    the grand model plus white Gaussian noise at the real set's SNR (measured on
+           the maps' real and noise-free reconstructions)
+  real     the real reconstructions of the maps with their true labels: the ceiling
+Network (bench code, not product): a 3-D U-Net (dual_engine.nets.UNet3D, width
+NET_WIDTH, depth 2) with one output per class (background, the 5 macromolecules,
+vesicle membrane, gold), cross-entropy plus soft Dice, the same budget for every set
+(ITERATIONS steps of BATCH random CROP^3 subvolumes, wedge-preserving flips, Adam,
+the same seed); every volume standardised.
+Scores on the real tomograms of test seeds 8, 10 and 11 (never seen by any network or
+model), mean and sample std:
+  Dice     per class, of the predicted class (argmax) against the class mask, and their
+           mean over the macromolecule classes ("mean Dice")
+  picking  connected components of the voxels predicted as any macromolecule (at least
+           MIN_COMPONENT voxels), their centroids matched one to one with the true
+           macromolecule centres within MATCH_VOXELS: precision, recall, F1 (the true
+           class masks themselves score F1 0.88-0.93: every particle found, a few split
+           into parts, such as ring subunits, that count as false picks)
+Outputs: bench/results/sim2real.json and its section of bench/results/tables.rst;
+intermediates (training volumes, networks) in bench/work/sim2real/.
+"""
+
+import argparse
+import datetime
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import report  # noqa: E402
+import study  # noqa: E402
+from run_benchmark import add_common_arguments  # noqa: E402
+from dual_engine import metrics  # noqa: E402
+from dual_engine.contract import PHANTOM_CONTEXT_CLASSES  # noqa: E402
+from dual_engine.io import read_mrc, read_particle_locations, standardize  # noqa: E402
+
+SET = "denoise"
+SIM_VARIANTS = 2
+OTHER_ACQUISITION = {"defocus_um": 5.0, "dose": 60.0, "tilt_step": 4.0}  # real: 3 um, 100, 3
+NET_WIDTH = 8
+ITERATIONS = 1000
+BATCH = 4
+CROP = 32
+LEARNING_RATE = 1e-3
+MIN_COMPONENT = 8  # voxels: smaller predicted blobs are not picks
+MATCH_VOXELS = 5.0  # 50 A: half the smallest macromolecule (the ~10 nm dimer)
+LABELS = {
+    "dual": "DUAL simulations",
+    "physics": "physics simulator, other acquisition",
+    "white": "grand model + white noise",
+    "real": "real tomograms (ceiling)",
+}
+
+
+class Sim2Real(study.PhantomStudy):
+    def __init__(self, args):
+        super().__init__(args, SET, "sim2real")
+        from dual_engine.synth.packing import CLASS_IDS
+
+        self.class_ids = dict(CLASS_IDS)
+        self.n_classes = max(self.class_ids.values()) + 1
+        s = study.SETS[SET]
+        self.maps, self.test = s["clean"], s["test"]
+
+    # ------------------------------------------------------------ training sets
+    def labels(self, seed):
+        return np.array(read_mrc(self.path(seed, "class_mask"))[0], dtype=np.int64)
+
+    def training_set(self, method):
+        """[(standardised tomogram, class labels)] of one training set."""
+        if method == "real":
+            return [
+                (self.bench.volume(SET, k, "reconstruction"), self.labels(k)) for k in self.maps
+            ]
+        if method == "white":
+            return [(self.white_noise(k), self.labels(k)) for k in self.maps]
+        if method == "physics":
+            return [(self.other_acquisition(k), self.labels(k)) for k in self.maps]
+        return self.dual_simulations()
+
+    def real_snr(self):
+        """The real set's SNR: var(noise-free reconstruction) / var(noise), over the maps."""
+        ratios = []
+        for k in self.maps:
+            noisy, clean = self.load(k, "reconstruction"), self.load(k, "reconstruction_noisefree")
+            ratios.append(float(np.var(clean, dtype=np.float64) / np.var(noisy - clean)))
+        return float(np.mean(ratios))
+
+    def white_noise(self, seed):
+        rng = np.random.default_rng(1000 + seed)
+        clean = self.bench.volume(SET, seed, "grandmodel")
+        noise = rng.standard_normal(clean.shape).astype(np.float32) / np.sqrt(self.real_snr())
+        return standardize(clean + noise)
+
+    def other_acquisition(self, seed):
+        """The physics simulator on map `seed` (same packing: same seed) with
+        OTHER_ACQUISITION; its reconstruction, standardised."""
+        from dual_engine.synth.phantom import make_phantom
+
+        params = dict(self.bench.phantom_params(SET, seed), **OTHER_ACQUISITION)
+        params["write_noise_free"] = False
+        outdir = os.path.join(self.work, "physics", "seed%03d" % seed)
+        stamp = os.path.join(outdir, "bench_params.json")
+        if study.load_json(stamp) != study.canonical(params) or self.args.force:
+            study.log("physics simulator, other acquisition, seed %d" % seed)
+            p = dict(params)
+            make_phantom(outdir, shape=tuple(p.pop("shape")), **p)
+            study.save_json(stamp, study.canonical(params))
+        labels = np.array(read_mrc(os.path.join(outdir, "class_mask.mrc"))[0])
+        if not np.array_equal(labels, self.labels(seed)):
+            raise RuntimeError("the physics simulator packed map %d differently" % seed)
+        return standardize(np.array(read_mrc(os.path.join(outdir, "reconstruction.mrc"))[0]))
+
+    def dual_simulations(self):
+        """SIM_VARIANTS DUAL simulations of each map, with the labels that `simulate`
+        writes beside them (the map's own, checked here against the phantom's)."""
+        from dual_engine import infer
+
+        model, key = self.default_denoiser(self.args.threads)
+        pairs = []
+        for k in self.maps:
+            outdir = os.path.join(self.work, "dual", "seed%03d" % k)
+            stamp = os.path.join(outdir, "bench_simulation.json")
+            if (study.load_json(stamp) or {}).get("key") != key or self.args.force:
+                study.log("DUAL simulations of map %d" % k)
+                result = infer.simulate(
+                    model,
+                    self.path(k, "grandmodel"),
+                    outdir,
+                    variants=SIM_VARIANTS,
+                    seed=k,
+                    threads=self.args.threads,
+                )
+                study.save_json(stamp, {"key": key, "result": result})
+            result = study.load_json(stamp)["result"]
+            for tomogram, labels in zip(result["outputs"], result["labels"]):
+                mask = np.array(read_mrc(labels["class_mask.mrc"])[0], dtype=np.int64)
+                if not np.array_equal(mask, self.labels(k)):
+                    raise RuntimeError("the labels of %s are not its map's" % tomogram)
+                pairs.append((standardize(np.array(read_mrc(tomogram)[0])), mask))
+        return pairs
+
+    # ------------------------------------------------------------ network
+    def train_network(self, method, pairs):
+        import torch
+        import torch.nn.functional as F
+        from dual_engine.nets import UNet3D
+
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        net = UNet3D(width=NET_WIDTH, depth=2, out_channels=self.n_classes)
+        optimiser = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
+        curve, t0 = [], time.perf_counter()
+        for step in range(1, self.args.iterations + 1):
+            volumes, targets = [], []
+            for _ in range(BATCH):
+                volume, labels = pairs[rng.integers(len(pairs))]
+                corner = [rng.integers(0, n - CROP + 1) for n in volume.shape]
+                box = tuple(slice(c, c + CROP) for c in corner)
+                v, t = volume[box], labels[box]
+                for axis in range(3):  # flips of z, y or x keep a wedge about Y
+                    if rng.random() < 0.5:
+                        v, t = np.flip(v, axis), np.flip(t, axis)
+                volumes.append(np.ascontiguousarray(v))
+                targets.append(np.ascontiguousarray(t))
+            x = torch.from_numpy(np.stack(volumes)[:, None])
+            y = torch.from_numpy(np.stack(targets))
+            logits = net(x)
+            loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y, self.n_classes)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            curve.append(loss.item())
+            if step % 250 == 0:
+                study.log(
+                    "%s: step %d/%d loss %.3f"
+                    % (method, step, self.args.iterations, np.mean(curve[-50:]))
+                )
+        return net, {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "loss_every_250": [
+                round(float(np.mean(curve[i - 50 : i])), 4)
+                for i in range(250, self.args.iterations + 1, 250)
+            ],
+        }
+
+    @staticmethod
+    def segment(net, volume):
+        """Class per voxel (argmax) of a whole standardised volume, in one pass (its sides
+        are multiples of 4, as the U-Net needs; a 64x256x256 volume fits in memory)."""
+        import torch
+
+        with torch.no_grad():
+            logits = net(torch.from_numpy(np.ascontiguousarray(volume))[None, None])
+        return logits[0].argmax(dim=0).numpy()
+
+    # ------------------------------------------------------------ scores
+    def scores(self, predicted, seed):
+        true = np.array(
+            [
+                p.xyz
+                for p in read_particle_locations(
+                    os.path.join(self.bench.phantom_dir(SET, seed), "particle_locations.txt")
+                )
+                if p.name not in PHANTOM_CONTEXT_CLASSES
+            ]
+        ).reshape(-1, 3)
+        return segmentation_scores(predicted, self.labels(seed), true, self.class_ids)
+
+    # ------------------------------------------------------------ run
+    def run(self):
+        import torch
+
+        torch.set_num_threads(self.args.threads)
+        for k in self.maps + self.test + study.SETS[SET]["noisy"]:
+            self.bench.phantom(SET, k)
+        path = os.path.join(self.bench.results, "sim2real.json")
+        data = study.load_json(path, {}) or {}
+        methods = dict(data.get("methods", {}))
+        command = "python bench/run_sim2real.py " + " ".join(self.args.argv)
+        for method in self.args.methods:
+            study.log("training set: %s" % LABELS[method])
+            pairs = self.training_set(method)
+            net, training = self.train_network(method, pairs)
+            per_seed = {}
+            for k in self.test:
+                per_seed[k] = self.scores(
+                    self.segment(net, self.bench.volume(SET, k, "reconstruction")), k
+                )
+                study.log(
+                    "%s seed %d: mean Dice %.3f, F1 %.3f"
+                    % (method, k, per_seed[k]["mean_dice"], per_seed[k]["f1"])
+                )
+            keys = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+            methods[method] = {
+                "label": LABELS[method],
+                "command": command,
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "training_volumes": len(pairs),
+                "training": training,
+                "per_seed": per_seed,
+                "mean": {key: float(np.mean([v[key] for v in per_seed.values()])) for key in keys},
+                "std": {
+                    key: float(np.std([v[key] for v in per_seed.values()], ddof=1)) for key in keys
+                },
+            }
+            data.update(
+                {
+                    "benchmark": "sim-to-real segmentation (paper Figs. 4-5) on phantoms",
+                    "updated": methods[method]["date"],
+                    "last_command": command,
+                    "machine": study.machine(),
+                    "maps": self.maps,
+                    "test_seeds": self.test,
+                    "real_snr": self.real_snr(),
+                    "other_acquisition": OTHER_ACQUISITION,
+                    "network": {
+                        "width": NET_WIDTH,
+                        "depth": 2,
+                        "iterations": self.args.iterations,
+                        "batch": BATCH,
+                        "crop": CROP,
+                        "learning_rate": LEARNING_RATE,
+                    },
+                    "picking": {
+                        "min_component_voxels": MIN_COMPONENT,
+                        "match_voxels": MATCH_VOXELS,
+                    },
+                    "methods": {m: methods[m] for m in LABELS if m in methods},
+                }
+            )
+            study.save_json(path, data)
+        report.write_tables(self.bench.results)
+
+
+def segmentation_scores(predicted, truth, centres, class_ids):
+    """Dice per class present in `truth` (class per voxel) and their mean over the
+    macromolecules; picking precision, recall and F1 of the centroids of predicted
+    macromolecule components (>= MIN_COMPONENT voxels) against `centres` (x, y, z)."""
+    out = {}
+    for name, index in class_ids.items():
+        p, t = predicted == index, truth == index
+        if t.any():
+            out["dice_%s" % name] = float(2 * (p & t).sum() / (p.sum() + t.sum()))
+    macromolecules = [n for n in class_ids if n not in PHANTOM_CONTEXT_CLASSES]
+    out["mean_dice"] = float(
+        np.mean([out["dice_%s" % n] for n in macromolecules if "dice_%s" % n in out])
+    )
+    particles = np.isin(predicted, [class_ids[n] for n in macromolecules])
+    components, count = ndimage.label(particles)
+    sizes = ndimage.sum(particles, components, range(1, count + 1))
+    keep = [i + 1 for i, size in enumerate(np.atleast_1d(sizes)) if size >= MIN_COMPONENT]
+    found = ndimage.center_of_mass(particles, components, keep) if keep else []
+    picks = np.array([(x, y, z) for z, y, x in found]).reshape(-1, 3)
+    match = metrics.match_picks(picks, centres, MATCH_VOXELS)
+    out.update({k: match[k] for k in ("precision", "recall", "f1", "n_picks", "n_truth")})
+    return out
+
+
+def soft_dice_loss(logits, target, n_classes):
+    """1 - mean soft Dice over the classes present in the batch."""
+    import torch
+    import torch.nn.functional as F
+
+    probabilities = torch.softmax(logits, dim=1)
+    one_hot = F.one_hot(target, n_classes).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    present = one_hot.sum(dims) > 0
+    dice = (2 * (probabilities * one_hot).sum(dims) + 1) / (
+        probabilities.sum(dims) + one_hot.sum(dims) + 1
+    )
+    return 1 - dice[present].mean()
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--methods", nargs="+", choices=list(LABELS), default=list(LABELS))
+    ap.add_argument(
+        "--iterations",
+        type=int,
+        default=ITERATIONS,
+        help="training steps of each network (default %d; fewer: a smoke test)" % ITERATIONS,
+    )
+    add_common_arguments(ap, threads=2)
+    args = ap.parse_args(argv)
+    args.argv = list(argv)
+    return args
+
+
+if __name__ == "__main__":
+    Sim2Real(parse(sys.argv[1:])).run()
