@@ -165,7 +165,7 @@ def train_with_snapshots(
                 ", ".join(
                     "%s %.4f" % (k, v)
                     for k, v in row.items()
-                    if k not in ("iteration", "train_seconds")
+                    if k not in ("iteration", "train_seconds") and isinstance(v, (int, float))
                 ),
             )
         )

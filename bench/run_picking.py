@@ -89,6 +89,12 @@ METHODS = {
         "dual": {"voxel_size": 20.0, "noisy_contrast": "same"},
         "flip": False,
     },
+    "dual_bin2_same_flip": {
+        "label": "DUAL at 20 A, contrast 'same', flip average",
+        "kind": "method",
+        "dual": {"voxel_size": 20.0, "noisy_contrast": "same"},
+        "flip": True,
+    },
     "supervised": {
         "label": "Supervised U-Net (paired)",
         "kind": "reference",
