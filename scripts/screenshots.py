@@ -43,7 +43,12 @@ def runProtocols(project):
     """The boxes of the screenshot project, run one after the other: {name: protocol}."""
     from dual import protocols as P
     from dual.protocols.protocol_denoise import DenoiseOutputs
-    from dual.protocols.protocol_phantom import OUT_GRAND_MODELS, OUT_TOMOGRAMS
+    from dual.protocols.protocol_phantom import (
+        OUT_CLASS_MASKS,
+        OUT_COORDINATES,
+        OUT_GRAND_MODELS,
+        OUT_TOMOGRAMS,
+    )
     from dual.protocols.protocol_train import TrainOutputs
     from dual.tests.phantoms import SMALL_SHAPE, SMALL_VOXEL_SIZE
     from dual.tests.workflow import TINY_TRAINING
@@ -59,6 +64,8 @@ def runProtocols(project):
     inputs = {'inputModel': model, 'inputTomograms': tomograms}
     denoise = run(project, P.ProtDualDenoise, 'denoise', inputs, useGpu=False)
     inputs = {'inputModel': model, 'inputMaps': maps}
+    inputs['inputLabels'] = (phantoms, OUT_CLASS_MASKS)
+    inputs['inputCoordinates'] = (phantoms, OUT_COORDINATES)
     simulate = run(project, P.ProtDualSimulate, 'simulate', inputs, useGpu=False)
     wedge = run(project, P.ProtDualWedge, 'missing wedge', {'inputTomograms': tomograms}, **tiny)
     inputs = {'inputTomograms': (denoise, DenoiseOutputs.tomograms.name)}
