@@ -341,4 +341,22 @@ class ProtDualSimulate(ProtDualApplyModel):
                 self.seed.get(),
                 self.tileSize.get(),
             )
+            + self._labelsMethodsText()
         ]
+
+    def _labelsMethodsText(self):
+        """What the methods say of the labels that follow the maps, if any."""
+        given = [
+            what
+            for what, pointer in (
+                ('label masks', self.inputLabels),
+                ('particle coordinates', self.inputCoordinates),
+            )
+            if pointer.get() is not None
+        ]
+        if not given:
+            return ''
+        return (
+            ' The synthetic tomograms lie on their maps\' grids, so the maps\' %s were '
+            'carried over unchanged as their labels.' % ' and '.join(given)
+        )

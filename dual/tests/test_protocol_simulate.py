@@ -78,6 +78,10 @@ class TestDualSimulate(DualWorkflowTest):
             ' '.join(self.simulate.summary()),
         )
         self.assertIn('We simulated 4 tomograms', ' '.join(self.simulate.methods()))
+        self.assertIn(
+            "maps' label masks and particle coordinates were carried over",
+            ' '.join(self.simulate.methods()),
+        )
 
     def test_label_masks_follow_the_synthetic_tomograms(self):
         masks = getattr(self.simulate, SimulateOutputs.labels.name)
