@@ -139,14 +139,16 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
             self.assertAgree(prot, 'denoise', values, extra=engineChecks)
 
     def test_flip_average(self):
-        """The forms' flipAverage is the engine's flip_average: its default and help, and
-        each value the form can take goes into a job the engine accepts."""
-        field = optionField('denoise', 'flip_average')
-        self.assertIs(field, optionField('wedge', 'flip_average'))  # one declaration
+        """The forms' flipAverage is the engine's flip_average of their command: its
+        default (off for denoise, on for the wedge) and help, and each value the form can
+        take goes into a job the engine accepts."""
+        self.assertIs(optionField('denoise', 'flip_average').default, False)
+        self.assertIs(optionField('wedge', 'flip_average').default, True)
         for cls, command, values in (
             (ProtDualDenoise, 'denoise', dict(model='m.pt', inputs=['t.mrc'], outdir='o')),
             (ProtDualWedge, 'wedge', dict(model='m.pt', inputs=['t.mrc'], outdir='o')),
         ):
+            field = optionField(command, 'flip_average')
             prot = self.newProtocol(cls)
             param = prot.getParam('flipAverage')
             self.assertIs(prot.flipAverage.get(), field.default, cls.__name__)

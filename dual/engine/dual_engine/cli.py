@@ -205,7 +205,8 @@ def _add_option(parser, cls, field):
         text += ' (default %s)' % shown
     kwargs = dict(default=argparse.SUPPRESS, help=text)
     if kind is bool:
-        kwargs['action'] = 'store_true'
+        # An option on by default can be turned off: --no-NAME.
+        kwargs['action'] = argparse.BooleanOptionalAction if default else 'store_true'
     elif typing.get_origin(kind) is tuple:
         args = typing.get_args(kind)
         kwargs['type'] = args[0]

@@ -22,6 +22,7 @@ from dual_engine.contract import (
     DEFAULT_TILE,
     FLIP_AVERAGE_COUNT,
     InputError,
+    WedgeFlipOptions,
     check_outputs,
     check_tilt_range,
     check_voxel_size_ratio,
@@ -418,7 +419,7 @@ def compensate(
     device='cpu',
     threads=None,
     voxel_size=None,
-    flip_average=False,
+    flip_average=WedgeFlipOptions.flip_average,
 ):
     """Fill the missing wedge of one tomogram with a wedge model's translation.
 
@@ -459,7 +460,7 @@ def _compensate(
     overlap,
     device,
     voxel_size,
-    flip_average=False,
+    flip_average,
 ):
     tilt_axis = tilt_axis or cfg.tilt_axis
     tilt_range = check_tilt_range(tilt_range if tilt_range is not None else cfg.tilt_range)

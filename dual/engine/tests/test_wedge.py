@@ -202,6 +202,7 @@ def test_wedge_train_and_compensate(asymmetric, tmp_path, capsys):
                 tomograms[0],
                 "--outdir",
                 results,
+                "--no-flip-average",  # on by default; the flip average is checked below
                 "--threads",
                 "2",
                 "--device",
@@ -237,7 +238,7 @@ def test_wedge_train_and_compensate(asymmetric, tmp_path, capsys):
     # a cone filled with another (averaged) translation.
     flipped_dir = str(tmp_path / "flipped")
     command = ["wedge", os.path.join(outdir, "model.pt"), tomograms[0], "--outdir", flipped_dir]
-    assert main(command + ["--flip-average", "--threads", "2", "--device", "cpu"]) == 0
+    assert main(command + ["--threads", "2", "--device", "cpu"]) == 0  # the default
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["flip_average"] is True
     flipped = np.array(read_mrc(os.path.join(flipped_dir, os.path.basename(out_path)))[0])
     f_flipped = np.fft.rfftn(flipped)
