@@ -1,32 +1,40 @@
 #!/usr/bin/env python
-"""How realistic are DUAL's simulated tomograms? Power spectra, missing wedge and a
-classifier two-sample test against real tomograms, with two simulation baselines.
+"""How realistic are DUAL's simulated tomograms, and what gives them away? Spectra,
+missing wedge, noise statistics and a classifier two-sample test against real
+tomograms, beside two baselines and a real-vs-real reference.
 
-    python bench/run_realism.py --threads 2     # after run_benchmark.py trained DUAL
+    python bench/run_realism.py --threads 2     # makes the phantoms and model it needs
 
-"Real" tomograms: the picking set of run_benchmark.py (ribosomes, contrast 0.15 V:
-acquisition settings no baseline is told about), held-out test seeds 110-114. Each
-simulator turns the grand models of those same seeds into tomograms:
-  dual      dual_engine.infer.simulate with the DUAL model the picking benchmark chose
-            (trained on seeds 100-103 and grand models 104-107: never these specimens)
-  gaussian  the grand model plus Gaussian white noise at the real data's SNR (the SNR
-            measured from the real tomograms and their noise-free reconstructions)
-  physics   the engine's physics simulator (tilt series, CTF, Poisson noise, WBP) with
-            its default parameters (dual_engine.synth.acquisition.AcquisitionParams)
-Scores (mean and sample std over the five test tomograms where per tomogram):
-  spectrum  RMS difference of log10 radial power spectra (standardised volumes),
-            simulated vs real, over 0.02-0.5 cycles/voxel (0 = the same spectrum)
-  wedge     the Fourier power inside the real data's missing cone over the power
-            outside it (0.05-0.3 cycles/voxel), and its log10 ratio to the real one's
-  AUC       a small 3-D CNN learns to tell real from simulated 32^3 subvolumes of seeds
-            110-112 (batch 16), and is scored on 500 + 500 subvolumes of 113-114: ROC
-            AUC on those held-out tomograms (0.5 = indistinguishable), after 50, 200
-            and 1500 training steps (how hard, not only whether, it tells them apart)
-Outputs: bench/results/realism.json and the section of bench/results/tables.rst.
+Data: the denoising set of run_benchmark.py, as run_sim2real.py uses it. "Real"
+tomograms: the reconstructions of seeds REAL_SEEDS, which the DUAL model never saw
+(it trained on reconstructions 0-3 and grand models 4-7). Each simulator turns the
+grand models of those same seeds into tomograms:
+  dual       `simulate` with the engine-default model of run_sim2real.py (or --model)
+  physics    the physics simulator with another acquisition than the real set's
+             (run_sim2real.OTHER_ACQUISITION), as a user who does not know the microscope
+  white      the grand model plus white Gaussian noise at the real set's SNR
+  real       reference: reconstructions of other specimens (seeds REFERENCE_SEEDS) made
+             the same way as the real ones, which no classifier should tell apart
+Scores, mean over the four real tomograms (or the two folds):
+  spectrum   RMS difference of log10 radial power spectra (standardised volumes), over
+             0.02-0.5 cycles/voxel; the real set's own spread is the same distance
+             between real tomograms of different specimens
+  wedge      Fourier power inside the missing cone over the power outside it
+             (0.05-0.3 cycles/voxel), and its ratio to the real one
+  AUC        a small 3-D CNN learns to tell real from simulated 32^3 subvolumes on two
+             seeds and is scored on the other two (two folds): ROC AUC on held-out
+             tomograms (0.5 = indistinguishable) along its training curve
+  giveaways  what differs, measured: the share of band power along each Fourier axis
+             (kz is the beam: the missing wedge), the value distribution's skewness and
+             excess kurtosis, the neighbour correlation along each axis (the noise's
+             spatial correlation) and the correlation with the grand model (how much
+             of the map shows through the noise)
+Outputs: bench/results/realism.json and its section of bench/results/tables.rst.
 """
 
 import argparse
 import datetime
+import itertools
 import os
 import sys
 
@@ -36,23 +44,29 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import methods  # noqa: E402
 import report  # noqa: E402
+import run_sim2real  # noqa: E402
 import study  # noqa: E402
 from run_benchmark import add_common_arguments  # noqa: E402
 from dual_engine import wedge  # noqa: E402
-from dual_engine.io import read_mrc, standardize, write_mrc  # noqa: E402
+from dual_engine.io import standardize  # noqa: E402
 
-SET = "picking"
-TRAIN_SEEDS, TEST_SEEDS = [110, 111, 112], [113, 114]
+SET = run_sim2real.SET
+REAL_SEEDS = [8, 9, 10, 11]
+REFERENCE_SEEDS = [0, 1, 2, 3]  # real-vs-real: fake = these, paired with REAL_SEEDS
+FOLDS = [([8, 9], [10, 11]), ([10, 11], [8, 9])]  # (classifier training, test)
 SIMULATORS = {
     "dual": "DUAL (learned)",
-    "gaussian": "Grand model + Gaussian noise (matched SNR)",
-    "physics": "Physics simulator, default parameters",
+    "physics": "Physics simulator, other acquisition",
+    "white": "Grand model + white noise (matched SNR)",
+    "real": "Real tomograms of other specimens (reference)",
 }
 SPECTRUM_BAND = (0.02, 0.5)
 WEDGE_BAND = (0.05, 0.3)
+TILT_RANGE = (-60.0, 60.0)  # the phantoms' (synth.acquisition.AcquisitionParams)
 PATCH = 32
+AUC_PATCHES = 400
+STEPS = [25, 50, 100, 200, 400, 800]
 
 
 def radial_log_spectrum(volume, bins=32):
@@ -66,12 +80,53 @@ def radial_log_spectrum(volume, bins=32):
     return np.log10(total / np.maximum(count, 1))
 
 
-def wedge_power_ratio(volume, tilt_range):
+def spectrum_distance(a, b):
+    return float(np.sqrt(np.mean((radial_log_spectrum(a) - radial_log_spectrum(b)) ** 2)))
+
+
+def wedge_power_ratio(volume, tilt_range=TILT_RANGE):
     power = np.abs(np.fft.rfftn(standardize(volume))) ** 2
     radius = wedge.radial_frequency(volume.shape)
     band = (radius >= WEDGE_BAND[0]) & (radius <= WEDGE_BAND[1])
     cone = wedge.cone_mask(volume.shape, tilt_range, band=WEDGE_BAND)
     return float(power[cone].mean() / power[band & ~cone].mean())
+
+
+def axis_power(volume):
+    """{axis: mean power within 25 degrees of that Fourier axis / mean power of the band}
+    (WEDGE_BAND): 1 everywhere for an isotropic volume; kz ~0 where the beam's missing
+    wedge is."""
+    power = np.abs(np.fft.rfftn(standardize(volume))) ** 2
+    radius = wedge.radial_frequency(volume.shape)
+    band = (radius >= WEDGE_BAND[0]) & (radius <= WEDGE_BAND[1])
+    nz, ny, nx = volume.shape
+    freqs = {
+        "kz": np.fft.fftfreq(nz)[:, None, None],
+        "ky": np.fft.fftfreq(ny)[None, :, None],
+        "kx": np.fft.rfftfreq(nx)[None, None, :],
+    }
+    near = np.cos(np.radians(25))
+    out = {}
+    for name, f in freqs.items():
+        along = band & (np.abs(f) >= near * np.maximum(radius, 1e-12))
+        out[name] = float(power[along].mean() / power[band].mean())
+    return out
+
+
+def noise_statistics(volume, grand_model):
+    """The value distribution, neighbour correlations and correlation with the map."""
+    from scipy import stats
+
+    v = standardize(volume)
+    values = v.ravel()
+    out = {
+        "skewness": float(stats.skew(values)),
+        "excess_kurtosis": float(stats.kurtosis(values)),
+        "grand_model_correlation": float(np.corrcoef(values, grand_model.ravel())[0, 1]),
+    }
+    for axis, name in enumerate("zyx"):
+        out["neighbour_correlation_" + name] = float(np.mean(v * np.roll(v, 1, axis)))
+    return out
 
 
 class Classifier:
@@ -107,10 +162,12 @@ class Classifier:
         return out
 
     def fit(self, real, fake, steps, rng, batch=16):
+        """`steps` Adam steps; returns the mean training loss over them."""
         import torch
 
         loss_fn = torch.nn.BCEWithLogitsLoss()
         labels = torch.cat([torch.ones(batch // 2, 1), torch.zeros(batch // 2, 1)])
+        total = 0.0
         for _ in range(steps):
             x = np.concatenate(
                 [self.patches(real, batch // 2, rng), self.patches(fake, batch // 2, rng)]
@@ -119,6 +176,8 @@ class Classifier:
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
+            total += loss.item()
+        return total / max(steps, 1)
 
     def auc(self, real, fake, count, rng):
         import torch
@@ -133,124 +192,147 @@ class Classifier:
         return float((ranks[:count].sum() - count * (count + 1) / 2) / (count * count))
 
 
-class Realism(study.PhantomStudy):
+def classifier_curve(real, fake, steps):
+    """Two folds (FOLDS) of a classifier trained on real[train] vs fake[train] and
+    scored on the held-out real[test] vs fake[test]: per fold, the held-out AUC and the
+    training loss at each of `steps`."""
+    folds = []
+    for number, (train, test) in enumerate(FOLDS):
+        classifier, done, rng = Classifier(seed=number), 0, np.random.default_rng(number)
+        curve = []
+        for step in sorted(steps):
+            loss = classifier.fit(
+                [real[k] for k in train], [fake[k] for k in train], step - done, rng
+            )
+            done = step
+            auc = classifier.auc(
+                [real[k] for k in test],
+                [fake[k] for k in test],
+                AUC_PATCHES,
+                np.random.default_rng(100 + number),
+            )
+            curve.append({"step": step, "auc": auc, "training_loss": loss})
+        folds.append({"train": train, "test": test, "curve": curve})
+    return folds
+
+
+def summary(values):
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
+
+
+class Realism(run_sim2real.Sim2Real):
+    """The simulators of run_sim2real.py (DUAL, physics with another acquisition, white
+    noise) applied to the real seeds' grand models, in this study's work folder."""
+
     def __init__(self, args):
-        super().__init__(args, SET, "realism")
+        study.PhantomStudy.__init__(self, args, SET, "realism")
+        from dual_engine.synth.packing import CLASS_IDS
+
+        self.class_ids = dict(CLASS_IDS)
+        self.maps = REAL_SEEDS  # run_sim2real.real_snr() measures the SNR on them
 
     def dual_model(self):
-        outdir = os.path.join(os.path.abspath(self.args.work), "dual", SET)
-        record = study.load_json(os.path.join(outdir, "bench_training.json"))
-        if not record or "chosen_iteration" not in record:
-            raise SystemExit(
-                "no DUAL model for the picking set: run "
-                "bench/run_benchmark.py --methods dual --sets picking first"
-            )
-        return methods.snapshot_path(outdir, record["chosen_iteration"])
+        if self.args.model:
+            path = os.path.abspath(self.args.model)
+            return path, {"path": path, "modified": os.path.getmtime(path)}
+        return self.default_denoiser(self.args.threads)
 
-    def simulate(self, name, seed, snr):
-        out = os.path.join(self.work, name, "seed%03d.mrc" % seed)
-        if os.path.exists(out) and not self.args.force:
-            return np.array(read_mrc(out)[0], dtype=np.float32)
-        gm = self.load(seed, "grandmodel")
-        if name == "dual":
-            from dual_engine.infer import simulate
-
-            result = simulate(
-                self.dual_model(),
-                self.path(seed, "grandmodel"),
-                os.path.join(self.work, name),
-                seed=seed,
-                threads=self.args.threads,
-            )
-            os.replace(result["outputs"][0], out)
-        elif name == "gaussian":
-            rng = np.random.default_rng(seed)
-            noisy = standardize(gm) + rng.normal(0, 1 / np.sqrt(snr), gm.shape)
-            write_mrc(out, noisy.astype(np.float32), study.VOXEL_SIZE)
-        else:
-            from dual_engine.synth.acquisition import acquire
-
-            volume = acquire(gm, study.VOXEL_SIZE, rng=np.random.default_rng(seed)).reconstruction
-            write_mrc(out, volume, study.VOXEL_SIZE)
-        return np.array(read_mrc(out)[0], dtype=np.float32)
+    def simulated(self, name):
+        """{seed: standardised tomogram} of one simulator."""
+        if name == "real":
+            return {
+                k: self.bench.volume(SET, r, "reconstruction")
+                for k, r in zip(REAL_SEEDS, REFERENCE_SEEDS)
+            }
+        if name == "white":
+            return {k: self.white_noise(k) for k in REAL_SEEDS}
+        if name == "physics":
+            return {k: self.other_acquisition(k) for k in REAL_SEEDS}
+        model = self.dual_model()
+        folder = "dual_" + self.args.label if self.args.label else "dual"
+        return {k: self.dual_simulation(k, 1, model, folder)[0][0] for k in REAL_SEEDS}
 
     def run(self):
-        self.bench.all_phantoms(SET)
-        seeds = TRAIN_SEEDS + TEST_SEEDS
-        tilt_range = tuple(
-            self.bench.phantom_params(SET, seeds[0]).get("tilt_range", (-60.0, 60.0))
-        )
-        real = {s: self.load(s, "reconstruction") for s in seeds}
-        snrs = []
-        for s in seeds:
-            nf = self.load(s, "reconstruction_noisefree")
-            snrs.append(float(np.var(nf) / np.var(real[s] - nf)))
-        snr = float(np.mean(snrs))
-        real_spectra = {s: radial_log_spectrum(v) for s, v in real.items()}
-        real_wedge = [wedge_power_ratio(real[s], tilt_range) for s in seeds]
-        results = {
-            "benchmark": "realism of simulated tomograms (phantoms)",
-            "command": "python bench/run_realism.py " + " ".join(self.args.argv),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": study.machine(),
-            "real_seeds": seeds,
-            "classifier_train_seeds": TRAIN_SEEDS,
-            "classifier_test_seeds": TEST_SEEDS,
-            "real_snr": snr,
-            "real_wedge_power_ratio": float(np.mean(real_wedge)),
-            "simulators": {},
-        }
+        import torch
+
+        torch.set_num_threads(self.args.threads)
+        for k in REAL_SEEDS + REFERENCE_SEEDS + study.SETS[SET]["clean"]:
+            self.bench.phantom(SET, k)
+        real = {k: self.bench.volume(SET, k, "reconstruction") for k in REAL_SEEDS}
+        maps = {k: self.bench.volume(SET, k, "grandmodel") for k in REAL_SEEDS}
+        real_wedge = [wedge_power_ratio(real[k]) for k in REAL_SEEDS]
+        path = os.path.join(self.bench.results, "realism.json")
+        data = study.load_json(path, {}) or {}
+        if data.get("set") != SET:  # an older study's file (another set): start anew
+            data = {}
+        entries = dict(data.get("simulators", {}))
+        command = "python bench/run_realism.py " + " ".join(self.args.argv)
         for name in self.args.simulators:
-            os.makedirs(os.path.join(self.work, name), exist_ok=True)
-            fake = {s: self.simulate(name, s, snr) for s in seeds}
-            study.log("simulated %s" % name)
-            spectrum = [
-                float(np.sqrt(np.mean((radial_log_spectrum(fake[s]) - real_spectra[s]) ** 2)))
-                for s in seeds
+            fake = self.simulated(name)
+            study.log("simulated: %s" % SIMULATORS[name])
+            ratios = [wedge_power_ratio(fake[k]) for k in REAL_SEEDS]
+            folds = classifier_curve(real, fake, self.args.steps)
+            final = [fold["curve"][-1]["auc"] for fold in folds]
+            own = dict(zip(REAL_SEEDS, REFERENCE_SEEDS)) if name == "real" else {}
+            stats = [
+                noise_statistics(fake[k], self.bench.volume(SET, own.get(k, k), "grandmodel"))
+                for k in REAL_SEEDS
             ]
-            ratios = [wedge_power_ratio(fake[s], tilt_range) for s in seeds]
-            log_ratio = [abs(np.log10(f / r)) for f, r in zip(ratios, real_wedge)]
-            # The AUC after a short and after a long training of the critic: how hard the
-            # simulation is to tell apart, not only whether it can be.
-            auc, done = {}, 0
-            rng = np.random.default_rng(0)
-            classifier = Classifier(seed=0)
-            for steps in sorted(self.args.steps):
-                classifier.fit(
-                    [standardize(real[s]) for s in TRAIN_SEEDS],
-                    [standardize(fake[s]) for s in TRAIN_SEEDS],
-                    steps - done,
-                    rng,
-                )
-                done = steps
-                auc[str(steps)] = classifier.auc(
-                    [standardize(real[s]) for s in TEST_SEEDS],
-                    [standardize(fake[s]) for s in TEST_SEEDS],
-                    500,
-                    np.random.default_rng(1),
-                )
-            results["simulators"][name] = {
-                "label": SIMULATORS[name],
-                "spectrum_rms_log10": {
-                    "mean": float(np.mean(spectrum)),
-                    "std": float(np.std(spectrum, ddof=1)),
-                },
-                "wedge_power_ratio": {
-                    "mean": float(np.mean(ratios)),
-                    "std": float(np.std(ratios, ddof=1)),
-                },
-                "wedge_abs_log10_ratio_to_real": {
-                    "mean": float(np.mean(log_ratio)),
-                    "std": float(np.std(log_ratio, ddof=1)),
-                },
-                "classifier_auc": auc,
+            axes = [axis_power(fake[k]) for k in REAL_SEEDS]
+            key = name + ("_" + self.args.label if name == "dual" and self.args.label else "")
+            entries[key] = {
+                "label": SIMULATORS[name] + (" [%s]" % self.args.label if key != name else ""),
+                "command": command,
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "model": self.dual_model()[0] if name == "dual" else None,
+                "spectrum_rms_log10": summary(
+                    [spectrum_distance(fake[k], real[k]) for k in REAL_SEEDS]
+                ),
+                "wedge_power_ratio": summary(ratios),
+                "wedge_ratio_to_real": float(np.mean(ratios) / np.mean(real_wedge)),
+                "classifier": folds,
+                "classifier_auc": float(np.mean(final)),
+                "axis_power": {a: float(np.mean([x[a] for x in axes])) for a in axes[0]},
+                "statistics": {s: float(np.mean([x[s] for x in stats])) for s in stats[0]},
             }
             study.log(
-                "  %s: spectrum %.3f, wedge ratio %.3f (real %.3f), AUC %s"
-                % (name, np.mean(spectrum), np.mean(ratios), np.mean(real_wedge), auc)
+                "  %s: AUC %.3f (folds %s), spectrum %.3f, wedge ratio %.3f of real"
+                % (
+                    key,
+                    entries[key]["classifier_auc"],
+                    " ".join("%.3f" % a for a in final),
+                    entries[key]["spectrum_rms_log10"]["mean"],
+                    entries[key]["wedge_ratio_to_real"],
+                )
             )
-        study.save_json(os.path.join(os.path.abspath(self.args.results), "realism.json"), results)
-        print(report.write_tables(os.path.abspath(self.args.results)))
+            real_stats = [noise_statistics(real[k], maps[k]) for k in REAL_SEEDS]
+            real_axes = [axis_power(real[k]) for k in REAL_SEEDS]
+            data = {
+                "benchmark": "realism of simulated tomograms (phantoms)",
+                "set": SET,
+                "updated": entries[key]["date"],
+                "machine": study.machine(),
+                "real_seeds": REAL_SEEDS,
+                "reference_seeds": REFERENCE_SEEDS,
+                "folds": FOLDS,
+                "real_snr": self.real_snr(),
+                "real_wedge_power_ratio": summary(real_wedge),
+                "real_spectrum_spread": summary(
+                    [
+                        spectrum_distance(real[a], real[b])
+                        for a, b in itertools.combinations(REAL_SEEDS, 2)
+                    ]
+                ),
+                "real_axis_power": {
+                    a: float(np.mean([x[a] for x in real_axes])) for a in real_axes[0]
+                },
+                "real_statistics": {
+                    s: float(np.mean([x[s] for x in real_stats])) for s in real_stats[0]
+                },
+                "simulators": entries,
+            }
+            study.save_json(path, data)
+        print(report.write_tables(self.bench.results))
 
 
 def parse(argv):
@@ -260,18 +342,20 @@ def parse(argv):
         "--steps",
         type=int,
         nargs="+",
-        default=[50, 200, 1500],
-        help="classifier training steps at which the AUC is measured",
+        default=STEPS,
+        help="classifier training steps at which the held-out AUC is measured",
+    )
+    ap.add_argument("--model", help="a DUAL model file to score instead of the engine default")
+    ap.add_argument(
+        "--label", help="name of that model's row (its results stay beside the default's)"
     )
     add_common_arguments(ap, threads=2)
     args = ap.parse_args(argv)
+    if bool(args.model) != bool(args.label):
+        ap.error("--model and --label go together")
     args.argv = list(argv)
     return args
 
 
 if __name__ == "__main__":
-    import torch
-
-    parsed = parse(sys.argv[1:])
-    torch.set_num_threads(parsed.threads)
-    Realism(parsed).run()
+    Realism(parse(sys.argv[1:])).run()

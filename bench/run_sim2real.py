@@ -136,30 +136,36 @@ class Sim2Real(study.PhantomStudy):
     def dual_simulations(self):
         """SIM_VARIANTS DUAL simulations of each map, with the labels that `simulate`
         writes beside them (the map's own, checked here against the phantom's)."""
+        model = self.default_denoiser(self.args.threads)
+        return [pair for k in self.maps for pair in self.dual_simulation(k, SIM_VARIANTS, model)]
+
+    def dual_simulation(self, seed, variants, model, folder="dual"):
+        """[(standardised simulation, class labels)] of map `seed`: `variants` draws of
+        `simulate` with model = (path, cache key), cached in <work>/<folder>."""
         from dual_engine import infer
 
-        model, key = self.default_denoiser(self.args.threads)
+        path, key = model
+        outdir = os.path.join(self.work, folder, "seed%03d" % seed)
+        stamp = os.path.join(outdir, "bench_simulation.json")
+        key = {"model": key, "variants": variants}
+        if (study.load_json(stamp) or {}).get("key") != study.canonical(key) or self.args.force:
+            study.log("DUAL simulations of map %d" % seed)
+            result = infer.simulate(
+                path,
+                self.path(seed, "grandmodel"),
+                outdir,
+                variants=variants,
+                seed=seed,
+                threads=self.args.threads,
+            )
+            study.save_json(stamp, {"key": study.canonical(key), "result": result})
+        result = study.load_json(stamp)["result"]
         pairs = []
-        for k in self.maps:
-            outdir = os.path.join(self.work, "dual", "seed%03d" % k)
-            stamp = os.path.join(outdir, "bench_simulation.json")
-            if (study.load_json(stamp) or {}).get("key") != key or self.args.force:
-                study.log("DUAL simulations of map %d" % k)
-                result = infer.simulate(
-                    model,
-                    self.path(k, "grandmodel"),
-                    outdir,
-                    variants=SIM_VARIANTS,
-                    seed=k,
-                    threads=self.args.threads,
-                )
-                study.save_json(stamp, {"key": key, "result": result})
-            result = study.load_json(stamp)["result"]
-            for tomogram, labels in zip(result["outputs"], result["labels"]):
-                mask = np.array(read_mrc(labels["class_mask.mrc"])[0], dtype=np.int64)
-                if not np.array_equal(mask, self.labels(k)):
-                    raise RuntimeError("the labels of %s are not its map's" % tomogram)
-                pairs.append((standardize(np.array(read_mrc(tomogram)[0])), mask))
+        for tomogram, labels in zip(result["outputs"], result["labels"]):
+            mask = np.array(read_mrc(labels["class_mask.mrc"])[0], dtype=np.int64)
+            if not np.array_equal(mask, self.labels(seed)):
+                raise RuntimeError("the labels of %s are not its map's" % tomogram)
+            pairs.append((standardize(np.array(read_mrc(tomogram)[0])), mask))
         return pairs
 
     # ------------------------------------------------------------ network

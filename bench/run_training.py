@@ -352,6 +352,11 @@ def report(args):
             cfg.get("disc_lr_factor", 1.0),
             cfg["iterations"],
         )
+        if cfg.get("lambda_spectrum") or cfg.get("noise_scale"):  # else the paper's noise path
+            label += ", spectrum loss %g, noise %g" % (
+                cfg.get("lambda_spectrum", 0.0),
+                cfg.get("noise_scale", 0.0),
+            )
         for index, (seed, run) in enumerate(sorted(entry["runs"].items())):
             rows.append(
                 [

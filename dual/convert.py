@@ -14,6 +14,7 @@ LOSS_KEYS = (
     'rec_noisy',
     'adv',
     'kl',
+    'spectrum',
     'polarity',
     'disc',
 )
@@ -25,6 +26,7 @@ LOSS_LABELS = {
     'rec_noisy': 'reconstruction, noisy cycle',
     'adv': 'adversarial (generators)',
     'kl': 'noise-code KL',
+    'spectrum': 'simulation spectrum',
     'polarity': 'polarity anchor',
     'disc': 'discriminators',
     # quality signals without ground truth (the engine's monitor.py), lower is better

@@ -175,6 +175,35 @@ def test_realism_auc_and_spectrum():
     assert run_realism.radial_log_spectrum(volume).shape == (32,)
 
 
+def test_realism_giveaways_see_the_wedge_and_the_map():
+    import run_realism
+    from dual_engine import wedge
+
+    rng = np.random.default_rng(0)
+    white = rng.normal(size=(32, 48, 48)).astype(np.float32)
+    weight = wedge.measured_weight(white.shape, run_realism.TILT_RANGE, "y", transition=0.0)
+    wedged = np.fft.irfftn(np.fft.rfftn(white) * weight, s=white.shape).astype(np.float32)
+    flat, cut = run_realism.axis_power(white), run_realism.axis_power(wedged)
+    assert all(0.8 < flat[a] < 1.2 for a in flat)
+    assert cut["kz"] < 0.05 and cut["kx"] > 1.0  # the beam's cone is empty
+    assert run_realism.wedge_power_ratio(wedged) < 0.05 < run_realism.wedge_power_ratio(white)
+    stats = run_realism.noise_statistics(wedged + 0.5 * white, white)
+    assert stats["grand_model_correlation"] > 0.3
+    assert stats["neighbour_correlation_z"] > stats["neighbour_correlation_x"]
+
+
+def test_realism_classifier_curve_two_folds():
+    import run_realism
+
+    rng = np.random.default_rng(1)
+    real = {k: rng.normal(size=(36, 36, 36)).astype(np.float32) for k in run_realism.REAL_SEEDS}
+    fake = {k: v + 3.0 for k, v in real.items()}  # told apart by the mean
+    folds = run_realism.classifier_curve(real, fake, [2, 30])
+    assert [f["test"] for f in folds] == [f["train"] for f in reversed(folds)]
+    assert [p["step"] for p in folds[0]["curve"]] == [2, 30]
+    assert all(f["curve"][-1]["auc"] > 0.9 for f in folds)
+
+
 def test_training_cost_counts_flops_and_time():
     import run_training
 
@@ -248,3 +277,20 @@ def test_sim2real_scores_a_perfect_and_a_shifted_segmentation(tmp_path):
     assert shifted["mean_dice"] < 0.5 and shifted["f1"] < perfect["f1"]
     empty = run_sim2real.segmentation_scores(np.zeros_like(truth), truth, centres, CLASS_IDS)
     assert empty["mean_dice"] == 0.0 and empty["f1"] == 0.0 and empty["n_picks"] == 0
+
+
+def test_realism_table_renders_the_recorded_results(tmp_path):
+    """The realism section of tables.rst, from the results file in the repository: one
+    row per simulator with its held-out AUC, and valid reStructuredText."""
+    import shutil
+
+    import docutils.core
+
+    bench = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copy(os.path.join(bench, "results", "realism.json"), tmp_path)
+    text = open(report.write_tables(str(tmp_path))).read()
+    data = json.load(open(tmp_path / "realism.json"))
+    assert "Simulation realism" in text
+    for entry in data["simulators"].values():
+        assert entry["label"] in text and "%.3f" % entry["classifier_auc"] in text
+    docutils.core.publish_doctree(text, settings_overrides={"halt_level": 2})

@@ -30,11 +30,13 @@ def engineName(name):
     return re.sub(r'([A-Z])', lambda m: '_' + m.group(1).lower(), name)
 
 
-def defineTrainingParams(form, condition, freshCondition):
+def defineTrainingParams(form, condition, freshCondition, simulation=True):
     """The 'Training' and 'Model' form sections (shared with "dual - missing wedge").
     condition: when the iteration and logging settings show; freshCondition: when the
-    network settings show (only for a model trained from scratch). Each parameter is
-    named after its engine setting (formName) and takes the engine's default."""
+    network settings show (only for a model trained from scratch); simulation: whether
+    the settings of the simulation path show (not for the wedge task, whose model does
+    not simulate: the engine keeps the paper's there). Each parameter is named after its
+    engine setting (formName) and takes the engine's default."""
     form.addSection(label='Training')
     form.addParam(
         'iterations',
@@ -144,6 +146,19 @@ def defineTrainingParams(form, condition, freshCondition):
         label='Noise code size',
         help='Dimension K of the code the noise decoder turns into noise.',
     )
+    if simulation:
+        form.addParam(
+            'noiseScale',
+            params.FloatParam,
+            default=DEFAULTS.noise_scale,
+            condition=freshCondition,
+            expertLevel=params.LEVEL_ADVANCED,
+            label='Noise level of the simulations',
+            help='Standard deviation of the noise volumes the noise decoder adds to the '
+            'clean maps (standardised) before the structural generator: 0 leaves it to '
+            'training, as in the paper. Left free, training shrinks the noise and the '
+            'simulations come out with too little of it away from the structures.',
+        )
     line = form.addLine(
         'U-Net width and depth',
         condition=freshCondition,
@@ -189,13 +204,23 @@ def defineTrainingParams(form, condition, freshCondition):
         'Loss weights',
         condition=freshCondition,
         expertLevel=params.LEVEL_ADVANCED,
-        help='L = w_rec L_rec + w_adv L_adv + w_KL L_KL (the paper: 1, 1, 0.1).',
+        help='L = w_rec L_rec + w_adv L_adv + w_KL L_KL (the paper: 1, 1, 0.1), plus, '
+        'not in the paper, the contrast anchor and, for models that simulate, the '
+        'simulations\' mean power spectrum against the noisy tomograms\' (missing '
+        'wedge, CTF, noise colour).',
     )
     line.addParam(
         'lambdaRec', params.FloatParam, default=DEFAULTS.lambda_rec, label='reconstruction'
     )
     line.addParam('lambdaAdv', params.FloatParam, default=DEFAULTS.lambda_adv, label='adversarial')
     line.addParam('lambdaKl', params.FloatParam, default=DEFAULTS.lambda_kl, label='KL')
+    if simulation:
+        line.addParam(
+            'lambdaSpectrum',
+            params.FloatParam,
+            default=DEFAULTS.lambda_spectrum,
+            label='simulation spectrum',
+        )
     line.addParam(
         'lambdaPolarity',
         params.FloatParam,

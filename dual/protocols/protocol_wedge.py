@@ -153,7 +153,7 @@ class ProtDualWedge(ProtDualApplyModel):
             '"%s", the denoiser is averaged too.' % DENOISING_LABEL,
         )
         self._defineTileParam(form)
-        defineTrainingParams(form, condition=TRAINING, freshCondition=TRAINING)
+        defineTrainingParams(form, condition=TRAINING, freshCondition=TRAINING, simulation=False)
         self._defineGpuParams(form)
         form.addParallelSection(threads=1, mpi=0)
 

@@ -66,6 +66,8 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
             + [dict(lambdaAdv=w) for w in (-1.0, 1.0)]
             + [dict(noisyContrast=c) for c in range(4)]
             + [dict(lambdaPolarity=w) for w in (-1.0, 0.0, 10.0)]
+            + [dict(lambdaSpectrum=w) for w in (-1.0, 0.0, 1.0)]
+            + [dict(noiseScale=w) for w in (-1.0, 0.0, 2.0)]
             + [dict(lrDecay=f) for f in (-0.1, 0.0, 0.5, 1.0, 1.5)]
             + [dict(discLrFactor=f) for f in (-1.0, 0.0, 0.5)]
             + [dict(weightAverage=d) for d in (-0.1, 0.0, 0.995, 1.0)]
@@ -80,6 +82,8 @@ class TestFormsAgreeWithTheEngine(DualWorkflowTest):
             'lambdaAdv': 'lambda_adv',
             'noisyContrast': 'noisy_contrast',
             'lambdaPolarity': 'lambda_polarity',
+            'lambdaSpectrum': 'lambda_spectrum',
+            'noiseScale': 'noise_scale',
             'lrDecay': 'lr_decay',
             'discLrFactor': 'disc_lr_factor',
             'weightAverage': 'weight_average',

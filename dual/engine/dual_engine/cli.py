@@ -113,7 +113,7 @@ def _wedge_train(job):
     from dual_engine.train import train
     from dual_engine.wedge import wedge_config
 
-    cfg = wedge_config(job.config(), job.tomograms, job.tilt_range, job.tilt_axis)
+    cfg = wedge_config(job.config(), job.tomograms, job.tilt_range, job.tilt_axis, job.given)
     summary = train(
         job.tomograms,
         job.tomograms,

@@ -564,6 +564,14 @@ class DualConfig(Options):
     unet_depth: int = option(2, 'poolings in the U-Nets', ge=1, le=3)
     code_size: int = option(16, 'noise code dimension K', ge=1)
     noise_width: int = option(16, 'channels of the noise encoder/decoder', ge=1)
+    noise_scale: float = option(
+        2.0,
+        "standard deviation of Gn's noise volumes, against the standardised clean maps "
+        "(0: learned, as in the paper; not in the paper otherwise: with the noise free to "
+        "shrink, the clean cycle's reconstruction loss shrinks it, and Gs has to "
+        "amplify a faint noise, which it did only beside the structures)",
+        ge=0,
+    )
     disc_width: int = option(16, 'channels of the discriminators', ge=1)
     batch_size: int = option(4, 'subvolumes per domain per iteration and process', ge=MIN_BATCH)
     iterations: int = option(600, 'total training iterations', ge=1, role='schedule')
@@ -593,6 +601,11 @@ class DualConfig(Options):
     lambda_rec: float = option(1.0, 'weight of the reconstruction loss', ge=0)
     lambda_adv: float = option(1.0, 'weight of the adversarial loss', ge=0)
     lambda_kl: float = option(0.1, 'weight of the noise-code KL loss', ge=0)
+    lambda_spectrum: float = option(
+        1.0,
+        "weight of the simulations' spectrum loss (losses.spectrum_loss; not in the paper)",
+        ge=0,
+    )
     lambda_polarity: float = option(
         10.0,
         'weight of the contrast anchor (losses.polarity_loss; zero once the contrast is right)',
@@ -648,12 +661,20 @@ class DualConfig(Options):
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError('unknown DUAL settings: %s' % ', '.join(sorted(unknown)))
-        return cls(**values)
+        return cls(**dict(PAPER_SIMULATION_SETTINGS, **values))
 
 
 def settable_config_fields(role=None):
     """DualConfig fields a user sets (optionally only those of one role)."""
     return [f for f in option_fields(DualConfig) if role is None or f.metadata.get('role') == role]
+
+
+# The paper's simulation path (eq. 1 with Gn's noise level learned, no spectrum loss).
+# Model files written before these settings existed were trained with it (a file lacking
+# them is read with these values, not today's defaults), and so is the wedge task unless
+# told otherwise (wedge.wedge_config: its two domains hold the same noise, and its model
+# does not simulate).
+PAPER_SIMULATION_SETTINGS = {'noise_scale': 0.0, 'lambda_spectrum': 0.0}
 
 
 @dataclass

@@ -58,6 +58,31 @@ def generator_adversarial_loss(fake_outputs):
     return sum(_bce(f, True) for f in fake_outputs)
 
 
+def log_power_spectrum(volumes):
+    """Log of the batch-mean 3-D power spectrum (rfftn grid, each volume standardised,
+    smoothed over 3^3 neighbouring frequencies so that a batch of a few volumes gives a
+    steady estimate); shape (s, s, s // 2 + 1)."""
+    x = volumes.flatten(1)
+    x = ((x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + EPS)).view_as(volumes)
+    power = torch.fft.rfftn(x.float(), dim=(-3, -2, -1)).abs().pow(2).mean(dim=(0, 1))
+    smooth = F.avg_pool3d(power[None, None], 3, stride=1, padding=1, count_include_pad=False)
+    smooth = smooth[0, 0]
+    # a floor at 1e-3 of the mean: an empty missing cone counts as 30 dB down, not -inf
+    return torch.log(smooth + 1e-3 * smooth.mean())
+
+
+def spectrum_loss(simulated, real):
+    """Not in the paper: mean absolute difference of the log power spectra
+    (log_power_spectrum) of simulated and real noisy subvolumes, DC excluded.
+
+    The spectral discriminator alone did not teach Gs the data's spectrum within a
+    short training (bench/run_realism.py: the simulations' missing wedge lay across the
+    wrong axis, their noise correlated along the wrong ones); this term asks for the
+    batch's mean spectrum directly: the wedge, the CTF and the noise's colour."""
+    diff = (log_power_spectrum(simulated) - log_power_spectrum(real).detach()).abs()
+    return (diff.sum() - diff[0, 0, 0]) / (diff.numel() - 1)
+
+
 def noise_code_kl(codes):
     """Eq. 9: KL(N(0, I_K) || N(mu, Sigma)) with mu, Sigma the batch mean and covariance
     of the encoder's codes.

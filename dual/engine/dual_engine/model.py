@@ -29,7 +29,9 @@ class DualGenerators(nn.Module):
         super().__init__()
         self.denoiser = UNet3D(cfg.unet_width, cfg.unet_depth)  # Dn
         self.structural_generator = UNet3D(cfg.unet_width, cfg.unet_depth)  # Gs
-        self.noise_decoder = NoiseDecoder(cfg.code_size, cfg.subvolume_size, cfg.noise_width)  # Gn
+        self.noise_decoder = NoiseDecoder(
+            cfg.code_size, cfg.subvolume_size, cfg.noise_width, scale=cfg.noise_scale
+        )  # Gn
         self.noise_encoder = NoiseEncoder(cfg.code_size, cfg.noise_width)  # E
         self.code_size = cfg.code_size
 

@@ -49,6 +49,7 @@ from dual_engine.losses import (
     noise_code_kl,
     polarity_loss,
     reconstruction_loss,
+    spectrum_loss,
 )
 from dual_engine.model import MODEL_FORMAT, build, load_model, resolve_device
 from dual_engine.monitor import Monitor
@@ -162,6 +163,7 @@ class Trainer:
         loss_rec_clean = reconstruction_loss(clean, out['rec_clean'])
         loss_rec_noisy = reconstruction_loss(noisy, out['rec_noisy'])
         loss_kl = noise_code_kl(out['code'])
+        loss_spectrum = spectrum_loss(out['fake_noisy'], noisy)
         # Both translations keep the contrast: Dn(t) against t, and Gs(v + n) against v
         # (anchoring Dn alone let Gs invert too and the cycle close on an inverted Dn).
         loss_pol = polarity_loss(out['fake_clean'], noisy, self.contrast_sign) + polarity_loss(
@@ -171,6 +173,7 @@ class Trainer:
             cfg.lambda_rec * (loss_rec_clean + loss_rec_noisy)
             + cfg.lambda_adv * loss_adv
             + cfg.lambda_kl * loss_kl
+            + cfg.lambda_spectrum * loss_spectrum
             + cfg.lambda_polarity * loss_pol
         )
         self.opt_g.zero_grad(set_to_none=True)
@@ -185,6 +188,7 @@ class Trainer:
             'rec_noisy': loss_rec_noisy.item(),
             'adv': loss_adv.item(),
             'kl': loss_kl.item(),
+            'spectrum': loss_spectrum.item(),
             'polarity': loss_pol.item(),
             'disc': loss_d.item(),
         }

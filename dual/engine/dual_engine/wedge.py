@@ -18,7 +18,12 @@ handedness, give the tilt range negated and swapped (-70..50 for 50..-70).
 import numpy as np
 
 from dual_engine.data import ARRAY_AXIS_OF_TILT_AXIS
-from dual_engine.contract import TRANSITION_DEGREES, InputError, check_tilt_range
+from dual_engine.contract import (
+    PAPER_SIMULATION_SETTINGS,
+    TRANSITION_DEGREES,
+    InputError,
+    check_tilt_range,
+)
 from dual_engine.io import read_mrc
 
 
@@ -187,9 +192,10 @@ def estimate_tilt_range(volume, tilt_axis='y', band=(0.05, 0.3), step=1.0):
     return float(centres[lo] - step / 2), float(centres[hi] + step / 2)
 
 
-def wedge_config(cfg, tomogram_paths, tilt_range=None, tilt_axis='y'):
+def wedge_config(cfg, tomogram_paths, tilt_range=None, tilt_axis='y', given=()):
     """`cfg` set up for the wedge task; the tilt range estimated from the first tomogram
-    when not given (printed, and stored in the model)."""
+    when not given (printed, and stored in the model). The simulation settings not in
+    `given` (the names the caller set) are the paper's (PAPER_SIMULATION_SETTINGS)."""
     from dataclasses import replace
 
     if tilt_range is None:
@@ -201,8 +207,10 @@ def wedge_config(cfg, tomogram_paths, tilt_range=None, tilt_axis='y'):
         )
     # Both domains are the same tomograms: the translation keeps their contrast.
     contrast = 'same' if cfg.noisy_contrast == 'auto' else cfg.noisy_contrast
+    simulation = {k: v for k, v in PAPER_SIMULATION_SETTINGS.items() if k not in given}
     return replace(
         cfg,
+        **simulation,
         task='wedge',
         tilt_axis=tilt_axis,
         noisy_contrast=contrast,

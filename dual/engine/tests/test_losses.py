@@ -320,3 +320,28 @@ def test_polarity_anchor_breaks_the_sign_tie_and_is_zero_once_the_sign_is_right(
     polarity_loss(out, noisy, 1.0).backward()
     stepped = out.detach() - 10.0 * out.grad
     assert float(polarity_loss(stepped, noisy, 1.0)) < float(polarity_loss(-noisy, noisy, 1.0))
+
+
+def test_spectrum_loss_sees_the_missing_wedge_and_teaches_it():
+    from dual_engine import wedge
+    from dual_engine.losses import spectrum_loss
+
+    torch.manual_seed(0)
+    white = torch.randn(4, 1, 16, 16, 16)
+    weight = torch.from_numpy(wedge.measured_weight((16, 16, 16), (-60, 60), 'y', 0.0))
+    wedged = torch.fft.irfftn(torch.fft.rfftn(white, dim=(2, 3, 4)) * weight, s=(16, 16, 16))
+    other = torch.fft.irfftn(
+        torch.fft.rfftn(torch.randn(4, 1, 16, 16, 16), dim=(2, 3, 4)) * weight, s=(16, 16, 16)
+    )
+    # another draw with the same wedge scores far closer than white noise does
+    assert spectrum_loss(other, wedged) < 0.5 * spectrum_loss(white, wedged)
+    assert float(spectrum_loss(wedged, wedged)) == 0.0
+    # its gradient, followed, takes white noise towards the wedged spectrum
+    fake = white.clone().requires_grad_(True)
+    opt = torch.optim.Adam([fake], lr=0.05)
+    start = float(spectrum_loss(fake, wedged))
+    for _ in range(30):
+        opt.zero_grad()
+        spectrum_loss(fake, wedged).backward()
+        opt.step()
+    assert float(spectrum_loss(fake, wedged)) < 0.5 * start

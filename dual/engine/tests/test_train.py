@@ -195,3 +195,35 @@ def test_batched_denoiser_pass_equals_two_passes():
         torch.testing.assert_close(out["fake_noisy"], fake_noisy)
         torch.testing.assert_close(out["rec_clean"], generators.denoiser(fake_noisy))
         torch.testing.assert_close(out["fake_clean"], generators.denoiser(noisy))
+
+
+def test_noise_scale_fixes_the_noise_level_and_old_models_keep_theirs():
+    """noise_scale > 0: every noise volume of Gn has that standard deviation, whatever
+    the code; 0 (and a model file from before the setting): Gn's output as learned."""
+    from dual_engine.model import build
+
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    fixed, _ = build(tiny_config(noise_scale=2.5))
+    with torch.no_grad():
+        noise = fixed.noise_decoder(z)
+    assert noise.shape == (3, 1, 16, 16, 16)
+    torch.testing.assert_close(
+        noise.flatten(1).std(dim=1), torch.full((3,), 2.5), rtol=1e-2, atol=0
+    )
+    free, _ = build(tiny_config(noise_scale=0.0))
+    with torch.no_grad():
+        assert not torch.allclose(
+            free.noise_decoder(z).flatten(1).std(dim=1), torch.full((3,), 2.5)
+        )
+    legacy = tiny_config().to_dict()
+    del legacy["noise_scale"], legacy["lambda_spectrum"]
+    older = DualConfig.from_dict(legacy)
+    assert (older.noise_scale, older.lambda_spectrum) == (0.0, 0.0)
+    assert DualConfig.from_dict(tiny_config().to_dict()) == tiny_config()
+
+
+def test_spectrum_loss_is_logged_and_weighted(domains, tmp_path):
+    noisy, clean = domains
+    train(noisy, clean, str(tmp_path), tiny_config(iterations=2, lambda_spectrum=1.0), threads=2)
+    records = log_records(str(tmp_path))
+    assert all(r["spectrum"] > 0 for r in records)

@@ -145,6 +145,18 @@ def test_sampling_keeps_the_wedge_and_swaps_the_second_domain(tmp_path):
         assert dx == dz  # x and z flip together (a rotation about Y), never alone
 
 
+def test_wedge_task_keeps_the_papers_simulation_settings_unless_given(asymmetric):
+    from dual_engine.model import DualConfig
+
+    paths = [asymmetric[0][2]]
+    default = wedge.wedge_config(DualConfig(), paths, TILT_RANGE)
+    assert (default.noise_scale, default.lambda_spectrum) == (0.0, 0.0)
+    asked = wedge.wedge_config(
+        DualConfig(noise_scale=1.5), paths, TILT_RANGE, given={"noise_scale"}
+    )
+    assert (asked.noise_scale, asked.lambda_spectrum) == (1.5, 0.0)
+
+
 def test_wedge_train_and_compensate(asymmetric, tmp_path, capsys):
     """A tiny wedge model, trained by the CLI on the asymmetric phantoms' noise-free
     reconstructions (CTF and wedge, no noise: at the phantoms' SNR of ~0.1 the cone is
@@ -190,6 +202,7 @@ def test_wedge_train_and_compensate(asymmetric, tmp_path, capsys):
     )
     cfg, state = load_model(os.path.join(outdir, "model.pt"))
     assert (cfg.task, cfg.tilt_axis, cfg.tilt_range) == ("wedge", "y", TILT_RANGE)
+    assert (cfg.noise_scale, cfg.lambda_spectrum) == (0.0, 0.0)  # the paper's, not set
     assert state["iteration"] == 150
     capsys.readouterr()
 

@@ -25,8 +25,9 @@ class NoiseEncoder(nn.Module):
 class NoiseDecoder(nn.Module):
     """Gn: noise code z -> non-structural noise volume of side `size` (a multiple of 8)."""
 
-    def __init__(self, code_size=16, size=32, width=16, levels=3):
+    def __init__(self, code_size=16, size=32, width=16, levels=3, scale=0.0):
         super().__init__()
+        self.scale = scale  # DualConfig.noise_scale
         if size % 2**levels:
             raise ValueError('noise volume side %d is not a multiple of %d' % (size, 2**levels))
         self.base = size // 2**levels
@@ -47,7 +48,13 @@ class NoiseDecoder(nn.Module):
 
     def forward(self, z):
         x = self.from_code(z).view(-1, self.channels, self.base, self.base, self.base)
-        return self.body(x)
+        noise = self.body(x)
+        if not self.scale:
+            return noise
+        # each volume's noise at a fixed standard deviation: see DualConfig.noise_scale
+        flat = noise.flatten(1)
+        flat = (flat - flat.mean(dim=1, keepdim=True)) / (flat.std(dim=1, keepdim=True) + 1e-6)
+        return self.scale * flat.view_as(noise)
 
 
 def permute_voxels(volumes, generator=None):
