@@ -36,6 +36,7 @@ import argparse
 import datetime
 import itertools
 import os
+import re
 import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -56,7 +57,7 @@ REAL_SEEDS = [8, 9, 10, 11]
 REFERENCE_SEEDS = [0, 1, 2, 3]  # real-vs-real: fake = these, paired with REAL_SEEDS
 FOLDS = [([8, 9], [10, 11]), ([10, 11], [8, 9])]  # (classifier training, test)
 SIMULATORS = {
-    "dual": "DUAL (learned)",
+    "dual": "DUAL (engine defaults)",
     "physics": "Physics simulator, other acquisition",
     "white": "Grand model + white noise (matched SNR)",
     "real": "Real tomograms of other specimens (reference)",
@@ -249,7 +250,7 @@ class Realism(run_sim2real.Sim2Real):
         if name == "physics":
             return {k: self.other_acquisition(k) for k in REAL_SEEDS}
         model = self.dual_model()
-        folder = "dual_" + self.args.label if self.args.label else "dual"
+        folder = self.args.dual_key
         return {k: self.dual_simulation(k, 1, model, folder)[0][0] for k in REAL_SEEDS}
 
     def run(self):
@@ -279,9 +280,9 @@ class Realism(run_sim2real.Sim2Real):
                 for k in REAL_SEEDS
             ]
             axes = [axis_power(fake[k]) for k in REAL_SEEDS]
-            key = name + ("_" + self.args.label if name == "dual" and self.args.label else "")
+            key = self.args.dual_key if name == "dual" else name
             entries[key] = {
-                "label": SIMULATORS[name] + (" [%s]" % self.args.label if key != name else ""),
+                "label": "DUAL, " + self.args.label if key != name else SIMULATORS[name],
                 "command": command,
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "model": self.dual_model()[0] if name == "dual" else None,
@@ -347,13 +348,16 @@ def parse(argv):
     )
     ap.add_argument("--model", help="a DUAL model file to score instead of the engine default")
     ap.add_argument(
-        "--label", help="name of that model's row (its results stay beside the default's)"
+        "--label", help="what that model is (its row: 'DUAL, <label>', beside the default's)"
     )
     add_common_arguments(ap, threads=2)
     args = ap.parse_args(argv)
     if bool(args.model) != bool(args.label):
         ap.error("--model and --label go together")
     args.argv = list(argv)
+    # the DUAL row's key in realism.json and its work folder
+    slug = re.sub(r"\W+", "_", args.label or "").strip("_").lower()
+    args.dual_key = "dual_" + slug if slug else "dual"
     return args
 
 
