@@ -64,15 +64,18 @@ SIMULATORS = {
 }
 SPECTRUM_BAND = (0.02, 0.5)
 WEDGE_BAND = (0.05, 0.3)
-TILT_RANGE = (-60.0, 60.0)  # the phantoms' (synth.acquisition.AcquisitionParams)
 PATCH = 32
 AUC_PATCHES = 400
 STEPS = [25, 50, 100, 200, 400, 800]
 
 
+def power_spectrum(volume):
+    """(|rfftn|^2 of the standardised volume, radial frequency of each coefficient)."""
+    return np.abs(np.fft.rfftn(standardize(volume))) ** 2, wedge.radial_frequency(volume.shape)
+
+
 def radial_log_spectrum(volume, bins=32):
-    power = np.abs(np.fft.rfftn(standardize(volume))) ** 2
-    radius = wedge.radial_frequency(volume.shape)
+    power, radius = power_spectrum(volume)
     edges = np.linspace(SPECTRUM_BAND[0], SPECTRUM_BAND[1], bins + 1)
     which = np.digitize(radius.ravel(), edges) - 1
     inside = (which >= 0) & (which < bins)
@@ -85,9 +88,8 @@ def spectrum_distance(a, b):
     return float(np.sqrt(np.mean((radial_log_spectrum(a) - radial_log_spectrum(b)) ** 2)))
 
 
-def wedge_power_ratio(volume, tilt_range=TILT_RANGE):
-    power = np.abs(np.fft.rfftn(standardize(volume))) ** 2
-    radius = wedge.radial_frequency(volume.shape)
+def wedge_power_ratio(volume, tilt_range):
+    power, radius = power_spectrum(volume)
     band = (radius >= WEDGE_BAND[0]) & (radius <= WEDGE_BAND[1])
     cone = wedge.cone_mask(volume.shape, tilt_range, band=WEDGE_BAND)
     return float(power[cone].mean() / power[band & ~cone].mean())
@@ -97,8 +99,7 @@ def axis_power(volume):
     """{axis: mean power within 25 degrees of that Fourier axis / mean power of the band}
     (WEDGE_BAND): 1 everywhere for an isotropic volume; kz ~0 where the beam's missing
     wedge is."""
-    power = np.abs(np.fft.rfftn(standardize(volume))) ** 2
-    radius = wedge.radial_frequency(volume.shape)
+    power, radius = power_spectrum(volume)
     band = (radius >= WEDGE_BAND[0]) & (radius <= WEDGE_BAND[1])
     nz, ny, nx = volume.shape
     freqs = {
@@ -253,6 +254,10 @@ class Realism(run_sim2real.Sim2Real):
         folder = self.args.dual_key
         return {k: self.dual_simulation(k, 1, model, folder)[0][0] for k in REAL_SEEDS}
 
+    def tilt_range(self, seed):
+        record = os.path.join(self.bench.phantom_dir(SET, seed), "phantom.json")
+        return tuple(study.load_json(record)["parameters"]["tilt_range"])
+
     def run(self):
         import torch
 
@@ -261,7 +266,9 @@ class Realism(run_sim2real.Sim2Real):
             self.bench.phantom(SET, k)
         real = {k: self.bench.volume(SET, k, "reconstruction") for k in REAL_SEEDS}
         maps = {k: self.bench.volume(SET, k, "grandmodel") for k in REAL_SEEDS}
-        real_wedge = [wedge_power_ratio(real[k]) for k in REAL_SEEDS]
+        # each real tomogram's tilt range (its phantom's acquisition), for every simulator
+        tilts = {k: self.tilt_range(k) for k in REAL_SEEDS}
+        real_wedge = [wedge_power_ratio(real[k], tilts[k]) for k in REAL_SEEDS]
         path = os.path.join(self.bench.results, "realism.json")
         data = study.load_json(path, {}) or {}
         if data.get("set") != SET:  # an older study's file (another set): start anew
@@ -271,7 +278,7 @@ class Realism(run_sim2real.Sim2Real):
         for name in self.args.simulators:
             fake = self.simulated(name)
             study.log("simulated: %s" % SIMULATORS[name])
-            ratios = [wedge_power_ratio(fake[k]) for k in REAL_SEEDS]
+            ratios = [wedge_power_ratio(fake[k], tilts[k]) for k in REAL_SEEDS]
             folds = classifier_curve(real, fake, self.args.steps)
             final = [fold["curve"][-1]["auc"] for fold in folds]
             own = dict(zip(REAL_SEEDS, REFERENCE_SEEDS)) if name == "real" else {}

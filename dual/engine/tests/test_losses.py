@@ -339,9 +339,9 @@ def test_spectrum_loss_sees_the_missing_wedge_and_teaches_it():
     # its gradient, followed, takes white noise towards the wedged spectrum
     fake = white.clone().requires_grad_(True)
     opt = torch.optim.Adam([fake], lr=0.05)
-    start = float(spectrum_loss(fake, wedged))
+    start = spectrum_loss(fake, wedged).item()
     for _ in range(30):
         opt.zero_grad()
         spectrum_loss(fake, wedged).backward()
         opt.step()
-    assert float(spectrum_loss(fake, wedged)) < 0.5 * start
+    assert spectrum_loss(fake, wedged).item() < 0.5 * start
