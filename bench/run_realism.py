@@ -57,7 +57,7 @@ REAL_SEEDS = [8, 9, 10, 11]
 REFERENCE_SEEDS = [0, 1, 2, 3]  # real-vs-real: fake = these, paired with REAL_SEEDS
 FOLDS = [([8, 9], [10, 11]), ([10, 11], [8, 9])]  # (classifier training, test)
 SIMULATORS = {
-    "dual": "DUAL (engine defaults)",
+    "dual": "DUAL (%s)" % study.engine_defaults(),
     "physics": "Physics simulator, other acquisition",
     "white": "Grand model + white noise (matched SNR)",
     "real": "Real tomograms of other specimens (reference)",

@@ -67,7 +67,7 @@ LEARNING_RATE = 1e-3
 MIN_COMPONENT = 8  # voxels: smaller predicted blobs are not picks
 MATCH_VOXELS = 5.0  # 50 A: half the smallest macromolecule (the ~10 nm dimer)
 LABELS = {
-    "dual": "DUAL simulations",
+    "dual": "DUAL simulations (%s)" % study.engine_defaults(),
     "physics": "physics simulator, other acquisition",
     "white": "grand model + white noise",
     "real": "real tomograms (ceiling)",

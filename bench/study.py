@@ -57,6 +57,14 @@ PICK = {
 }
 
 
+def engine_defaults():
+    """How results name a model trained with the engine's defaults (they change: the
+    iteration count says which)."""
+    from dual_engine.contract import DualConfig
+
+    return "engine defaults, %d iterations" % DualConfig().iterations
+
+
 def log(*args):
     print(time.strftime("%H:%M:%S"), *args, flush=True)
 
