@@ -213,7 +213,7 @@ def cost(args):
             "command": "python bench/run_training.py " + " ".join(args.argv),
             "date": now(),
             "machine": study.machine(),
-            "cpu_flags": cpu_flags(),
+            "cpu_flags": study.cpu_flags(),
             "threads": args.threads,
             "conv3d_peak": peak,
             "configs": configs,
@@ -346,9 +346,9 @@ def report(args):
     rows = []
     for name, entry in results.get("quality", {}).items():
         cfg = entry["config"]
-        label = "width %d, lr %g (D x%g), %d it." % (
+        label = "width %d, lr %s (D x%g), %d it." % (
             cfg["unet_width"],
-            cfg["lr"],
+            ("%.0e" % cfg["lr"]).replace("e-0", "e-"),  # 2e-4
             cfg.get("disc_lr_factor", 1.0),
             cfg["iterations"],
         )
@@ -387,15 +387,6 @@ def report(args):
 # ------------------------------------------------------------------ helpers
 def now():
     return datetime.datetime.now().isoformat(timespec="seconds")
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
 
 
 def update(args, part, value):

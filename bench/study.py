@@ -98,6 +98,17 @@ def canonical(d):
     return json.loads(json.dumps(d, sort_keys=True, default=_jsonable))
 
 
+def cpu_flags():
+    """The CPU's vector extensions: machines sold under one model name differ in them
+    (this benchmark's ran 3x apart per training iteration, with and without AVX-512)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
+
+
 def machine():
     cpu = platform.processor() or ""
     try:
@@ -117,6 +128,8 @@ def machine():
         "numpy": np.__version__,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": cpu_flags(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
 

@@ -349,9 +349,8 @@ def main():
     args.iterations = args.iterations or preset['iterations'] or DEFAULT_ITERATIONS
     output = os.path.abspath(args.output)
     start = time.time()
-    # Torch's OpenMP threads spin while they wait; on a machine with other jobs that
-    # can make multi-threaded training several times slower. Passive waiting avoids it.
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    # No OMP_WAIT_POLICY=PASSIVE here (it was): on an idle 2-core AMD EPYC (AVX2) it made
+    # a training iteration 1.25-2x slower, and the boxes run as in a user's Scipion.
 
     shapeName = 'x'.join(map(str, preset['shape']))
     phantomRoot = os.path.join(output, 'phantoms', shapeName)
