@@ -213,7 +213,6 @@ def cost(args):
             "command": "python bench/run_training.py " + " ".join(args.argv),
             "date": now(),
             "machine": study.machine(),
-            "cpu_flags": study.cpu_flags(),
             "threads": args.threads,
             "conv3d_peak": peak,
             "configs": configs,
@@ -345,18 +344,7 @@ def report(args):
     results = study.load_json(os.path.join(os.path.abspath(args.results), "training.json"), {})
     rows = []
     for name, entry in results.get("quality", {}).items():
-        cfg = entry["config"]
-        label = "width %d, lr %s (D x%g), %d it." % (
-            cfg["unet_width"],
-            ("%.0e" % cfg["lr"]).replace("e-0", "e-"),  # 2e-4
-            cfg.get("disc_lr_factor", 1.0),
-            cfg["iterations"],
-        )
-        if cfg.get("lambda_spectrum") or cfg.get("noise_scale"):  # else the paper's noise path
-            label += ", spectrum loss %g, noise %g" % (
-                cfg.get("lambda_spectrum", 0.0),
-                cfg.get("noise_scale", 0.0),
-            )
+        label = changes_label(entry["config"])
         for index, (seed, run) in enumerate(sorted(entry["runs"].items())):
             rows.append(
                 [
@@ -385,6 +373,30 @@ def report(args):
 
 
 # ------------------------------------------------------------------ helpers
+# What a run recorded before an option existed ran with (the paper's behaviour).
+BEFORE_OPTION = {"disc_lr_factor": 1.0, "lambda_spectrum": 0.0, "noise_scale": 0.0}
+
+
+def changes_label(config):
+    """A run's configuration as its differences from today's engine defaults, in
+    DualConfig's names (the names --set takes); "defaults" when there are none."""
+    from dual_engine.contract import DualConfig
+
+    defaults = DualConfig().to_dict()
+
+    def shown(value):
+        if isinstance(value, (list, tuple)):
+            return ",".join(shown(v) for v in value)
+        return "%g" % value if isinstance(value, float) else json.dumps(value)
+
+    changed = [
+        "%s %s" % (key, shown(config.get(key, BEFORE_OPTION.get(key, value))))
+        for key, value in defaults.items()
+        if config.get(key, BEFORE_OPTION.get(key, value)) != value
+    ]
+    return ", ".join(changed) or "defaults"
+
+
 def now():
     return datetime.datetime.now().isoformat(timespec="seconds")
 

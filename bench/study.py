@@ -100,7 +100,7 @@ def canonical(d):
 
 def cpu_flags():
     """The CPU's vector extensions: machines sold under one model name differ in them
-    (this benchmark's ran 3x apart per training iteration, with and without AVX-512)."""
+    (this benchmark's ran 3.5x apart per training iteration, with and without AVX-512)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next(line for line in f if line.startswith("flags")).split()

@@ -248,7 +248,7 @@ def defineTrainingParams(form, condition, freshCondition, simulation=True):
             'Weight average (decay)',
             'The model uses a moving average of the generators\' weights. Its decay '
             'grows with the iteration t as (1 + t) / (10 + t) up to this value, so the '
-            'average spans about the last tenth of a run (about 65 iterations of 600) '
+            'average spans about the last tenth of a run (about 45 iterations of 400) '
             'until the cap is reached (0.995: after about 1800 iterations, then the '
             'last 200). 0: the last weights, as the paper.',
         ),
