@@ -597,8 +597,8 @@ class DualConfig(Options):
     )
     betas: Tuple[float, float] = option(
         (0.5, 0.999),
-        'AdamW betas (paper: 0.9, 0.999; a first moment of 0.5 as in CycleGAN trains '
-        'faster and more evenly over seeds, bench/run_training.py)',
+        'AdamW betas (paper: 0.9, 0.999; with lr 4e-4, beta1 0.5 as in CycleGAN trained '
+        'faster and more evenly over seeds: bench/run_training.py)',
         cli=False,
         ge=0,
         le=1,
