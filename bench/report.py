@@ -540,7 +540,10 @@ def _realism_table(results_dir):
         "trained on two seeds, ROC AUC on the other two (two folds, mean; 0.5 = "
         "indistinguishable). The real set's own spectrum spread (between specimens): "
         "%.3f ± %.3f; its wedge power ratio %.3f; its power along kz / ky / kx %.2f / "
-        "%.2f / %.2f; excess kurtosis %.2f; correlation with the grand model %.3f."
+        "%.2f / %.2f; excess kurtosis %.2f; correlation with the grand model %.3f; "
+        "sublattice mean spread %s (a period-2 pattern; '-': not measured in that run). "
+        "Telling single statistics: the three per-subvolume statistics "
+        "(run_realism.patch_features) whose AUC alone lies furthest from 0.5."
         % (
             data["updated"],
             data["set"],
@@ -554,6 +557,7 @@ def _realism_table(results_dir):
             axes["kx"],
             stats["excess_kurtosis"],
             stats["grand_model_correlation"],
+            _sublattice(stats),
         ),
         "",
     ]
@@ -566,6 +570,8 @@ def _realism_table(results_dir):
         "Power kz / ky / kx",
         "Excess kurtosis",
         "Corr. with grand model",
+        "Sublattice mean spread",
+        "Telling single statistics (AUC)",
     ]
     rows = []
     for e in data["simulators"].values():
@@ -584,6 +590,21 @@ def _realism_table(results_dir):
                 "%.2f / %.2f / %.2f" % tuple(e["axis_power"][a] for a in ("kz", "ky", "kx")),
                 "%.2f" % e["statistics"]["excess_kurtosis"],
                 "%.3f" % e["statistics"]["grand_model_correlation"],
+                _sublattice(e["statistics"]),
+                _telling(e.get("feature_auc")),
             ]
         )
     return lines + _grid_table(header, rows) + [""]
+
+
+def _telling(aucs, count=3):
+    """The `count` per-subvolume statistics whose AUC lies furthest from 0.5."""
+    if not aucs:
+        return "-"
+    ranked = sorted(aucs.items(), key=lambda kv: -abs(kv[1] - 0.5))[:count]
+    return ", ".join("%s %.2f" % kv for kv in ranked)
+
+
+def _sublattice(statistics):
+    value = statistics.get("sublattice_mean_spread")
+    return "-" if value is None else "%.4f" % value

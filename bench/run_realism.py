@@ -27,8 +27,13 @@ Scores, mean over the four real tomograms (or the two folds):
   giveaways  what differs, measured: the share of band power along each Fourier axis
              (kz is the beam: the missing wedge), the value distribution's skewness and
              excess kurtosis, the neighbour correlation along each axis (the noise's
-             spatial correlation) and the correlation with the grand model (how much
-             of the map shows through the noise)
+             spatial correlation), the correlation with the grand model (how much
+             of the map shows through the noise) and the spread of the means and
+             standard deviations of the 8 interleaved sublattices of voxels (a period-2
+             pattern: what a transposed convolution leaves); per 32^3 subvolume, the
+             AUC of single statistics (band power shares, missing-cone power, that
+             sublattice spread, roughness along each axis): which of them alone tell
+             the simulations from real tomograms
 Outputs: bench/results/realism.json and its section of bench/results/tables.rst.
 """
 
@@ -128,6 +133,11 @@ def noise_statistics(volume, grand_model):
     }
     for axis, name in enumerate("zyx"):
         out["neighbour_correlation_" + name] = float(np.mean(v * np.roll(v, 1, axis)))
+    # a period-2 pattern (a transposed convolution's): the 8 interleaved sublattices of
+    # the volume (voxels with the same parity of z, y and x) differ in mean or spread
+    sub = [v[a::2, b::2, c::2] for a, b, c in itertools.product((0, 1), repeat=3)]
+    out["sublattice_mean_spread"] = float(np.std([s.mean() for s in sub]))
+    out["sublattice_std_spread"] = float(np.std([s.std() for s in sub]))
     return out
 
 
@@ -218,6 +228,56 @@ def classifier_curve(real, fake, steps):
     return folds
 
 
+FEATURE_PATCHES = 300  # per tomogram
+FEATURE_BANDS = [(0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.9)]  # cycles/voxel
+
+
+def patch_features(patch):
+    """Scalar statistics of one PATCH^3 subvolume that a classifier could use: the share
+    of its power in each band of FEATURE_BANDS and inside the missing cone (within 30
+    degrees of kz), the spread of the means of its 8 interleaved sublattices (a period-2
+    pattern) and its roughness along each axis (the standard deviation of neighbour
+    differences over its own)."""
+    p = patch - patch.mean()
+    power = np.abs(np.fft.fftn(p)) ** 2
+    k = np.fft.fftfreq(PATCH)
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    radius = np.sqrt(kz**2 + ky**2 + kx**2)
+    total = power.sum()
+    out = {
+        "band_%.1f_%.1f" % band: float(
+            power[(radius >= band[0]) & (radius < band[1])].sum() / total
+        )
+        for band in FEATURE_BANDS
+    }
+    cone = (np.abs(kz) > np.cos(np.radians(30)) * radius) & (radius > 0.05)
+    out["cone"] = float(power[cone].sum() / total)
+    sub = [p[a::2, b::2, c::2].mean() for a, b, c in itertools.product((0, 1), repeat=3)]
+    out["sublattice_mean_spread"] = float(np.std(sub))
+    for axis, name in enumerate("zyx"):
+        out["roughness_" + name] = float(np.diff(p, axis=axis).std() / p.std())
+    return out
+
+
+def feature_aucs(real, fake, seeds):
+    """{feature: ROC AUC of that one statistic (patch_features), real against
+    simulated subvolumes of `seeds`}: 0.5 = no help to a classifier, 0 or 1 = alone it
+    tells them apart."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(7)
+    sides = []
+    for volumes in (real, fake):
+        patches = Classifier.patches([volumes[k] for k in seeds], FEATURE_PATCHES * len(seeds), rng)
+        sides.append([patch_features(p[0]) for p in patches])
+    out = {}
+    for name in sides[0][0]:
+        a, b = (np.array([f[name] for f in side]) for side in sides)
+        ranks = rankdata(np.concatenate([a, b]))
+        out[name] = float((ranks[: len(a)].sum() - len(a) * (len(a) + 1) / 2) / (len(a) * len(b)))
+    return out
+
+
 def summary(values):
     return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
 
@@ -302,6 +362,7 @@ class Realism(run_sim2real.Sim2Real):
                 "classifier_auc": float(np.mean(final)),
                 "axis_power": {a: float(np.mean([x[a] for x in axes])) for a in axes[0]},
                 "statistics": {s: float(np.mean([x[s] for x in stats])) for s in stats[0]},
+                "feature_auc": feature_aucs(real, fake, REAL_SEEDS),
             }
             study.log(
                 "  %s: AUC %.3f (folds %s), spectrum %.3f, wedge ratio %.3f of real"

@@ -74,6 +74,10 @@ LABELS = {
 }
 
 
+def row_order(method):
+    return list(LABELS).index(method) if method in LABELS else len(LABELS)
+
+
 class Sim2Real(study.PhantomStudy):
     def __init__(self, args):
         super().__init__(args, SET, "sim2real")
@@ -294,7 +298,9 @@ class Sim2Real(study.PhantomStudy):
                         "min_component_voxels": MIN_COMPONENT,
                         "match_voxels": MATCH_VOXELS,
                     },
-                    "methods": {m: methods[m] for m in LABELS if m in methods},
+                    # this study's rows in LABELS' order, then any kept from other
+                    # configurations
+                    "methods": dict(sorted(methods.items(), key=lambda kv: row_order(kv[0]))),
                 }
             )
             study.save_json(path, data)

@@ -110,12 +110,16 @@ def cpu_flags():
 
 
 def machine():
-    cpu = platform.processor() or ""
+    cpu, family = platform.processor() or "", {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key == "model name":
+                    cpu = value
+                elif key in ("cpu family", "model"):  # one "AMD EPYC" name, several chips
+                    family.setdefault(key.replace(" ", "_"), value)
+                if not line.strip():
                     break
     except OSError:
         pass
@@ -124,6 +128,7 @@ def machine():
     return {
         "cores": os.cpu_count(),
         "cpu": cpu,
+        "cpu_family_model": "%s/%s" % (family.get("cpu_family"), family.get("model")),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,

@@ -310,6 +310,7 @@ class ProtDualApplyModel(ProtDualBase):
 
     _label = None
     _modelTask = 'denoise'  # the DualModel task the protocol applies
+    _network = 'denoiser'  # which of the model's U-Nets it runs (engine.NETWORKS)
     _inputName = 'inputTomograms'  # the form's pointer to the volumes to process
     stepsExecutionMode = STEPS_PARALLEL
 
@@ -329,11 +330,13 @@ class ProtDualApplyModel(ProtDualBase):
             help='A model from "dual - train" or "dual - import model".',
         )
 
-    @staticmethod
-    def _defineTileParam(form):
-        depth = engine.DualConfig().unet_depth
+    @classmethod
+    def _defineTileParam(cls, form):
+        config = engine.DualConfig()
+        depth = config.unet_depth
+        upsampling = engine.unet_upsampling(config.upsampling, cls._network)
         border = engine.tile_layout(
-            engine.DEFAULT_TILE, engine.unet_receptive_radius(depth), 2**depth
+            engine.DEFAULT_TILE, engine.unet_receptive_radius(depth, upsampling), 2**depth
         )[1]
         form.addParam(
             'tileSize',
@@ -348,7 +351,7 @@ class ProtDualApplyModel(ProtDualBase):
             'its view and are discarded, so small tiles waste most of their work: below %d '
             'voxels a tile keeps less than 1/8 of it, and the form warns. Smaller tiles need '
             'less memory (bench/run_speed.py measures it); the result does not depend on '
-            'the tile size.' % (border, depth, engine.min_useful_tile(depth)),
+            'the tile size.' % (border, depth, engine.min_useful_tile(depth, upsampling)),
         )
 
     @staticmethod
@@ -365,9 +368,9 @@ class ProtDualApplyModel(ProtDualBase):
             help=sentence(field.metadata['help']) + more,
         )
 
-    @staticmethod
-    def _defineRunParams(form):
-        ProtDualApplyModel._defineTileParam(form)
+    @classmethod
+    def _defineRunParams(cls, form):
+        cls._defineTileParam(form)
         ProtDualBase._defineGpuParams(form)
         form.addParallelSection(threads=1, mpi=0)
 
@@ -571,17 +574,23 @@ class ProtDualApplyModel(ProtDualBase):
             warnings.append('Running on the CPU: this can take long for large tomograms.')
         return warnings + self._tileWarnings()
 
-    def _unetDepth(self):
-        """The U-Net depth of the model the protocol applies: its tiles' borders follow it."""
+    def _unetArchitecture(self):
+        """(depth, upsampling) of the U-Net the protocol applies: its tiles' borders
+        follow them. A model from before a setting existed has its value
+        (engine.DualConfig.from_dict); no model or unreadable settings: the defaults."""
         model = self.inputModel.get()
-        config = model.getConfig() if model is not None else {}
-        return config.get('unet_depth', engine.DualConfig().unet_depth)
+        settings = model.getConfig() if model is not None else {}
+        try:
+            config = engine.DualConfig.from_dict(settings) if settings else engine.DualConfig()
+        except engine.InputError:
+            config = engine.DualConfig()
+        return config.unet_depth, engine.unet_upsampling(config.upsampling, self._network)
 
     def _tileWarnings(self):
         """The engine's warning for a tile size that wastes most of its work (its rule,
         engine.tile_warning)."""
         tile = self.tileSize.get()
-        warning = engine.tile_warning(tile, self._unetDepth()) if tile else None
+        warning = engine.tile_warning(tile, *self._unetArchitecture()) if tile else None
         return [sentence(warning)] if warning else []
 
     def _flipMethods(self, what='the network'):

@@ -41,6 +41,7 @@ class ProtDualSimulate(ProtDualApplyModel):
     """
 
     _label = 'simulate tomograms'
+    _network = 'simulator'
     _devStatus = BETA
     _possibleOutputs = SimulateOutputs
     _inputName = 'inputMaps'

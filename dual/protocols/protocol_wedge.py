@@ -388,10 +388,11 @@ class ProtDualWedge(ProtDualApplyModel):
                 )
         return warnings
 
-    def _unetDepth(self):
+    def _unetArchitecture(self):
         if self.useModel:
-            return super()._unetDepth()
-        return self.unetDepth.get()
+            return super()._unetArchitecture()
+        upsampling = engine.unet_upsampling(engine.DualConfig().upsampling, self._network)
+        return self.unetDepth.get(), upsampling
 
     def _summary(self):
         inputSet = self._getInputSet()

@@ -107,12 +107,14 @@ class TestDualForms(DualWorkflowTest):
 
     # --------------------------- tile size -------------------------------
     def test_tile_size_rule_is_the_engines(self):
-        # U-Net of depth 2 (the default): 24 voxels at each face of a tile are discarded.
-        self.assertEqual(engine.min_useful_tile(2), 96)
-        self.assertAlmostEqual(engine.tile_kept_fraction(64, 2), (16 / 64) ** 3)
-        self.assertAlmostEqual(engine.tile_kept_fraction(96, 2), 0.125)
-        self.assertIsNone(engine.tile_warning(engine.DEFAULT_TILE, 2))
-        self.assertEqual(engine.min_useful_tile(3), 224)
+        # A U-Net of depth 2 with transposed upsampling (the default model's Dn): 24
+        # voxels at each face of a tile are discarded; 28 with trilinear upsampling.
+        self.assertEqual(engine.min_useful_tile(2, 'transposed'), 96)
+        self.assertAlmostEqual(engine.tile_kept_fraction(64, 2, 'transposed'), (16 / 64) ** 3)
+        # 28-voxel borders grow a 64 tile to 72 (a core of 4 steps of 4 voxels)
+        self.assertAlmostEqual(engine.tile_kept_fraction(64, 2, 'linear'), (16 / 72) ** 3)
+        self.assertIsNone(engine.tile_warning(engine.DEFAULT_TILE, 2, 'linear'))
+        self.assertEqual(engine.min_useful_tile(3, 'transposed'), 224)
 
         def tileWarnings(prot):
             return [w for w in prot.warnings() if 'tile size' in w.lower()]
@@ -126,6 +128,17 @@ class TestDualForms(DualWorkflowTest):
         self.assertIn('use at least 96', warning)
         denoise.tileSize.set(96)
         self.assertEqual(tileWarnings(denoise), [])
+        # That model predates the upsampling setting (transposed, as it was); a model
+        # with trilinear upsampling reaches 3 voxels further (rounded up: 4).
+        denoise.inputModel.set(self.model(unet_depth=2, task='denoise', upsampling='linear'))
+        self.assertIn('use at least 112', tileWarnings(denoise)[0])
+        # A model whose Gs (simulate) upsamples linearly and whose Dn (denoise) does not.
+        model = self.model(unet_depth=2, task='denoise', upsampling='linear-simulator')
+        denoise.inputModel.set(model)
+        self.assertEqual(tileWarnings(denoise), [])
+        simulate = self.newProtocol(ProtDualSimulate, useGpu=False, tileSize=96)
+        simulate.inputModel.set(model)
+        self.assertIn('use at least 112', simulate._tileWarnings()[0])
         # The model's depth sets the borders: depth 3 wastes the default tile too.
         denoise.tileSize.set(engine.DEFAULT_TILE)
         denoise.inputModel.set(self.model(unet_depth=3, task='denoise'))

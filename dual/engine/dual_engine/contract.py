@@ -83,6 +83,9 @@ AUTO_POLARITY = 'auto'  # pick: the contrast measured on the tomogram (pick.meas
 PICK_SUMMARY_SUFFIX = '_picks.json'  # pick: what was picked and with which contrast
 POLARITY_MIN_SKEW = 0.2  # pick auto: |skewness| of the DoG response below which it is unclear
 CONTRASTS = ('auto', 'same', 'inverted', 'free')  # DualConfig.noisy_contrast
+UPSAMPLINGS = ('transposed', 'linear', 'linear-simulator')  # DualConfig.upsampling
+UNET_UPSAMPLINGS = ('linear', 'transposed')  # nets.unet.UNet3D's
+NETWORKS = ('denoiser', 'simulator')  # a model's U-Nets: Dn and Gs
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 
 
@@ -299,11 +302,22 @@ def check_voxel_size_ratio(voxel_size, working_voxel_size, what='the volume'):
     return ratio
 
 
-def unet_receptive_radius(depth):
+def unet_receptive_radius(depth, upsampling):
     """Voxels from the centre of the receptive field of a U-Net of `depth` poolings
     (nets.unet.UNet3D) to its edge, an upper bound: two 3x3x3 convolutions per block on
-    each level, plus pooling and upsampling. 23 voxels at depth 2."""
-    return sum(5 * 2**level for level in range(depth)) + 2 * 2**depth
+    each level, plus pooling and upsampling (UNET_UPSAMPLINGS); trilinear upsampling
+    reaches one voxel further on each level below the top. Depth 2: 23 voxels, 26
+    with 'linear'."""
+    radius = sum(5 * 2**level for level in range(depth)) + 2 * 2**depth
+    return radius + (2**depth - 1 if upsampling == 'linear' else 0)
+
+
+def unet_upsampling(upsampling, network):
+    """The upsampling (UNET_UPSAMPLINGS) of one of a model's U-Nets (NETWORKS) for
+    its DualConfig.upsampling."""
+    if upsampling == 'linear-simulator':
+        return 'linear' if network == 'simulator' else 'transposed'
+    return upsampling
 
 
 def tile_layout(tile, overlap, multiple):
@@ -319,39 +333,39 @@ def tile_layout(tile, overlap, multiple):
     return round_up(max(tile, 2 * overlap + 4 * multiple)), overlap
 
 
-def tile_kept_fraction(tile, unet_depth, overlap=None):
+def tile_kept_fraction(tile, unet_depth, upsampling, overlap=None):
     """The fraction of a full cubic tile's voxels whose output is kept: its core, the
     tile less `overlap` voxels (default: the U-Net's receptive radius) at each face."""
     multiple = 2**unet_depth
     if overlap is None:
-        overlap = unet_receptive_radius(unet_depth)
+        overlap = unet_receptive_radius(unet_depth, upsampling)
     side, overlap = tile_layout(tile, overlap, multiple)
     return ((side - 2 * overlap) / side) ** 3
 
 
-def min_useful_tile(unet_depth, overlap=None):
+def min_useful_tile(unet_depth, upsampling, overlap=None):
     """The smallest tile side that keeps at least MIN_TILE_KEPT of its work (96 voxels
     for the default U-Net of depth 2: a 48^3 core)."""
     tile = 2**unet_depth
-    while tile_kept_fraction(tile, unet_depth, overlap) < MIN_TILE_KEPT:
+    while tile_kept_fraction(tile, unet_depth, upsampling, overlap) < MIN_TILE_KEPT:
         tile += 2**unet_depth
     return tile
 
 
-def tile_warning(tile, unet_depth, overlap=None):
+def tile_warning(tile, unet_depth, upsampling, overlap=None):
     """A message when `tile` wastes most of its work on the tile borders (below
     min_useful_tile), else None. Not an error: the result does not depend on the tile
     size, only the time it takes (and a smaller tile needs less memory)."""
-    useful = min_useful_tile(unet_depth, overlap)
+    useful = min_useful_tile(unet_depth, upsampling, overlap)
     if tile >= useful:
         return None
-    radius = unet_receptive_radius(unet_depth) if overlap is None else overlap
+    radius = unet_receptive_radius(unet_depth, upsampling) if overlap is None else overlap
     side, border = tile_layout(tile, radius, 2**unet_depth)
     default = ''
     if DEFAULT_TILE >= useful:
         default = '; the default, %d, keeps %.1f%%' % (
             DEFAULT_TILE,
-            100 * tile_kept_fraction(DEFAULT_TILE, unet_depth, overlap),
+            100 * tile_kept_fraction(DEFAULT_TILE, unet_depth, upsampling, overlap),
         )
     return (
         'a tile size of %d keeps only the central %d^3 voxels of each %d^3 tile (%.1f%% '
@@ -361,10 +375,10 @@ def tile_warning(tile, unet_depth, overlap=None):
             tile,
             side - 2 * border,
             side,
-            100 * tile_kept_fraction(tile, unet_depth, overlap),
+            100 * tile_kept_fraction(tile, unet_depth, upsampling, overlap),
             border,
             useful,
-            100 * tile_kept_fraction(useful, unet_depth, overlap),
+            100 * tile_kept_fraction(useful, unet_depth, upsampling, overlap),
             default,
         )
     )
@@ -562,6 +576,18 @@ class DualConfig(Options):
     )
     unet_width: int = option(8, "channels of the U-Nets' first level", ge=1)
     unet_depth: int = option(2, 'poolings in the U-Nets', ge=1, le=3)
+    upsampling: str = option(
+        'transposed',
+        "the U-Nets' upsampling: transposed (a 2x2x2 transposed convolution of stride 2, "
+        "as the paper's U-Net), linear (a 1x1x1 convolution, then trilinear "
+        'interpolation) or linear-simulator (linear in Gs, transposed in Dn). Transposed '
+        'leaves a period-2 pattern in the outputs, which alone told every simulation '
+        'from a real tomogram; but a linear Dn denoised less well in 400 iterations, and '
+        "a segmenter trained on a linear Gs's simulations missed the real ribosomes and "
+        'vesicles (bench/run_training.py, bench/run_realism.py, bench/run_sim2real.py)',
+        cli=False,
+        choices=UPSAMPLINGS,
+    )
     code_size: int = option(16, 'noise code dimension K', ge=1)
     noise_width: int = option(16, 'channels of the noise encoder/decoder', ge=1)
     noise_scale: float = option(
@@ -668,7 +694,7 @@ class DualConfig(Options):
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError('unknown DUAL settings: %s' % ', '.join(sorted(unknown)))
-        return cls(**dict(PAPER_SIMULATION_SETTINGS, **values))
+        return cls(**dict(LEGACY_MODEL_SETTINGS, **values))
 
 
 def settable_config_fields(role=None):
@@ -677,11 +703,12 @@ def settable_config_fields(role=None):
 
 
 # The paper's simulation path (eq. 1 with Gn's noise level learned, no spectrum loss).
-# Model files written before these settings existed were trained with it (a file lacking
-# them is read with these values, not today's defaults), and so is the wedge task unless
-# told otherwise (wedge.wedge_config: its two domains hold the same noise, and its model
-# does not simulate).
+# The wedge task trains with it unless told otherwise (wedge.wedge_config: its two
+# domains hold the same noise, and its model does not simulate).
 PAPER_SIMULATION_SETTINGS = {'noise_scale': 0.0, 'lambda_spectrum': 0.0}
+# What model files written before a setting existed were trained with: a file lacking
+# the setting is read with this value, not today's default.
+LEGACY_MODEL_SETTINGS = dict(PAPER_SIMULATION_SETTINGS, upsampling='transposed')
 
 
 @dataclass

@@ -29,6 +29,7 @@ from dual_engine.contract import (
     output_name,
     simulated_name,
     tile_warning,
+    unet_upsampling,
     torch_seed,
 )
 from dual_engine.cpus import default_threads
@@ -133,12 +134,14 @@ def _load_checked(model_path, task, device, threads, inputs, voxel_size):
     return cfg, generators, device
 
 
-def _prepare(job, task, outputs):
+def _prepare(job, task, outputs, network='denoiser'):
     """Load the model, check every input and output of `job` before any work; returns
-    (config, generators, device)."""
+    (config, generators, device). network: the U-Net the job runs (NETWORKS)."""
     loaded = _load_checked(job.model, task, job.device, job.threads, job.inputs, job.voxel_size)
     check_outputs(outputs, job.overwrite)
-    warning = tile_warning(job.tile, loaded[0].unet_depth, job.overlap)
+    cfg = loaded[0]
+    upsampling = unet_upsampling(cfg.upsampling, network)
+    warning = tile_warning(job.tile, cfg.unet_depth, upsampling, job.overlap)
     if warning:
         print('dual-engine: warning: %s.' % warning, file=sys.stderr, flush=True)
     return loaded
@@ -271,7 +274,7 @@ def simulate_files(job):
     labels = _checked_labels(job.inputs)
     for path, output in list(outputs):
         outputs += label_outputs(labels[path], [output])
-    cfg, generators, device = _prepare(job, 'denoise', outputs)
+    cfg, generators, device = _prepare(job, 'denoise', outputs, 'simulator')
     for index, path in enumerate(job.inputs, job.first_index):
         yield _simulate(
             cfg,

@@ -5,7 +5,7 @@ import os
 import torch
 from torch import nn
 
-from dual_engine.contract import DualConfig, InputError, torch_seed
+from dual_engine.contract import DualConfig, InputError, torch_seed, unet_upsampling
 from dual_engine.nets import (
     DomainDiscriminator,
     NoiseDecoder,
@@ -27,8 +27,13 @@ class DualGenerators(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.denoiser = UNet3D(cfg.unet_width, cfg.unet_depth)  # Dn
-        self.structural_generator = UNet3D(cfg.unet_width, cfg.unet_depth)  # Gs
+
+        def unet(network):
+            upsampling = unet_upsampling(cfg.upsampling, network)
+            return UNet3D(cfg.unet_width, cfg.unet_depth, upsampling=upsampling)
+
+        self.denoiser = unet('denoiser')  # Dn
+        self.structural_generator = unet('simulator')  # Gs
         self.noise_decoder = NoiseDecoder(
             cfg.code_size, cfg.subvolume_size, cfg.noise_width, scale=cfg.noise_scale
         )  # Gn

@@ -124,18 +124,43 @@ def test_tile_rule_is_what_the_tile_loop_does():
     from dual_engine.nets import UNet3D
     from dual_engine.streaming import tile_grid
 
-    for depth in (1, 2, 3):
-        net = UNet3D(width=2, depth=depth)
-        assert net.receptive_radius == contract.unet_receptive_radius(depth)
+    for depth, upsampling in itertools.product((1, 2, 3), contract.UNET_UPSAMPLINGS):
+        net = UNet3D(width=2, depth=depth, upsampling=upsampling)
+        assert net.receptive_radius == contract.unet_receptive_radius(depth, upsampling)
         for tile in (32, 64, 96, 160, 224):
             tiles, cores, _ = tile_grid((1000, 1000, 1000), tile, net.receptive_radius, 2**depth)
-            kept = contract.tile_kept_fraction(tile, depth)
+            kept = contract.tile_kept_fraction(tile, depth, upsampling)
             assert kept == pytest.approx((cores[0] / tiles[0]) ** 3)
-            useful = contract.min_useful_tile(depth)
+            useful = contract.min_useful_tile(depth, upsampling)
             assert (kept >= contract.MIN_TILE_KEPT) == (tile >= useful)
-            assert (contract.tile_warning(tile, depth) is None) == (tile >= useful)
-    assert contract.min_useful_tile(2) == 96
-    assert 'use at least 96' in contract.tile_warning(64, 2)
+            warning = contract.tile_warning(tile, depth, upsampling)
+            assert (warning is None) == (tile >= useful)
+    assert contract.min_useful_tile(2, "linear") == 112
+    assert "use at least 112" in contract.tile_warning(64, 2, "linear")
+    assert contract.min_useful_tile(2, "transposed") == 96
+
+
+@pytest.mark.parametrize("upsampling", contract.UNET_UPSAMPLINGS)
+@pytest.mark.parametrize("depth", [1, 2])  # 3 takes a minute
+def test_receptive_radius_bounds_the_network(depth, upsampling):
+    """No output voxel depends on an input voxel beyond the receptive radius (the tile
+    loop drops that many at each face), for every alignment on the pooling grid."""
+    import torch
+    from dual_engine.nets import UNet3D, orthogonal_init
+
+    torch.manual_seed(0)
+    net = orthogonal_init(UNet3D(width=2, depth=depth, upsampling=upsampling)).double()
+    radius, side = net.receptive_radius, 2 * net.receptive_radius + 2 * 2**depth + 8
+    side += -side % 2**depth
+    x = torch.zeros(1, 1, side, side, side, dtype=torch.double, requires_grad=True)
+    out = net(x)
+    centre = side // 2
+    for shift in range(2**depth):  # every position on the pooling grid
+        voxel = out[0, 0, centre, centre, centre + shift]
+        (grad,) = torch.autograd.grad(voxel, x, retain_graph=True)
+        reached = grad[0, 0].abs().sum(dim=(0, 1)).nonzero().ravel()
+        assert reached.min() >= centre + shift - radius
+        assert reached.max() <= centre + shift + radius
 
 
 @pytest.mark.parametrize(

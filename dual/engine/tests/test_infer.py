@@ -12,6 +12,7 @@ from dual_engine.io import InputError, read_mrc, read_particle_locations, write_
 from dual_engine.metrics import pearson
 from dual_engine.nets import UNet3D, orthogonal_init
 from dual_engine.contract import MODEL_FILE as MODEL
+from dual_engine.contract import UNET_UPSAMPLINGS, tile_layout
 from dual_engine.train import train
 
 from test_train import phantom_domains, tiny_config
@@ -38,25 +39,28 @@ def trained(tmp_path_factory):
     return str(root / "model" / MODEL), str(root / "4")
 
 
-def test_tiles_cover_the_volume_without_seams():
+@pytest.mark.parametrize("upsampling", UNET_UPSAMPLINGS)
+def test_tiles_cover_the_volume_without_seams(upsampling):
     torch.manual_seed(0)
-    net = orthogonal_init(UNet3D(width=4, depth=2)).eval()
+    net = orthogonal_init(UNet3D(width=4, depth=2, upsampling=upsampling)).eval()
     volume = np.random.default_rng(0).normal(size=(40, 52, 60)).astype(np.float32)
     with torch.no_grad():
         whole = net(torch.from_numpy(np.pad(volume, 20, mode="reflect"))[None, None])[0, 0]
     whole = whole.numpy()[20:-20, 20:-20, 20:-20]
-    # The overlap covers the U-Net's receptive radius (~22 voxels at depth 2), and tile
-    # starts keep the pooling grid: away from the borders, tiling changes nothing.
+    # The overlap covers the U-Net's receptive radius (23 or 26 voxels at depth 2), and
+    # tile starts keep the pooling grid: away from the borders, tiling changes nothing.
     tiled = apply_tiled(volume, net, tile=64, multiple=4)  # overlap: receptive radius
     assert tiled.shape == volume.shape
     inner = (slice(12, -12),) * 3
     np.testing.assert_allclose(tiled[inner], whole[inner], atol=1e-4)
-    # A thin volume gets flat tiles (16 + 2 x 24 voxels along z, 96 across): same result.
+    # A thin volume gets flat tiles (16 + 2 x the overlap along z, 96 across): same result.
+    overlap = tile_layout(96, net.receptive_radius, 4)[1]
     thin = np.random.default_rng(2).normal(size=(16, 92, 72)).astype(np.float32)
     with torch.no_grad():
-        whole = net(torch.from_numpy(np.pad(thin, 24, mode="reflect"))[None, None])[0, 0]
-    whole = whole.numpy()[24:-24, 24:-24, 24:-24]
-    tiled = apply_tiled(thin, net, tile=96, overlap=24)
+        padded = np.pad(thin, overlap, mode="reflect")
+        whole = net(torch.from_numpy(padded)[None, None])[0, 0]
+    whole = whole.numpy()[(slice(overlap, -overlap),) * 3]
+    tiled = apply_tiled(thin, net, tile=96, overlap=overlap)
     np.testing.assert_allclose(tiled, whole, atol=1e-4)
 
 

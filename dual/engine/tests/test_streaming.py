@@ -7,6 +7,7 @@ import torch
 from scipy import ndimage
 
 from dual_engine import streaming
+from dual_engine.contract import UNET_UPSAMPLINGS
 from dual_engine.infer import apply_tiled, denoise_on_input_grid, load_network, simulate
 from dual_engine.io import read_mrc, rescale, resize_to_shape, write_mrc
 from dual_engine.nets import UNet3D, orthogonal_init
@@ -115,9 +116,10 @@ def test_simulation_does_not_depend_on_the_tiling(model, tmp_path):
     assert not np.allclose(a, read_mrc(other["outputs"][0])[0])
 
 
-def test_tiles_in_memory_and_streamed_agree():
+@pytest.mark.parametrize("upsampling", UNET_UPSAMPLINGS)
+def test_tiles_in_memory_and_streamed_agree(upsampling):
     torch.manual_seed(0)
-    net = orthogonal_init(UNet3D(width=4, depth=2)).eval()
+    net = orthogonal_init(UNet3D(width=4, depth=2, upsampling=upsampling)).eval()
     volume = np.random.default_rng(4).normal(size=(18, 40, 36)).astype(np.float32)
     whole = apply_tiled(volume, net, tile=128)
     tiled = apply_tiled(volume, net, tile=32)
