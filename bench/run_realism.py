@@ -32,8 +32,12 @@ Scores, mean over the four real tomograms (or the two folds):
              standard deviations of the 8 interleaved sublattices of voxels (a period-2
              pattern: what a transposed convolution leaves); per 32^3 subvolume, the
              AUC of single statistics (band power shares, missing-cone power, that
-             sublattice spread, roughness along each axis): which of them alone tell
+             sublattice spread, roughness along each axis, skewness, kurtosis, the
+             spread of the noise level over 8^3 blocks): which of them alone tell
              the simulations from real tomograms
+A DUAL model other than the engine default's has a row of its own: --model FILE
+--label TEXT, or --dual-seed N and/or --dual-set KEY=VALUE ... (the engine defaults
+with training seed N and those settings, trained and cached like the default).
 Outputs: bench/results/realism.json and its section of bench/results/tables.rst.
 """
 
@@ -41,7 +45,6 @@ import argparse
 import datetime
 import itertools
 import os
-import re
 import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -230,14 +233,17 @@ def classifier_curve(real, fake, steps):
 
 FEATURE_PATCHES = 300  # per tomogram
 FEATURE_BANDS = [(0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.9)]  # cycles/voxel
+LOCAL_BLOCK = 8  # side of the blocks whose standard deviations patch_features compares
 
 
 def patch_features(patch):
     """Scalar statistics of one PATCH^3 subvolume that a classifier could use: the share
     of its power in each band of FEATURE_BANDS and inside the missing cone (within 30
     degrees of kz), the spread of the means of its 8 interleaved sublattices (a period-2
-    pattern) and its roughness along each axis (the standard deviation of neighbour
-    differences over its own)."""
+    pattern), its roughness along each axis (the standard deviation of neighbour
+    differences over its own), its skewness and excess kurtosis, and the spread of the
+    standard deviations of its LOCAL_BLOCK^3 blocks over their mean (how far the noise
+    level follows the structures: a reconstruction's noise is the same everywhere)."""
     p = patch - patch.mean()
     power = np.abs(np.fft.fftn(p)) ** 2
     k = np.fft.fftfreq(PATCH)
@@ -256,6 +262,12 @@ def patch_features(patch):
     out["sublattice_mean_spread"] = float(np.std(sub))
     for axis, name in enumerate("zyx"):
         out["roughness_" + name] = float(np.diff(p, axis=axis).std() / p.std())
+    z = p.ravel() / p.std()
+    out["skewness"] = float(np.mean(z**3))
+    out["excess_kurtosis"] = float(np.mean(z**4) - 3)
+    n = PATCH // LOCAL_BLOCK
+    blocks = p.reshape(n, LOCAL_BLOCK, n, LOCAL_BLOCK, n, LOCAL_BLOCK).std(axis=(1, 3, 5))
+    out["local_std_spread"] = float(blocks.std() / blocks.mean())
     return out
 
 
@@ -292,12 +304,6 @@ class Realism(run_sim2real.Sim2Real):
 
         self.class_ids = dict(CLASS_IDS)
         self.maps = REAL_SEEDS  # run_sim2real.real_snr() measures the SNR on them
-
-    def dual_model(self):
-        if self.args.model:
-            path = os.path.abspath(self.args.model)
-            return path, {"path": path, "modified": os.path.getmtime(path)}
-        return self.default_denoiser(self.args.threads)
 
     def simulated(self, name):
         """{seed: standardised tomogram} of one simulator."""
@@ -336,8 +342,10 @@ class Realism(run_sim2real.Sim2Real):
         entries = dict(data.get("simulators", {}))
         command = "python bench/run_realism.py " + " ".join(self.args.argv)
         for name in self.args.simulators:
+            key = self.args.dual_key if name == "dual" else name
+            label = self.args.dual_label if key != name else SIMULATORS[name]
             fake = self.simulated(name)
-            study.log("simulated: %s" % SIMULATORS[name])
+            study.log("simulated: %s" % label)
             ratios = [wedge_power_ratio(fake[k], tilts[k]) for k in REAL_SEEDS]
             folds = classifier_curve(real, fake, self.args.steps)
             final = [fold["curve"][-1]["auc"] for fold in folds]
@@ -347,9 +355,8 @@ class Realism(run_sim2real.Sim2Real):
                 for k in REAL_SEEDS
             ]
             axes = [axis_power(fake[k]) for k in REAL_SEEDS]
-            key = self.args.dual_key if name == "dual" else name
             entries[key] = {
-                "label": "DUAL, " + self.args.label if key != name else SIMULATORS[name],
+                "label": label,
                 "command": command,
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "model": self.dual_model()[0] if name == "dual" else None,
@@ -414,19 +421,9 @@ def parse(argv):
         default=STEPS,
         help="classifier training steps at which the held-out AUC is measured",
     )
-    ap.add_argument("--model", help="a DUAL model file to score instead of the engine default")
-    ap.add_argument(
-        "--label", help="what that model is (its row: 'DUAL, <label>', beside the default's)"
-    )
+    run_sim2real.add_model_arguments(ap)
     add_common_arguments(ap, threads=2)
-    args = ap.parse_args(argv)
-    if bool(args.model) != bool(args.label):
-        ap.error("--model and --label go together")
-    args.argv = list(argv)
-    # the DUAL row's key in realism.json and its work folder
-    slug = re.sub(r"\W+", "_", args.label or "").strip("_").lower()
-    args.dual_key = "dual_" + slug if slug else "dual"
-    return args
+    return run_sim2real.parse_model_arguments(ap, argv)
 
 
 if __name__ == "__main__":

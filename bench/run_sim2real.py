@@ -30,13 +30,18 @@ model), mean and sample std:
            macromolecule centres within MATCH_VOXELS: precision, recall, F1 (the true
            class masks themselves score F1 0.88-0.93: every particle found, a few split
            into parts, such as ring subunits, that count as false picks)
+A DUAL model other than the engine default's has a row of its own: --model FILE
+--label TEXT, or --dual-seed N and/or --dual-set KEY=VALUE ... (the engine defaults
+with training seed N and those settings, trained and cached like the default).
 Outputs: bench/results/sim2real.json and its section of bench/results/tables.rst;
 intermediates (training volumes, networks) in bench/work/sim2real/.
 """
 
 import argparse
 import datetime
+import json
 import os
+import re
 import sys
 import time
 
@@ -53,7 +58,7 @@ import report  # noqa: E402
 import study  # noqa: E402
 from run_benchmark import add_common_arguments  # noqa: E402
 from dual_engine import metrics  # noqa: E402
-from dual_engine.contract import PHANTOM_CONTEXT_CLASSES  # noqa: E402
+from dual_engine.contract import PHANTOM_CONTEXT_CLASSES, DualConfig  # noqa: E402
 from dual_engine.io import read_mrc, read_particle_locations, standardize  # noqa: E402
 
 SET = "denoise"
@@ -137,11 +142,21 @@ class Sim2Real(study.PhantomStudy):
             raise RuntimeError("the physics simulator packed map %d differently" % seed)
         return standardize(np.array(read_mrc(os.path.join(outdir, "reconstruction.mrc"))[0]))
 
+    def dual_model(self):
+        """(path, cache key) of the DUAL model: --model, or the engine-default one
+        (with --dual-set's settings and training seed --dual-seed)."""
+        if self.args.model:
+            path = os.path.abspath(self.args.model)
+            return path, {"path": path, "modified": os.path.getmtime(path)}
+        return self.default_denoiser(self.args.threads, self.args.dual_seed, self.args.dual_set)
+
     def dual_simulations(self):
         """SIM_VARIANTS DUAL simulations of each map, with the labels that `simulate`
         writes beside them (the map's own, checked here against the phantom's)."""
-        model = self.default_denoiser(self.args.threads)
-        return [pair for k in self.maps for pair in self.dual_simulation(k, SIM_VARIANTS, model)]
+        model, folder = self.dual_model(), self.args.dual_key
+        return [
+            pair for k in self.maps for pair in self.dual_simulation(k, SIM_VARIANTS, model, folder)
+        ]
 
     def dual_simulation(self, seed, variants, model, folder="dual"):
         """[(standardised simulation, class labels)] of map `seed`: `variants` draws of
@@ -251,7 +266,10 @@ class Sim2Real(study.PhantomStudy):
         methods = dict(data.get("methods", {}))
         command = "python bench/run_sim2real.py " + " ".join(self.args.argv)
         for method in self.args.methods:
-            study.log("training set: %s" % LABELS[method])
+            key, label = method, LABELS[method]
+            if method == "dual" and self.args.dual_label:
+                key, label = self.args.dual_key, self.args.dual_label
+            study.log("training set: %s" % label)
             pairs = self.training_set(method)
             net, training = self.train_network(method, pairs)
             per_seed = {}
@@ -264,8 +282,8 @@ class Sim2Real(study.PhantomStudy):
                     % (method, k, per_seed[k]["mean_dice"], per_seed[k]["f1"])
                 )
             keys = sorted(set.intersection(*(set(v) for v in per_seed.values())))
-            methods[method] = {
-                "label": LABELS[method],
+            methods[key] = {
+                "label": label,
                 "command": command,
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "training_volumes": len(pairs),
@@ -279,7 +297,7 @@ class Sim2Real(study.PhantomStudy):
             data.update(
                 {
                     "benchmark": "sim-to-real segmentation (paper Figs. 4-5) on phantoms",
-                    "updated": methods[method]["date"],
+                    "updated": methods[key]["date"],
                     "last_command": command,
                     "machine": study.machine(),
                     "maps": self.maps,
@@ -346,6 +364,73 @@ def soft_dice_loss(logits, target, n_classes):
     return 1 - dice[present].mean()
 
 
+def add_model_arguments(ap):
+    ap.add_argument("--model", help="a DUAL model file to use instead of the engine default")
+    ap.add_argument(
+        "--label", help="what that model is (its row: 'DUAL, <label>', beside the default's)"
+    )
+    ap.add_argument(
+        "--dual-seed",
+        type=int,
+        default=0,
+        help="training seed of the engine-default DUAL model (default 0; another seed "
+        "trains and caches its own model, and has a row of its own)",
+    )
+    ap.add_argument(
+        "--dual-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine settings (DualConfig's names, JSON values; not the seed) that the "
+        "DUAL model changes from the defaults; its own cached model and row",
+    )
+
+
+def parse_model_arguments(ap, argv):
+    """Parsed arguments, with the DUAL row's key in the results (and its work folder),
+    dual_key, and its label, dual_label: 'dual' and None (the caller's own) for the
+    engine-default model of seed 0; for a --model, 'dual_<label as a slug>'; for
+    other settings or seed, 'dual_<setting><value>..._seed<N>'."""
+    args = ap.parse_args(argv)
+    args.argv = list(argv)
+    settings = {}
+    for item in args.dual_set:
+        name, equals, value = item.partition("=")
+        try:
+            if not equals:
+                raise ValueError("no '='")
+            settings[name] = json.loads(value)
+        except ValueError as err:
+            ap.error("--dual-set %s: not KEY=VALUE with a JSON value (%s)" % (item, err))
+    args.dual_set = settings
+    if "seed" in settings:
+        ap.error("the training seed is --dual-seed")
+    try:
+        DualConfig(**settings)
+    except (TypeError, ValueError) as err:  # unknown name, value out of range
+        ap.error("--dual-set: %s" % err)
+    if bool(args.model) != bool(args.label):
+        ap.error("--model and --label go together")
+    if args.model and (args.dual_seed or args.dual_set):
+        ap.error("--dual-seed and --dual-set train an engine model; not with --model")
+    args.dual_key, args.dual_label = "dual", None
+    if args.model:
+        args.dual_key, args.dual_label = "dual_" + slug(args.label), "DUAL, " + args.label
+    elif args.dual_seed or args.dual_set:
+        parts = ["%s%s" % (k, v) for k, v in sorted(args.dual_set.items())]
+        described = ["%s %s" % (k, v) for k, v in sorted(args.dual_set.items())]
+        if args.dual_seed:
+            parts.append("seed%d" % args.dual_seed)
+            described.append("training seed %d" % args.dual_seed)
+        args.dual_key = "dual_" + "_".join(slug(p) for p in parts)
+        args.dual_label = "DUAL (engine defaults, %s)" % ", ".join(described)
+    return args
+
+
+def slug(text):
+    return re.sub(r"\W+", "_", text).strip("_").lower()
+
+
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", choices=list(LABELS), default=list(LABELS))
@@ -355,10 +440,9 @@ def parse(argv):
         default=ITERATIONS,
         help="training steps of each network (default %d; fewer: a smoke test)" % ITERATIONS,
     )
+    add_model_arguments(ap)
     add_common_arguments(ap, threads=2)
-    args = ap.parse_args(argv)
-    args.argv = list(argv)
-    return args
+    return parse_model_arguments(ap, argv)
 
 
 if __name__ == "__main__":

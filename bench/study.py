@@ -7,6 +7,7 @@ output on a test tomogram, and the results files bench/results/<set>.json.
 import json
 import os
 import platform
+import re
 import shutil
 import time
 
@@ -308,18 +309,23 @@ class PhantomStudy:
         """A phantom's volume as float32, as written (not standardised)."""
         return np.array(read_mrc(self.path(seed, name))[0], dtype=np.float32)
 
-    def default_denoiser(self, threads):
-        """A denoising model with the engine's defaults (DualConfig()) trained on the set's
-        split (reconstructions of its noisy seeds, grand models of its clean seeds),
-        trained once and cached in <work>/models/<set>_engine_defaults; returns (model
-        path, its cache key)."""
+    def default_denoiser(self, threads, seed=0, changes=None):
+        """A denoising model with the engine's defaults (DualConfig(), training seed
+        `seed`, the settings in `changes`) trained on the set's split (reconstructions
+        of its noisy seeds, grand models of its clean seeds), trained once and cached in
+        <work>/models/<set>_engine_defaults[_<changes>][_seed<N>]; returns (model path,
+        its cache key)."""
         from dual_engine.model import DualConfig
         from dual_engine.train import train
 
         s = SETS[self.set_name]
-        outdir = os.path.join(self.bench.work, "models", "%s_engine_defaults" % self.set_name)
+        changes = dict(changes or {})
+        suffix = "".join("_%s%s" % item for item in sorted(changes.items()))
+        suffix += "_seed%d" % seed if seed else ""
+        folder = "%s_engine_defaults%s" % (self.set_name, re.sub(r"\W+", "-", suffix))
+        outdir = os.path.join(self.bench.work, "models", folder)
         model = os.path.join(outdir, "model.pt")
-        cfg = DualConfig()
+        cfg = DualConfig(seed=seed, **changes)
         key = canonical(
             {
                 "config": cfg.to_dict(),
@@ -332,7 +338,7 @@ class PhantomStudy:
         meta = load_json(stamp)
         if meta and meta["key"] == key and os.path.exists(model) and not self.args.force:
             return model, key
-        log("training the denoising model (engine defaults) on the %s set" % self.set_name)
+        log("training the denoising model (%s) on the %s set" % (folder, self.set_name))
         t0 = time.perf_counter()
         train(
             [self.path(k, "reconstruction") for k in s["noisy"]],

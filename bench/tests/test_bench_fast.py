@@ -194,6 +194,54 @@ def test_realism_giveaways_see_the_wedge_and_the_map():
     assert stats["neighbour_correlation_z"] > stats["neighbour_correlation_x"]
 
 
+def test_realism_patch_features_see_a_noise_level_that_follows_the_structures():
+    """A noise whose level follows a structure (what a simulator that passes its noise
+    through a nonlinear network can do) spreads the local noise levels; a stationary
+    noise (a reconstruction's) does not, and neither changes the sublattice spread."""
+    import run_realism
+
+    rng = np.random.default_rng(2)
+    n = run_realism.PATCH
+    noise = rng.normal(size=(n, n, n))
+    structure = np.zeros((n, n, n))
+    structure[: n // 2] = 1.0  # half the patch holds a structure
+    stationary = run_realism.patch_features(0.3 * structure + noise)
+    following = run_realism.patch_features(0.3 * structure + noise * (0.5 + structure))
+    assert stationary["local_std_spread"] < 0.1 < following["local_std_spread"]
+    assert abs(stationary["skewness"]) < 0.1 and abs(stationary["excess_kurtosis"]) < 0.2
+    assert following["excess_kurtosis"] > 0.3  # a mixture of two noise levels
+    assert stationary["sublattice_mean_spread"] < 0.05
+
+
+def test_dual_rows_of_another_model_or_training_seed():
+    import run_sim2real
+
+    parse = run_sim2real.parse
+    assert (parse([]).dual_key, parse([]).dual_label) == ("dual", None)
+    seeded = parse(["--dual-seed", "2"])
+    assert seeded.dual_key == "dual_seed2" and "training seed 2" in seeded.dual_label
+    other = parse(["--model", "m.pt", "--label", "Spectrum loss 4, 400 it."])
+    assert other.dual_key == "dual_spectrum_loss_4_400_it"
+    assert other.dual_label == "DUAL, Spectrum loss 4, 400 it."
+    changed = parse(["--dual-set", 'upsampling="linear-simulator"', "--dual-seed", "1"])
+    assert changed.dual_set == {"upsampling": "linear-simulator"}
+    assert changed.dual_key == "dual_upsamplinglinear_simulator_seed1"
+    assert changed.dual_label == (
+        "DUAL (engine defaults, upsampling linear-simulator, training seed 1)"
+    )
+    for wrong in (
+        ["--model", "m.pt"],
+        ["--model", "m.pt", "--label", "x", "--dual-seed", "1"],
+        ["--dual-set", "seed=1"],
+        ["--dual-set", "upsampling=linear"],  # not JSON
+        ["--dual-set", "upsampling"],
+        ["--dual-set", 'upsampling="cubic"'],
+        ["--dual-set", "no_such_setting=1"],
+    ):
+        with pytest.raises(SystemExit):
+            parse(wrong)
+
+
 def test_realism_classifier_curve_two_folds():
     import run_realism
 
