@@ -583,8 +583,9 @@ class DualConfig(Options):
         'interpolation) or linear-simulator (linear in Gs, transposed in Dn). Transposed '
         'leaves a period-2 pattern in the outputs, which alone told every simulation '
         'from a real tomogram; but a linear Dn denoised less well in 400 iterations, and '
-        "a segmenter trained on a linear Gs's simulations missed the real ribosomes and "
-        'vesicles (bench/run_training.py, bench/run_realism.py, bench/run_sim2real.py)',
+        "segmenters trained on a linear Gs's simulations scored a lower Dice on real "
+        'tomograms for each of three training seeds (bench/run_training.py, '
+        'bench/run_realism.py, bench/run_sim2real.py)',
         cli=False,
         choices=UPSAMPLINGS,
     )
