@@ -58,7 +58,12 @@ import report  # noqa: E402
 import study  # noqa: E402
 from run_benchmark import add_common_arguments  # noqa: E402
 from dual_engine import metrics  # noqa: E402
-from dual_engine.contract import PHANTOM_CONTEXT_CLASSES, DualConfig  # noqa: E402
+from dual_engine.contract import (  # noqa: E402
+    DEFAULT_NOISE_MODEL,
+    NOISE_MODELS,
+    PHANTOM_CONTEXT_CLASSES,
+    DualConfig,
+)
 from dual_engine.io import read_mrc, read_particle_locations, standardize  # noqa: E402
 
 SET = "denoise"
@@ -166,7 +171,7 @@ class Sim2Real(study.PhantomStudy):
         path, key = model
         outdir = os.path.join(self.work, folder, "seed%03d" % seed)
         stamp = os.path.join(outdir, "bench_simulation.json")
-        key = {"model": key, "variants": variants}
+        key = {"model": key, "variants": variants, "noise_model": self.args.dual_noise_model}
         if (study.load_json(stamp) or {}).get("key") != study.canonical(key) or self.args.force:
             study.log("DUAL simulations of map %d" % seed)
             result = infer.simulate(
@@ -176,6 +181,7 @@ class Sim2Real(study.PhantomStudy):
                 variants=variants,
                 seed=seed,
                 threads=self.args.threads,
+                noise_model=self.args.dual_noise_model,
             )
             study.save_json(stamp, {"key": study.canonical(key), "result": result})
         result = study.load_json(stamp)["result"]
@@ -377,6 +383,13 @@ def add_model_arguments(ap):
         "trains and caches its own model, and has a row of its own)",
     )
     ap.add_argument(
+        "--dual-noise-model",
+        choices=NOISE_MODELS,
+        default=DEFAULT_NOISE_MODEL,
+        help="how DUAL's tomograms are simulated (the engine's `simulate --noise-model`; "
+        "default %s); another has a row of its own" % DEFAULT_NOISE_MODEL,
+    )
+    ap.add_argument(
         "--dual-set",
         nargs="+",
         default=[],
@@ -389,8 +402,9 @@ def add_model_arguments(ap):
 def parse_model_arguments(ap, argv):
     """Parsed arguments, with the DUAL row's key in the results (and its work folder),
     dual_key, and its label, dual_label: 'dual' and None (the caller's own) for the
-    engine-default model of seed 0; for a --model, 'dual_<label as a slug>'; for
-    other settings or seed, 'dual_<setting><value>..._seed<N>'."""
+    engine-default model of seed 0 and noise model; for a --model, 'dual_<label as a
+    slug>[_<noise model>_noise]'; for other settings, seed or noise model,
+    'dual[_<noise model>_noise]_<setting><value>..._seed<N>'."""
     args = ap.parse_args(argv)
     args.argv = list(argv)
     settings = {}
@@ -414,11 +428,16 @@ def parse_model_arguments(ap, argv):
     if args.model and (args.dual_seed or args.dual_set):
         ap.error("--dual-seed and --dual-set train an engine model; not with --model")
     args.dual_key, args.dual_label = "dual", None
+    noise = []
+    if args.dual_noise_model != DEFAULT_NOISE_MODEL:
+        noise = ["%s noise" % args.dual_noise_model]
     if args.model:
-        args.dual_key, args.dual_label = "dual_" + slug(args.label), "DUAL, " + args.label
-    elif args.dual_seed or args.dual_set:
-        parts = ["%s%s" % (k, v) for k, v in sorted(args.dual_set.items())]
-        described = ["%s %s" % (k, v) for k, v in sorted(args.dual_set.items())]
+        label = ", ".join([args.label] + noise)
+        args.dual_key, args.dual_label = "dual_" + slug(label), "DUAL, " + label
+    elif args.dual_seed or args.dual_set or noise:
+        parts = noise + ["%s%s" % (k, v) for k, v in sorted(args.dual_set.items())]
+        described = ["%s noise" % args.dual_noise_model]
+        described += ["%s %s" % (k, v) for k, v in sorted(args.dual_set.items())]
         if args.dual_seed:
             parts.append("seed%d" % args.dual_seed)
             described.append("training seed %d" % args.dual_seed)

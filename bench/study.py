@@ -59,11 +59,14 @@ PICK = {
 
 
 def engine_defaults():
-    """How results name a model trained with the engine's defaults (they change: the
-    iteration count says which)."""
-    from dual_engine.contract import DualConfig
+    """How results name a model trained with the engine's defaults and simulating with
+    the default noise model (they change: the iteration count says which)."""
+    from dual_engine.contract import DEFAULT_NOISE_MODEL, DualConfig
 
-    return "engine defaults, %d iterations" % DualConfig().iterations
+    return "engine defaults, %d iterations, %s noise" % (
+        DualConfig().iterations,
+        DEFAULT_NOISE_MODEL,
+    )
 
 
 def log(*args):
@@ -315,6 +318,7 @@ class PhantomStudy:
         of its noisy seeds, grand models of its clean seeds), trained once and cached in
         <work>/models/<set>_engine_defaults[_<changes>][_seed<N>]; returns (model path,
         its cache key)."""
+        from dual_engine import spectral
         from dual_engine.model import DualConfig
         from dual_engine.train import train
 
@@ -332,6 +336,9 @@ class PhantomStudy:
                 "phantoms": [
                     self.bench.phantom_params(self.set_name, k) for k in s["noisy"] + s["clean"]
                 ],
+                # the fitted noise model that training ends with (a model without it
+                # cannot simulate with the engine's default noise model)
+                "fitted_noise": spectral.SETTINGS,
             }
         )
         stamp = os.path.join(outdir, "bench_model.json")

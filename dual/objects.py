@@ -70,6 +70,11 @@ class DualModel(EMObject):
         text = self.getTrainingSummary()
         return json.loads(text) if text else {}
 
+    def getNoiseModels(self):
+        """The noise models `simulate` can use with this model: models trained before
+        the fitted one existed, and unknown ones, have only the learned one."""
+        return self.getTrainingInfo().get('noise_models') or ['learned']
+
     def getConfig(self):
         """The engine's full model settings (DualConfig) as a dict; {} if unknown."""
         text = self._config.get()

@@ -227,9 +227,17 @@ def test_dual_rows_of_another_model_or_training_seed():
     assert changed.dual_set == {"upsampling": "linear-simulator"}
     assert changed.dual_key == "dual_upsamplinglinear_simulator_seed1"
     assert changed.dual_label == (
-        "DUAL (engine defaults, upsampling linear-simulator, training seed 1)"
+        "DUAL (engine defaults, fitted noise, upsampling linear-simulator, training seed 1)"
     )
+    learned = parse(["--dual-noise-model", "learned", "--dual-seed", "1"])
+    assert learned.dual_noise_model == "learned"
+    assert learned.dual_key == "dual_learned_noise_seed1"
+    assert learned.dual_label == "DUAL (engine defaults, learned noise, training seed 1)"
+    assert parse(["--dual-noise-model", "learned"]).dual_key == "dual_learned_noise"
+    labelled = parse(["--model", "m.pt", "--label", "X", "--dual-noise-model", "learned"])
+    assert labelled.dual_key == "dual_x_learned_noise"
     for wrong in (
+        ["--dual-noise-model", "physics"],
         ["--model", "m.pt"],
         ["--model", "m.pt", "--label", "x", "--dual-seed", "1"],
         ["--dual-set", "seed=1"],

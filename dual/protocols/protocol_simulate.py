@@ -15,7 +15,7 @@ from tomo.objects import (
     TomoMask,
 )
 
-from dual.contract import engine
+from dual.contract import engine, sentence
 from dual.convert import convertPositions
 from dual.protocols.protocol_base import ProtDualApplyModel
 
@@ -31,8 +31,11 @@ class SimulateOutputs(Enum):
 class ProtDualSimulate(ProtDualApplyModel):
     """Simulates realistic tomograms from clean density maps with a trained DUAL model.
 
-    The model's generators add what they learned from the real tomograms: noise drawn
-    from a random noise code, then the structural distortions (CTF, missing wedge).
+    The model adds what it learned from the real tomograms. Noise model "fitted" (the
+    default): the map through the structural generator's linear response (CTF, missing
+    wedge) plus stationary noise with the real tomograms' spectrum, both fitted when
+    training ended. "learned" (the paper's): noise drawn from a random noise code, then
+    the structural generator.
     Each map gives N synthetic tomograms (tsIds <tsId>_sim00, _sim01...) on the map's
     own grid and voxel size. With label masks of the maps (e.g. class masks of grand
     models) and particle coordinates in them (e.g. the phantoms' true coordinates),
@@ -93,6 +96,18 @@ class ProtDualSimulate(ProtDualApplyModel):
             help='Synthetic tomograms drawn per map, each with its own noise.',
         )
         form.addParam(
+            'noiseModel',
+            params.EnumParam,
+            choices=list(engine.NOISE_MODELS),
+            default=engine.NOISE_MODELS.index(engine.DEFAULT_NOISE_MODEL),
+            display=params.EnumParam.DISPLAY_HLIST,
+            label='Noise model',
+            help=sentence(engine.NOISE_MODEL_HELP)
+            + ' Fitted tomograms are much harder to tell from real ones (see the '
+            'plugin\'s README, realism benchmark); models trained by earlier versions '
+            'have only the learned one.',
+        )
+        form.addParam(
             'seed',
             params.IntParam,
             default=0,
@@ -111,10 +126,14 @@ class ProtDualSimulate(ProtDualApplyModel):
         # whichever step simulates it.
         job.update(
             variants=self.variants.get(),
+            noise_model=self._noiseModel(),
             seed=self.seed.get(),
             first_index=list(self.inputItems).index(name),
         )
         return job
+
+    def _noiseModel(self):
+        return engine.NOISE_MODELS[self.noiseModel.get()]
 
     def _simulatedName(self, name, variant):
         """tsId and file stem of a synthetic tomogram: the engine's output name for the
@@ -245,11 +264,20 @@ class ProtDualSimulate(ProtDualApplyModel):
 
     # --------------------------- info ------------------------------------
     def _validate(self):
-        errors = super()._validate()
+        errors = super()._validate() + self._noiseModelErrors()
         maps = self._getInputSet()
         if maps is None or maps.getSize() == 0:
             return errors
         return errors + self._labelErrors(maps) + self._coordinateErrors(maps)
+
+    def _noiseModelErrors(self):
+        model = self.inputModel.get()
+        if model is None or self._noiseModel() in model.getNoiseModels():
+            return []
+        return [
+            'The model has no %s noise model (it was trained by an earlier version): '
+            'choose the noise model "learned", or train the model again.' % self._noiseModel()
+        ]
 
     def _coordinateErrors(self, maps):
         coords = self.inputCoordinates.get()
@@ -300,11 +328,12 @@ class ProtDualSimulate(ProtDualApplyModel):
             return []
         outSet = getattr(self, SimulateOutputs.tomograms.name, None)
         lines = [
-            '%d synthetic tomograms (%d per map, seed %d) from %d maps with %s.'
+            '%d synthetic tomograms (%d per map, seed %d, %s noise) from %d maps with %s.'
             % (
                 outSet.getSize() if outSet is not None else 0,
                 self.variants.get(),
                 self.seed.get(),
+                self._noiseModel(),
                 self._getInputSet().getSize(),
                 self._modelDescription(),
             )
@@ -326,21 +355,34 @@ class ProtDualSimulate(ProtDualApplyModel):
         if self.inputModel.get() is None or self._getInputSet() is None:
             return []
         maps = self._getInputSet()
+        if self._noiseModel() == 'fitted':
+            how = (
+                'with the fitted noise model of its trained model: each map was filtered '
+                'by the linear response of DUAL\'s structural generator, scaled to the '
+                'share of structure that generator gives each spatial frequency of the '
+                'training tomograms, and stationary Gaussian noise with the rest of their '
+                'power spectrum was added (spectra binned by frequency and by angle to '
+                'the missing wedge), %d draws per map (random seed %d), at the model\'s '
+                'voxel size, and the result resampled to the map\'s grid.'
+                % (self.variants.get(), self.seed.get())
+            )
+        else:
+            how = (
+                'with its generators: for each map, %d noise codes were drawn (random '
+                'seed %d), the decoded non-structural noise was added and the structural '
+                'generator applied, in overlapping tiles of %d voxels at the model\'s '
+                'voxel size, and the result resampled to the map\'s grid.'
+                % (self.variants.get(), self.seed.get(), self.tileSize.get())
+            )
         return [
             'We simulated %d tomograms from %d noise-free density maps (%.2f A/voxel) with '
-            'the generators of DUAL [Zeng2023DUAL], using %s: for each map, %d noise '
-            'codes were drawn (random seed %d), the decoded non-structural noise was '
-            'added and the structural generator applied, in overlapping tiles of %d '
-            'voxels at the model\'s voxel size, and the result resampled to the map\'s '
-            'grid.'
+            'DUAL [Zeng2023DUAL], using %s, %s'
             % (
                 maps.getSize() * self.variants.get(),
                 maps.getSize(),
                 maps.getSamplingRate(),
                 self._modelDescription(),
-                self.variants.get(),
-                self.seed.get(),
-                self.tileSize.get(),
+                how,
             )
             + self._labelsMethodsText()
         ]

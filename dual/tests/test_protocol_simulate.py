@@ -12,6 +12,7 @@ from pwem.protocols import ProtImportVolumes
 from tomo.constants import BOTTOM_LEFT_CORNER
 from tomo.objects import SetOfCoordinates3D, SetOfTomoMasks
 
+from dual.contract import engine
 from dual.objects import DualModel
 from dual.protocols import ProtDualSimulate
 from dual.protocols.protocol_simulate import SimulateOutputs
@@ -74,10 +75,11 @@ class TestDualSimulate(DualWorkflowTest):
         self.assertFalse(np.allclose(data['TS_00_sim00'], data['TS_00_sim01']))
         self.assertTrue(all(np.all(np.isfinite(d)) for d in data.values()))
         self.assertIn(
-            '4 synthetic tomograms (2 per map, seed 3) from 2 maps',
+            '4 synthetic tomograms (2 per map, seed 3, fitted noise) from 2 maps',
             ' '.join(self.simulate.summary()),
         )
         self.assertIn('We simulated 4 tomograms', ' '.join(self.simulate.methods()))
+        self.assertIn('with the fitted noise model', ' '.join(self.simulate.methods()))
         self.assertIn(
             "maps' label masks and particle coordinates were carried over",
             ' '.join(self.simulate.methods()),
@@ -137,7 +139,10 @@ class TestDualSimulate(DualWorkflowTest):
     def test_same_seed_reproduces_another_seed_differs(self):
         again = self.newSimulate(variants=1, seed=3)
         other = self.newSimulate(variants=1, seed=4)
-        for prot in (again, other):
+        learned = self.newSimulate(
+            variants=1, seed=3, noiseModel=engine.NOISE_MODELS.index('learned')
+        )
+        for prot in (again, other, learned):
             self.launchProtocol(prot)
             self.assertIsNone(getattr(prot, SimulateOutputs.labels.name, None))
             self.assertIsNone(getattr(prot, SimulateOutputs.coordinates.name, None))
@@ -152,6 +157,15 @@ class TestDualSimulate(DualWorkflowTest):
                 reference,
             )
         )
+        # The paper's noise model: another tomogram of the same map, said so.
+        self.assertFalse(
+            np.allclose(
+                readData(byTsId(getattr(learned, SimulateOutputs.tomograms.name))['TS_01_sim00']),
+                reference,
+            )
+        )
+        self.assertIn('seed 3, learned noise', ' '.join(learned.summary()))
+        self.assertIn('noise codes were drawn', ' '.join(learned.methods()))
 
     def test_maps_given_as_volumes(self):
         volumes = self.newProtocol(
@@ -216,3 +230,20 @@ class TestDualSimulate(DualWorkflowTest):
             DualModel(path=self.model.getPath(), voxelSize=4.0, subvolumeSize=16, iterations=4)
         )
         self.assertError(prot, '2.5x apart')
+
+    def test_validate_rejects_the_fitted_noise_of_an_older_model(self):
+        # The trained model has both noise models; one from an earlier version (no
+        # 'noise_models' in its training summary) only the learned one.
+        self.assertEqual(self.model.getNoiseModels(), list(engine.NOISE_MODELS))
+        older = DualModel(
+            path=self.model.getPath(),
+            voxelSize=self.model.getVoxelSize(),
+            subvolumeSize=self.model.getSubvolumeSize(),
+            iterations=self.model.getIterations(),
+        )
+        fitted = self.newSimulate()
+        fitted.inputModel.set(older)
+        self.assertError(fitted, 'no fitted noise model')
+        learned = self.newSimulate(noiseModel=engine.NOISE_MODELS.index('learned'))
+        learned.inputModel.set(older)
+        self.assertEqual(learned.validate(), [])

@@ -14,7 +14,7 @@ import sys
 import typing
 
 from dual_engine import __version__
-from dual_engine.contract import COMMANDS, InputError, Job, RunError, command_fields
+from dual_engine.contract import COMMANDS, NOISE_MODELS, InputError, Job, RunError, command_fields
 
 
 def _phantom(job):
@@ -165,6 +165,9 @@ def _model_info(job):
         'iteration': state['iteration'],
         'config': cfg.to_dict(),
         'training': state.get('training'),
+        # what `simulate --noise-model` can use: 'fitted' needs spectra fitted in training
+        'noise_models': [m for m in NOISE_MODELS if m != 'fitted' or state.get('spectra')],
+        'fitted_tilt_range': (state.get('spectra') or {}).get('tilt_range'),
     }
     text = json.dumps(info, indent=1)
     if job.output:

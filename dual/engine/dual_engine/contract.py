@@ -78,6 +78,18 @@ MIN_DIAMETER_VOXELS = 2.0  # a DoG cannot find particles thinner than this
 MAX_VOXEL_SIZE_RATIO = 2.0
 TILT_AXES = ('y', 'x')
 TASKS = ('denoise', 'wedge')
+# How `simulate` makes a tomogram of a map (infer._simulate): 'fitted', the map through
+# the transfer of the learned simulator plus stationary noise of the real tomograms'
+# spectrum, both fitted when training ends (spectral.py); 'learned', the paper's
+# Gs(v + P(Gn(z))).
+NOISE_MODELS = ('fitted', 'learned')
+DEFAULT_NOISE_MODEL = 'fitted'
+NOISE_MODEL_HELP = (
+    "'fitted': the map through the learned simulator's linear response plus stationary "
+    "noise with the training tomograms' spectrum and missing wedge, fitted when "
+    "training ends; 'learned': the paper's Gs(v + P(Gn(z))), whose noise level follows "
+    "the structures"
+)
 POLARITIES = ('bright', 'dark')
 AUTO_POLARITY = 'auto'  # pick: the contrast measured on the tomogram (pick.measured_polarity)
 PICK_SUMMARY_SUFFIX = '_picks.json'  # pick: what was picked and with which contrast
@@ -540,7 +552,7 @@ def read_particle_locations(path):
 # ----------------------------------------------------------------------------- seeds
 # Purposes of random streams: a stream is (seed, purpose, keys...), and two different
 # tuples never share a stream (numpy SeedSequence spawn keys).
-STREAMS = {'weights': 1, 'train': 2, 'simulate': 3, 'monitor': 4}
+STREAMS = {'weights': 1, 'train': 2, 'simulate': 3, 'monitor': 4, 'fit-noise': 5}
 
 
 def seed_sequence(seed, purpose, *keys):
@@ -840,6 +852,7 @@ class WedgeOptions(Options):
 @dataclass
 class SimulateOptions(Options):
     variants: int = option(1, 'synthetic tomograms per map', ge=1, le=1000)
+    noise_model: str = option(DEFAULT_NOISE_MODEL, NOISE_MODEL_HELP, choices=NOISE_MODELS)
     seed: int = option(0, 'random seed', ge=0)
     first_index: int = option(
         0,

@@ -18,9 +18,12 @@ import tempfile
 import numpy as np
 import torch
 
+from dual_engine import spectral
 from dual_engine.contract import (
+    DEFAULT_NOISE_MODEL,
     DEFAULT_TILE,
     FLIP_AVERAGE_COUNT,
+    NOISE_MODELS,
     InputError,
     WedgeFlipOptions,
     check_outputs,
@@ -275,6 +278,7 @@ def simulate_files(job):
     for path, output in list(outputs):
         outputs += label_outputs(labels[path], [output])
     cfg, generators, device = _prepare(job, 'denoise', outputs, 'simulator')
+    require_noise_model(generators, job.model, job.noise_model)
     for index, path in enumerate(job.inputs, job.first_index):
         yield _simulate(
             cfg,
@@ -288,6 +292,20 @@ def simulate_files(job):
             job.overlap,
             device,
             job.voxel_size,
+            job.noise_model,
+        )
+
+
+def require_noise_model(generators, model_path, noise_model):
+    """A clear error, before any work, for a noise model the model file cannot give."""
+    if noise_model not in NOISE_MODELS:
+        raise InputError(
+            'unknown noise model %r (choose from %s)' % (noise_model, ', '.join(NOISE_MODELS))
+        )
+    if noise_model == 'fitted' and generators.spectra is None:
+        raise InputError(
+            "%s has no fitted noise model (trained before it existed, a checkpoint or a "
+            "snapshot): simulate with the noise model 'learned', or train it again" % model_path
         )
 
 
@@ -303,16 +321,19 @@ def simulate(
     threads=None,
     voxel_size=None,
     index=0,
+    noise_model=DEFAULT_NOISE_MODEL,
 ):
-    """Synthetic tomograms from one clean density map: `variants` seeded draws of the
-    noise code z, each t_f = Gs(v + P(Gn(z))) on the map's grid and voxel size. index:
-    the map's place among the maps of a run (its own random streams)."""
+    """Synthetic tomograms from one clean density map, `variants` seeded draws on the
+    map's grid and voxel size: with noise_model 'learned' t_f = Gs(v + P(Gn(z))), with
+    'fitted' the fitted noise model (spectral.py). index: the map's place among the
+    maps of a run (its own random streams)."""
     if variants < 1:
         raise InputError('variants must be at least 1')
     _checked_labels([input_path])
     cfg, generators, device = _load_checked(
         model_path, 'denoise', device, threads, [input_path], voxel_size
     )
+    require_noise_model(generators, model_path, noise_model)
     return _simulate(
         cfg,
         generators,
@@ -325,6 +346,7 @@ def simulate(
         overlap,
         device,
         voxel_size,
+        noise_model,
     )
 
 
@@ -337,7 +359,18 @@ def _checked_labels(inputs):
 
 
 def _simulate(
-    cfg, generators, input_path, outdir, variants, seed, index, tile, overlap, device, voxel_size
+    cfg,
+    generators,
+    input_path,
+    outdir,
+    variants,
+    seed,
+    index,
+    tile,
+    overlap,
+    device,
+    voxel_size,
+    noise_model=DEFAULT_NOISE_MODEL,
 ):
     network = generators.structural_generator
     labels = map_labels(input_path)
@@ -346,17 +379,21 @@ def _simulate(
         path = os.path.join(outdir, simulated_name(input_path, variant))
         key = torch_seed(seed, 'simulate', index, variant)
         with _streamed(cfg, input_path, path, voxel_size) as (working, result, stats, size):
-            noisy = _noise_adder(generators, key, working.shape, stats, device)
-            run_tiles(
-                working,
-                result,
-                network,
-                tile,
-                _overlap(network, overlap),
-                network.multiple,
-                device,
-                noisy,
-            )
+            if noise_model == 'fitted':
+                volume = (np.asarray(working, dtype=np.float32) - stats['mean']) / stats['std']
+                result[...] = spectral.synthesize(volume, generators.spectra, key, cfg.tilt_axis)
+            else:
+                noisy = _noise_adder(generators, key, working.shape, stats, device)
+                run_tiles(
+                    working,
+                    result,
+                    network,
+                    tile,
+                    _overlap(network, overlap),
+                    network.multiple,
+                    device,
+                    noisy,
+                )
         outputs.append(path)
         written.append(write_labels(labels, path, size))
     return {
@@ -367,6 +404,28 @@ def _simulate(
         'seed': seed,
         'index': index,
     }
+
+
+def fit_noise_model(generators, real_volumes, maps, cfg, device, seed):
+    """The spectra of the fitted noise model (spectral.py) of trained generators, from
+    standardised real tomograms and clean maps (in memory, at the working voxel size):
+    the learned simulator is run over the maps the fit uses (spectral.fit_maps)."""
+    network = generators.structural_generator
+    maps = spectral.fit_maps(maps)
+    simulated = []
+    for number, v in enumerate(maps):
+        out = np.empty(v.shape, dtype=np.float32)
+        noisy = _noise_adder(
+            generators, torch_seed(seed, 'fit-noise', number), v.shape, UNIT_STATS, device
+        )
+        run_tiles(
+            v, out, network, DEFAULT_TILE, network.receptive_radius, network.multiple, device, noisy
+        )
+        simulated.append(out)
+    return spectral.fit(real_volumes, maps, simulated, cfg.tilt_axis)
+
+
+UNIT_STATS = {'mean': 0.0, 'std': 1.0}  # of volumes standardised already
 
 
 def _noise_adder(generators, key, shape, stats, device):

@@ -5,6 +5,7 @@ import os
 import torch
 from torch import nn
 
+from dual_engine import spectral
 from dual_engine.contract import DualConfig, InputError, torch_seed, unet_upsampling
 from dual_engine.nets import (
     DomainDiscriminator,
@@ -126,6 +127,10 @@ def load_generators(path, device='cpu'):
         raise InputError(
             '%s: its weights do not fit its settings (%s)' % (path, str(err).splitlines()[0])
         )
+    # The fitted noise model of simulation (spectral.py); models trained before it,
+    # checkpoints and snapshots have none.
+    spectra = state.get('spectra')
+    generators.spectra = None if spectra is None else spectral.checked(spectra, path)
     return cfg, generators.to(device).eval()
 
 

@@ -28,6 +28,7 @@ from dual_engine import __version__
 from dual_engine.contract import (
     CHECKPOINT_FILE,
     MODEL_FILE,
+    NOISE_MODELS,
     TRAINING_LOCK,
     TRAINING_LOG,
     DualConfig,
@@ -42,6 +43,7 @@ from dual_engine.contract import (
 )
 from dual_engine.cpus import default_threads
 from dual_engine.data import Domain, estimate_contrast, wedge_swap_axes
+from dual_engine.infer import fit_noise_model
 from dual_engine.io import atomic_output
 from dual_engine.losses import (
     discriminator_loss,
@@ -465,7 +467,14 @@ def _train_process(
         # Checkpoint first: a crash between the two writes leaves a final checkpoint,
         # from which --resume writes the model without training again.
         save(trainer.state(), os.path.join(outdir, CHECKPOINT_FILE))
-        save(trainer.state({'training': summary}), os.path.join(outdir, MODEL_FILE))
+        extra = {'training': summary}
+        if cfg.task == 'denoise':
+            print('Fitting the noise model of simulation', flush=True)
+            extra['spectra'] = fit_noise_model(
+                trainer.model_generators(), noisy.volumes, clean.volumes, cfg, device, cfg.seed
+            )
+            summary['noise_models'] = list(NOISE_MODELS)  # what `simulate` can use
+        save(trainer.state(extra), os.path.join(outdir, MODEL_FILE))
     if world_size > 1:
         # Every rank waits for rank 0's files, then all leave together: a rank that tears
         # its process group down while a peer still works aborted the run (gloo on CPU:

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from dual_engine import wedge
 from dual_engine.infer import apply_tiled, denoise, simulate
 from dual_engine.io import InputError, read_mrc, read_particle_locations, write_mrc
 from dual_engine.metrics import pearson
 from dual_engine.nets import UNet3D, orthogonal_init
 from dual_engine.contract import MODEL_FILE as MODEL
-from dual_engine.contract import UNET_UPSAMPLINGS, tile_layout
+from dual_engine.contract import NOISE_MODELS, UNET_UPSAMPLINGS, tile_layout
 from dual_engine.train import train
 
 from test_train import phantom_domains, tiny_config
@@ -96,12 +97,14 @@ def test_denoise_other_voxel_size_and_tiny_volume(trained, tmp_path):
     assert read_mrc(str(tmp_path / "tiny_dn.mrc"))[0].shape == (6, 10, 12)
 
 
-def test_simulate_seeded_variants(trained, tmp_path):
+@pytest.mark.parametrize("noise_model", NOISE_MODELS)
+def test_simulate_seeded_variants(trained, tmp_path, noise_model):
     model, held_out = trained
     clean = os.path.join(held_out, "grandmodel.mrc")
-    first = simulate(model, clean, str(tmp_path / "a"), variants=2, seed=5)["outputs"]
-    again = simulate(model, clean, str(tmp_path / "b"), variants=1, seed=5)["outputs"]
-    other = simulate(model, clean, str(tmp_path / "c"), variants=1, seed=6)["outputs"]
+    kw = dict(noise_model=noise_model)
+    first = simulate(model, clean, str(tmp_path / "a"), variants=2, seed=5, **kw)["outputs"]
+    again = simulate(model, clean, str(tmp_path / "b"), variants=1, seed=5, **kw)["outputs"]
+    other = simulate(model, clean, str(tmp_path / "c"), variants=1, seed=6, **kw)["outputs"]
     v0, v1 = read_mrc(first[0])[0], read_mrc(first[1])[0]
     np.testing.assert_array_equal(v0, read_mrc(again[0])[0])
     assert not np.array_equal(v0, v1)
@@ -111,6 +114,69 @@ def test_simulate_seeded_variants(trained, tmp_path):
     assert np.all(np.isfinite(v0)) and v0.std() > 0
     # Plausible: the synthetic tomogram still carries the map's structure.
     assert pearson(truth, v0) > 0.1
+
+
+def test_fitted_simulation_is_closer_to_a_real_tomogram(trained, tmp_path):
+    """On the held-out phantom: the fitted noise model's tomogram of its grand model has
+    the spectrum and missing wedge of the phantom's own reconstruction, closer than the
+    learned one's (a short training's), and its noise level does not follow the map."""
+    model, held_out = trained
+    clean = os.path.join(held_out, "grandmodel.mrc")
+    real = read_mrc(os.path.join(held_out, "reconstruction.mrc"))[0]
+    tilt = tuple(_phantom_tilt_range(held_out))
+    scores = {}
+    for noise_model in NOISE_MODELS:
+        out = simulate(model, clean, str(tmp_path / noise_model), noise_model=noise_model)
+        volume = read_mrc(out["outputs"][0])[0]
+        scores[noise_model] = (
+            _log_spectrum_distance(volume, real),
+            _cone_ratio(volume, tilt) / _cone_ratio(real, tilt),
+        )
+    assert scores["fitted"][0] < scores["learned"][0], scores
+    assert scores["fitted"][0] < 0.1 and 0.7 < scores["fitted"][1] < 1.3, scores
+
+
+def _phantom_tilt_range(folder):
+    import json
+
+    with open(os.path.join(folder, "phantom.json")) as f:
+        return json.load(f)["parameters"]["tilt_range"]
+
+
+def _radial_log_power(volume, bins=12):
+    power = np.abs(np.fft.rfftn(volume - volume.mean())) ** 2 / volume.var()
+    radius = wedge.radial_frequency(volume.shape)
+    which = np.minimum((radius / 0.5 * bins).astype(int), bins)
+    sums = np.bincount(which.ravel(), power.ravel(), bins + 1)[1:bins]
+    return np.log10(sums / np.bincount(which.ravel(), minlength=bins + 1)[1:bins])
+
+
+def _log_spectrum_distance(a, b):
+    return float(np.sqrt(np.mean((_radial_log_power(a) - _radial_log_power(b)) ** 2)))
+
+
+def _cone_ratio(volume, tilt):
+    power = np.abs(np.fft.rfftn(volume - volume.mean())) ** 2
+    radius = wedge.radial_frequency(volume.shape)
+    band = (radius > 0.05) & (radius < 0.3)
+    cone = wedge.cone_mask(volume.shape, tilt, band=(0.05, 0.3))
+    return power[cone].mean() / power[band & ~cone].mean()
+
+
+def test_simulate_without_fitted_spectra(trained, tmp_path):
+    """A model file without the fitted noise model (one from before it) is refused for
+    'fitted' before anything is written, and still simulates with 'learned'."""
+    model, held_out = trained
+    state = torch.load(model, weights_only=True)
+    del state["spectra"]
+    old = str(tmp_path / "old.pt")
+    torch.save(state, old)
+    clean = os.path.join(held_out, "grandmodel.mrc")
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="no fitted noise model.*'learned'"):
+        simulate(old, clean, str(out))
+    assert not out.exists() or not os.listdir(out)
+    assert os.path.exists(simulate(old, clean, str(out), noise_model="learned")["outputs"][0])
 
 
 def test_simulate_labels_follow_the_map(trained, tmp_path):
