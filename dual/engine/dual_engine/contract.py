@@ -594,10 +594,11 @@ class DualConfig(Options):
         "as the paper's U-Net), linear (a 1x1x1 convolution, then trilinear "
         'interpolation) or linear-simulator (linear in Gs, transposed in Dn). Transposed '
         'leaves a period-2 pattern in the outputs, which alone told every simulation '
-        'from a real tomogram; but a linear Dn denoised less well in 400 iterations, and '
-        "segmenters trained on a linear Gs's simulations scored a lower Dice on real "
-        'tomograms for each of three training seeds (bench/run_training.py, '
-        'bench/run_realism.py, bench/run_sim2real.py)',
+        "of the 'learned' noise model from a real tomogram (the 'fitted' one has none); "
+        'but a linear Dn denoised less well in 400 iterations, and segmenters trained on '
+        "a linear Gs's learned-noise simulations scored a lower Dice on real tomograms "
+        'for each of three training seeds (bench/run_training.py, bench/run_realism.py, '
+        'bench/run_sim2real.py)',
         cli=False,
         choices=UPSAMPLINGS,
     )
