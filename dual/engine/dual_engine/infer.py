@@ -406,6 +406,9 @@ def _simulate(
     }
 
 
+UNIT_STATS = {'mean': 0.0, 'std': 1.0}  # of volumes standardised already
+
+
 def fit_noise_model(generators, real_volumes, maps, cfg, device, seed):
     """The spectra of the fitted noise model (spectral.py) of trained generators, from
     standardised real tomograms and clean maps (in memory, at the working voxel size):
@@ -423,9 +426,6 @@ def fit_noise_model(generators, real_volumes, maps, cfg, device, seed):
         )
         simulated.append(out)
     return spectral.fit(real_volumes, maps, simulated, cfg.tilt_axis)
-
-
-UNIT_STATS = {'mean': 0.0, 'std': 1.0}  # of volumes standardised already
 
 
 def _noise_adder(generators, key, shape, stats, device):

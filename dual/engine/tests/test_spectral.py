@@ -49,7 +49,8 @@ def _fitted(shape=SHAPE):
     return spectral.fit(real, maps, simulated, 'y')
 
 
-def _radial_log_power(volume, bins=12):
+def radial_log_power(volume, bins=12):
+    """log10 of the mean power of the standardised volume in `bins` radial shells."""
     power = np.abs(np.fft.rfftn(standardize(volume))) ** 2
     radius = wedge.radial_frequency(volume.shape)
     which = np.minimum((radius / 0.5 * bins).astype(int), bins)
@@ -57,12 +58,18 @@ def _radial_log_power(volume, bins=12):
     return np.log10(sums / np.bincount(which.ravel(), minlength=bins + 1)[1:bins])
 
 
-def _cone_ratio(volume):
+def spectrum_distance(a, b):
+    """RMS difference of two volumes' radial log10 power spectra."""
+    return float(np.sqrt(np.mean((radial_log_power(a) - radial_log_power(b)) ** 2)))
+
+
+def cone_ratio(volume, tilt=TILT, band=(0.05, 0.4)):
+    """Mean power inside the missing cone over the mean power outside it, in `band`."""
     power = np.abs(np.fft.rfftn(standardize(volume))) ** 2
     radius = wedge.radial_frequency(volume.shape)
-    band = (radius > 0.05) & (radius < 0.4)
-    cone = wedge.cone_mask(volume.shape, TILT, band=(0.05, 0.4))
-    return power[cone].mean() / power[band & ~cone].mean()
+    inside = (radius > band[0]) & (radius < band[1])
+    cone = wedge.cone_mask(volume.shape, tilt, band=band)
+    return power[cone].mean() / power[inside & ~cone].mean()
 
 
 @pytest.mark.parametrize("shape", [SHAPE, (56, 48, 72)])
@@ -75,14 +82,11 @@ def test_fitted_simulation_has_the_tomograms_spectrum_wedge_and_structure(shape)
     assert simulated.shape == shape and simulated.dtype == np.float32
     white = standardize(v + np.random.default_rng(2).standard_normal(shape) / np.sqrt(0.2))
 
-    def distance(x):
-        return np.sqrt(np.mean((_radial_log_power(x) - _radial_log_power(real)) ** 2))
-
-    assert distance(simulated) < 0.1 < distance(white)
+    assert spectrum_distance(simulated, real) < 0.1 < spectrum_distance(white, real)
     # the missing wedge is there, about as deep (on these small grids the spectra's
     # binning smears its border by a few degrees: up to 1.8x the real cone power)
-    assert 0.5 < _cone_ratio(simulated) / _cone_ratio(real) < 2
-    assert _cone_ratio(white) > 5 * _cone_ratio(real)
+    assert 0.5 < cone_ratio(simulated) / cone_ratio(real) < 2
+    assert cone_ratio(white) > 5 * cone_ratio(real)
     # the map shows through as much as in the real tomogram of it
     corr = [np.corrcoef(x.ravel(), v.ravel())[0, 1] for x in (simulated, real)]
     assert corr[0] == pytest.approx(corr[1], abs=0.05)
