@@ -446,10 +446,11 @@ def _sim2real_table(results_dir):
         "",
         "``%s`` on %s. A 3-D U-Net (width %d, depth %d, %d steps of %d x %d^3, the same "
         "for every row) trained only on the row's tomograms of the grand models of seeds "
-        "%s with their class masks, scored on the real tomograms of seeds %s (SNR of the "
-        "real set %.3f). Physics simulator with other acquisition: %s. Picking: "
-        "centroids of predicted macromolecule components (>= %d voxels) within %g voxels "
-        "of a true centre."
+        "%s with their class masks, once for each network seed %s; scored on the real "
+        "tomograms of seeds %s (SNR of the real set %.3f): the mean over the networks and "
+        "test tomograms ± the sample std of the networks' means. Physics simulator with "
+        "other acquisition: %s. Picking: centroids of predicted macromolecule components "
+        "(>= %d voxels) within %g voxels of a true centre."
         % (
             data["last_command"],
             data["updated"],
@@ -459,6 +460,7 @@ def _sim2real_table(results_dir):
             net["batch"],
             net["crop"],
             data["maps"],
+            net["seeds"],
             data["test_seeds"],
             data["real_snr"],
             ", ".join("%s %s" % kv for kv in data["other_acquisition"].items()),
@@ -473,7 +475,7 @@ def _sim2real_table(results_dir):
     header = (
         ["Training set", "Mean Dice (macromolecules)"]
         + [c[len("dice_") :] for c in classes]
-        + ["Picking F1", "Precision", "Recall", "Training s"]
+        + ["Picking F1", "Precision", "Recall", "Training s per network"]
     )
     rows = [
         [e["label"], _fmt(e, "mean_dice", 3)]
@@ -482,7 +484,7 @@ def _sim2real_table(results_dir):
             _fmt(e, "f1", 3),
             "%.3f" % e["mean"]["precision"],
             "%.3f" % e["mean"]["recall"],
-            "%.0f" % e["training"]["seconds"],
+            "%.0f" % e["seconds_per_network"],
         ]
         for e in data["methods"].values()
     ]

@@ -15,6 +15,9 @@ grand models of those same seeds into tomograms:
   white      the grand model plus white Gaussian noise at the real set's SNR
   real       reference: reconstructions of other specimens (seeds REFERENCE_SEEDS) made
              the same way as the real ones, which no classifier should tell apart
+  oracle     `simulate` with DUAL's fitted noise model measured on paired data (the real
+             training tomograms each with its own grand model; run_sim2real.py): the
+             best a linear image plus stationary Gaussian noise can do
 Scores, mean over the four real tomograms (or the two folds):
   spectrum   RMS difference of log10 radial power spectra (standardised volumes), over
              0.02-0.5 cycles/voxel; the real set's own spread is the same distance
@@ -69,6 +72,7 @@ SIMULATORS = {
     "physics": "Physics simulator, other acquisition",
     "white": "Grand model + white noise (matched SNR)",
     "real": "Real tomograms of other specimens (reference)",
+    "oracle": "Linear-Gaussian oracle (fitted noise model measured on paired real data)",
 }
 SPECTRUM_BAND = (0.02, 0.5)
 WEDGE_BAND = (0.05, 0.3)
@@ -316,6 +320,11 @@ class Realism(run_sim2real.Sim2Real):
             return {k: self.white_noise(k) for k in REAL_SEEDS}
         if name == "physics":
             return {k: self.other_acquisition(k) for k in REAL_SEEDS}
+        if name == "oracle":
+            model = self.oracle_model(self.args.threads)
+            return {
+                k: self.dual_simulation(k, 1, model, "oracle", "fitted")[0][0] for k in REAL_SEEDS
+            }
         model = self.dual_model()
         folder = self.args.dual_key
         return {k: self.dual_simulation(k, 1, model, folder)[0][0] for k in REAL_SEEDS}
@@ -405,7 +414,11 @@ class Realism(run_sim2real.Sim2Real):
                 "real_statistics": {
                     s: float(np.mean([x[s] for x in real_stats])) for s in real_stats[0]
                 },
-                "simulators": entries,
+                "simulators": dict(
+                    sorted(
+                        entries.items(), key=lambda kv: run_sim2real.row_order(kv[0], SIMULATORS)
+                    )
+                ),
             }
             study.save_json(path, data)
         print(report.write_tables(self.bench.results))

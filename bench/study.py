@@ -312,6 +312,38 @@ class PhantomStudy:
         """A phantom's volume as float32, as written (not standardised)."""
         return np.array(read_mrc(self.path(seed, name))[0], dtype=np.float32)
 
+    def oracle_model(self, threads):
+        """The engine-default model (seed 0) with its fitted noise spectra replaced by
+        ones measured on paired data: the set's real training tomograms (reconstructions
+        of its noisy seeds) each with its own grand model (spectral.fit_paired). No user
+        has such pairs: its simulations are the best a linear image plus stationary
+        Gaussian noise can be. Cached in <work>/models/<set>_oracle; returns (model
+        path, its cache key)."""
+        import torch
+        from dual_engine import spectral
+        from dual_engine.model import load_model
+
+        base, base_key = self.default_denoiser(threads)
+        outdir = os.path.join(self.bench.work, "models", "%s_oracle" % self.set_name)
+        model = os.path.join(outdir, "model.pt")
+        key = canonical({"base": base_key, "paired_fit": "fit_paired"})
+        stamp = os.path.join(outdir, "bench_model.json")
+        meta = load_json(stamp)
+        if meta and meta["key"] == key and os.path.exists(model) and not self.args.force:
+            return model, key
+        log("fitting the linear-Gaussian oracle on the %s set's pairs" % self.set_name)
+        noisy = SETS[self.set_name]["noisy"]
+        config, state = load_model(base)
+        state["spectra"] = spectral.fit_paired(
+            [standardize(self.load(k, "reconstruction")) for k in noisy],
+            [standardize(self.load(k, "grandmodel")) for k in noisy],
+            config.tilt_axis,
+        )
+        os.makedirs(outdir, exist_ok=True)
+        torch.save(state, model)
+        save_json(stamp, {"key": key})
+        return model, key
+
     def default_denoiser(self, threads, seed=0, changes=None):
         """A denoising model with the engine's defaults (DualConfig(), training seed
         `seed`, the settings in `changes`) trained on the set's split (reconstructions

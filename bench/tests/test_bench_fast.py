@@ -337,18 +337,54 @@ def test_sim2real_scores_a_perfect_and_a_shifted_segmentation(tmp_path):
     assert empty["mean_dice"] == 0.0 and empty["f1"] == 0.0 and empty["n_picks"] == 0
 
 
-def test_realism_table_renders_the_recorded_results(tmp_path):
-    """The realism section of tables.rst, from the results file in the repository: one
-    row per simulator with its held-out AUC, and valid reStructuredText."""
+def _rendered(tmp_path, results_file):
+    """(tables.rst's text, the results) from one results file in the repository alone;
+    the text is checked to be valid reStructuredText."""
     import shutil
 
     import docutils.core
 
     bench = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shutil.copy(os.path.join(bench, "results", "realism.json"), tmp_path)
+    shutil.copy(os.path.join(bench, "results", results_file), tmp_path)
     text = open(report.write_tables(str(tmp_path))).read()
-    data = json.load(open(tmp_path / "realism.json"))
+    docutils.core.publish_doctree(text, settings_overrides={"halt_level": 2})
+    return text, json.load(open(tmp_path / results_file))
+
+
+def test_realism_table_renders_the_recorded_results(tmp_path):
+    """The realism section of tables.rst: one row per simulator with its held-out AUC."""
+    text, data = _rendered(tmp_path, "realism.json")
     assert "Simulation realism" in text
     for entry in data["simulators"].values():
         assert entry["label"] in text and "%.3f" % entry["classifier_auc"] in text
-    docutils.core.publish_doctree(text, settings_overrides={"halt_level": 2})
+
+
+def test_sim2real_row_is_the_mean_over_networks_with_their_spread():
+    import run_sim2real
+
+    def network(dice, f1):
+        return {
+            "training": {"seconds": 10.0},
+            "per_test_seed": {
+                8: {"mean_dice": dice - 0.01, "f1": f1},
+                10: {"mean_dice": dice + 0.01, "f1": f1},
+            },
+        }
+
+    row = run_sim2real.summary({0: network(0.3, 0.5), 1: network(0.5, 0.3)})
+    assert row["mean"]["mean_dice"] == pytest.approx(0.4)
+    assert row["mean"]["f1"] == pytest.approx(0.4)
+    # the spread of the networks' means, not of the test tomograms
+    assert row["std"]["mean_dice"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
+    assert row["seconds_per_network"] == 10.0
+    assert run_sim2real.summary({0: network(0.3, 0.5)})["std"]["f1"] == 0.0
+
+
+def test_sim2real_table_renders_the_recorded_results(tmp_path):
+    """The sim-to-real section of tables.rst: one row per training set with its mean
+    Dice and F1 over the networks."""
+    text, data = _rendered(tmp_path, "sim2real.json")
+    assert "Sim-to-real segmentation" in text
+    for entry in data["methods"].values():
+        assert entry["label"] in text and "%.3f" % entry["mean"]["f1"] in text
+        assert entry["networks"]

@@ -207,6 +207,32 @@ def fit(real_volumes, maps, simulated_maps, tilt_axis):
     share = np.clip(transfer**2 * map_spectrum / np.maximum(sim_spectrum, 1e-30), 0.0, 1.0)
     transfer = np.sign(transfer) * np.sqrt(share * real_spectrum / np.maximum(map_spectrum, 1e-30))
     noise_power = (1.0 - share) * real_spectrum
+    return _spectra(transfer, noise_power, tilt_range)
+
+
+def fit_paired(real_volumes, their_maps, tilt_axis):
+    """The same model measured on real tomograms of known maps (standardised, each
+    tomogram with its own map): the transfer is the regression of the tomograms on their
+    maps, the noise what it leaves. Not for users, who have no such pairs: the reference
+    of what any linear image plus stationary Gaussian noise, on this grid, can reach
+    (bench/run_realism.py's 'oracle')."""
+    tilt_range = measured_tilt_range(real_volumes, tilt_axis)
+    real_power, map_power, cross = _Binned(), _Binned(), _Binned()
+    for t, v in zip(real_volumes, their_maps):
+        ft, index = _spectrum(fit_crop(t), tilt_range, tilt_axis)
+        fv = _spectrum(fit_crop(v), tilt_range, tilt_axis)[0]
+        real_power.add(index, np.abs(ft) ** 2)
+        map_power.add(index, np.abs(fv) ** 2)
+        cross.add(index, np.real(ft * np.conj(fv)))
+    map_spectrum = map_power.mean()
+    weak = map_spectrum < MIN_MAP_POWER * map_spectrum.mean()
+    transfer = np.where(weak, 0.0, cross.mean() / np.maximum(map_spectrum, 1e-30))
+    noise_power = np.maximum(real_power.mean() - transfer**2 * map_spectrum, 0.0)
+    return _spectra(transfer, noise_power, tilt_range)
+
+
+def _spectra(transfer, noise_power, tilt_range):
+    """The dict a model file stores ('spectra')."""
     return {
         'transfer': torch.from_numpy(transfer.astype(np.float32)),
         'noise_power': torch.from_numpy(noise_power.astype(np.float32)),

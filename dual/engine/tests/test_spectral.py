@@ -49,6 +49,12 @@ def _fitted(shape=SHAPE):
     return spectral.fit(real, maps, simulated, 'y')
 
 
+def _fitted_paired(shape=SHAPE):
+    """The reference fit: real tomograms with their own maps."""
+    maps = [_map(shape, 20 + i) for i in range(3)]
+    return spectral.fit_paired([_tomogram(v, 30 + i) for i, v in enumerate(maps)], maps, 'y')
+
+
 def radial_log_power(volume, bins=12):
     """log10 of the mean power of the standardised volume in `bins` radial shells."""
     power = np.abs(np.fft.rfftn(standardize(volume))) ** 2
@@ -72,9 +78,11 @@ def cone_ratio(volume, tilt=TILT, band=(0.05, 0.4)):
     return power[cone].mean() / power[inside & ~cone].mean()
 
 
-@pytest.mark.parametrize("shape", [SHAPE, (56, 48, 72)])
-def test_fitted_simulation_has_the_tomograms_spectrum_wedge_and_structure(shape):
-    spectra = _fitted()
+@pytest.mark.parametrize(
+    "shape, fitted", [(SHAPE, _fitted), ((56, 48, 72), _fitted), (SHAPE, _fitted_paired)]
+)
+def test_fitted_simulation_has_the_tomograms_spectrum_wedge_and_structure(shape, fitted):
+    spectra = fitted()
     assert spectra['tilt_range'] == pytest.approx(TILT, abs=6)
     v = _map(shape, 99)
     real = _tomogram(v, 98)
