@@ -353,28 +353,26 @@ class Sim2Real(study.PhantomStudy):
 
 def summary(networks):
     """Mean of each score over every network and test tomogram; sample std of the
-    networks' own means (the spread of one training); mean training seconds."""
+    networks' own means (the spread of one training); mean training seconds. Scores
+    are those every test tomogram of every network has (a class absent from one test
+    tomogram has no Dice there)."""
+    tests = [t for n in networks.values() for t in n["per_test_seed"].values()]
+    keys = sorted(set.intersection(*(set(t) for t in tests)))
     per_network = [
-        {key: np.mean([v[key] for v in n["per_test_seed"].values()]) for key in _keys(n)}
+        {key: np.mean([t[key] for t in n["per_test_seed"].values()]) for key in keys}
         for n in networks.values()
     ]
-    keys = sorted(set.intersection(*(set(m) for m in per_network)))
+    spread = len(per_network) > 1
     return {
         "mean": {key: float(np.mean([m[key] for m in per_network])) for key in keys},
         "std": {
-            key: float(np.std([m[key] for m in per_network], ddof=1))
-            if len(per_network) > 1
-            else 0.0
+            key: float(np.std([m[key] for m in per_network], ddof=1)) if spread else 0.0
             for key in keys
         },
         "seconds_per_network": round(
             float(np.mean([n["training"]["seconds"] for n in networks.values()])), 1
         ),
     }
-
-
-def _keys(network):
-    return set.intersection(*(set(v) for v in network["per_test_seed"].values()))
 
 
 def segmentation_scores(predicted, truth, centres, class_ids):
