@@ -377,16 +377,28 @@ class PhantomStudy:
         meta = load_json(stamp)
         if meta and meta["key"] == key and os.path.exists(model) and not self.args.force:
             return model, key
-        log("training the denoising model (%s) on the %s set" % (folder, self.set_name))
+        # the same training with other fitted-noise settings: the finished run's
+        # checkpoint only refits the noise model (train's resume at the last iteration)
+        refit = (
+            meta is not None
+            and not self.args.force
+            and {**meta["key"], "fitted_noise": None} == {**key, "fitted_noise": None}
+            and os.path.exists(os.path.join(outdir, "checkpoint.pt"))
+        )
+        log(
+            "%s the denoising model (%s) on the %s set"
+            % ("refitting the noise model of" if refit else "training", folder, self.set_name)
+        )
         t0 = time.perf_counter()
         train(
             [self.path(k, "reconstruction") for k in s["noisy"]],
             [self.path(k, "grandmodel") for k in s["clean"]],
             outdir,
             cfg,
+            resume=refit,
             device="cpu",
             threads=threads,
-            overwrite=True,
+            overwrite=not refit,
             given=set(),
         )
         save_json(stamp, {"key": key, "seconds": round(time.perf_counter() - t0, 1)})

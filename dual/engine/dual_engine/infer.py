@@ -304,8 +304,10 @@ def require_noise_model(generators, model_path, noise_model):
         )
     if noise_model == 'fitted' and generators.spectra is None:
         raise InputError(
-            "%s has no fitted noise model (trained before it existed, a checkpoint or a "
-            "snapshot): simulate with the noise model 'learned', or train it again" % model_path
+            "%s has no fitted noise model of this version (a checkpoint or a snapshot, "
+            "or trained before it existed or by an earlier version): simulate with the "
+            "noise model 'learned', or fit it: `dual-engine train --resume` in the "
+            "model's training folder" % model_path
         )
 
 

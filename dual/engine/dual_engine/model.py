@@ -110,6 +110,10 @@ def load_model(path, map_location='cpu'):
         )
     if not isinstance(state['iteration'], int) or state['iteration'] < 0:
         raise InputError('%s has an invalid iteration count %r' % (path, state['iteration']))
+    if spectral.of_an_earlier_grid(state.get('spectra')):
+        # fitted by an earlier version: the model simulates with the learned noise model
+        # until `train --resume` in its folder refits them (require_noise_model says so)
+        state['spectra'] = None
     return DualConfig.from_dict(state['config']), state
 
 

@@ -18,7 +18,7 @@ is the same everywhere. So:
 
 and a simulation is irfft(transfer * F(v) + sqrt(noise_power) * F(white noise)): the
 learned simulator says how much of each frequency is structure, the real tomograms how
-much power each frequency has. Both spectra are binned on a GRID^3 grid of frequencies
+much power each frequency has. Both spectra are binned on a coarse grid of frequencies
 (cycles/voxel), so a model simulates maps of any size, with the coefficients binned
 apart by their direction's angle to the border of the missing cone (the tilt range
 measured in the real tomograms): the cone's sharp border survives the binning.
@@ -30,9 +30,17 @@ from scipy import ndimage, signal
 
 from dual_engine import wedge
 from dual_engine.contract import InputError
+from dual_engine.data import ARRAY_AXIS_OF_TILT_AXIS
 from dual_engine.io import standardize
 
-GRID = 64  # frequency bins per axis (the rfftn grid: GRID x GRID x GRID // 2 + 1)
+# Frequency bins per axis, in the frame of the tilt axis: a tilt series measures Fourier
+# space on planes through the tilt axis a few degrees apart (3 degrees: 1/64 cycles/voxel
+# apart at 0.3 cycles/voxel), and both its signal and its noise keep that fine angular
+# pattern across the axis. 64 bins per axis smoothed it into a continuum that a
+# classifier told from real tomograms (bench/run_realism.py's paired oracle, measured by
+# hand: AUC 0.73; 128 across and 32 / 64 / 128 along the axis: 0.60 / 0.53 / 0.54).
+GRID = 128  # across the tilt axis: the beam (kz) and the other lateral axis (k_perp)
+GRID_ALONG = 64  # along the tilt axis
 SMOOTHING = 0.75  # bins: Gaussian smoothing of the binned spectra (fills empty bins)
 FIT_SIDE = 256  # volumes are fitted on a central crop of at most this many voxels per axis
 FIT_MAPS = 4  # clean maps the learned simulator is run over (spread over the given ones)
@@ -56,20 +64,30 @@ KEYS = ('transfer', 'noise_power', 'tilt_range')
 
 
 def coarse_shape():
-    """(angular side: 0 measured ... SIDES - 1 in the cone, kz bin, ky bin, kx bin)."""
-    return (SIDES, GRID, GRID, GRID // 2 + 1)
+    """(angular side: 0 measured ... SIDES - 1 in the cone, kz bin, bin along the tilt
+    axis, bin of k_perp >= 0 across it): the same for either tilt axis."""
+    return (SIDES, GRID, GRID_ALONG, GRID // 2 + 1)
 
 
-def _bins(shape, plane):
+def _bins(shape, plane, tilt_axis):
     """Flat index into one side of the coarse grid of each rfftn coefficient of a
-    `shape` volume (of its kz row `plane` only, unless None)."""
+    `shape` volume (of its kz row `plane` only, unless None). The power and the transfer
+    of a real volume are the same at k and -k: a coefficient with k_perp < 0 (tilt
+    about X: k_perp is k_y) takes the bin of -k."""
     nz, ny, nx = shape
-    jz = np.rint(np.fft.fftfreq(nz) * GRID).astype(np.int64) % GRID
+    fz = np.fft.fftfreq(nz)[:, None, None]
     if plane is not None:
-        jz = jz[plane : plane + 1]
-    jy = np.rint(np.fft.fftfreq(ny) * GRID).astype(np.int64) % GRID
-    jx = np.rint(np.fft.rfftfreq(nx) * GRID).astype(np.int64)
-    return (jz[:, None, None] * GRID + jy[None, :, None]) * (GRID // 2 + 1) + jx[None, None, :]
+        fz = fz[plane : plane + 1]
+    fy, fx = np.fft.fftfreq(ny)[None, :, None], np.fft.rfftfreq(nx)[None, None, :]
+    if ARRAY_AXIS_OF_TILT_AXIS[tilt_axis] == 1:
+        along, perp = fy, fx
+    else:
+        flip = np.where(fy < 0, -1.0, 1.0)
+        fz, along, perp = fz * flip, fx * flip, fy * flip
+    jz = np.rint(fz * GRID).astype(np.int64) % GRID
+    ja = np.rint(along * GRID_ALONG).astype(np.int64) % GRID_ALONG
+    jp = np.rint(perp * GRID).astype(np.int64)
+    return (jz * GRID_ALONG + ja) * (GRID // 2 + 1) + jp
 
 
 def _sides(shape, tilt_range, tilt_axis, plane):
@@ -93,7 +111,7 @@ def _sides(shape, tilt_range, tilt_axis, plane):
 def _index(shape, tilt_range, tilt_axis, plane=None):
     """Flat index into the coarse grid of each rfftn coefficient (or of kz row `plane`)."""
     per_side = int(np.prod(coarse_shape()[1:]))
-    return _bins(shape, plane) + _sides(shape, tilt_range, tilt_axis, plane) * per_side
+    return _bins(shape, plane, tilt_axis) + _sides(shape, tilt_range, tilt_axis, plane) * per_side
 
 
 def fit_crop(volume):
@@ -240,6 +258,19 @@ def _spectra(transfer, noise_power, tilt_range):
     }
 
 
+def of_an_earlier_grid(spectra):
+    """Whether a model file's 'spectra' entry is well formed but binned on another grid
+    than this version's (an earlier version's fit: not usable, not malformed either)."""
+    if not isinstance(spectra, dict) or set(spectra) != set(KEYS):
+        return False
+    values = [spectra['transfer'], spectra['noise_power']]
+    return (
+        all(isinstance(v, torch.Tensor) and v.dim() == 4 for v in values)
+        and values[0].shape == values[1].shape
+        and tuple(values[0].shape) != coarse_shape()
+    )
+
+
 def checked(spectra, source):
     """The 'spectra' entry of a model file (untrusted), checked; InputError if unusable."""
     if not isinstance(spectra, dict) or set(spectra) != set(KEYS):
@@ -284,6 +315,7 @@ def synthesize(volume, spectra, key, tilt_axis):
 # cache of fitted models or of their simulations keys on it)
 SETTINGS = dict(
     grid=GRID,
+    grid_along=GRID_ALONG,
     smoothing=SMOOTHING,
     fit_side=FIT_SIDE,
     fit_maps=FIT_MAPS,

@@ -147,17 +147,23 @@ def _phantom_tilt_range(folder):
         return json.load(f)["parameters"]["tilt_range"]
 
 
-def test_simulate_without_fitted_spectra(trained, tmp_path):
-    """A model file without the fitted noise model (one from before it) is refused for
-    'fitted' before anything is written, and still simulates with 'learned'."""
+@pytest.mark.parametrize("spectra", ["none", "earlier grid"])
+def test_simulate_without_fitted_spectra(trained, tmp_path, spectra):
+    """A model file without the fitted noise model (one from before it), or with one
+    binned on an earlier version's grid, is refused for 'fitted' before anything is
+    written, and still simulates with 'learned'."""
     model, held_out = trained
     state = torch.load(model, weights_only=True)
-    del state["spectra"]
+    if spectra == "none":
+        del state["spectra"]
+    else:
+        coarse = torch.ones(8, 64, 64, 33)  # the 0.1.0 development versions' grid
+        state["spectra"] = dict(state["spectra"], transfer=coarse, noise_power=coarse)
     old = str(tmp_path / "old.pt")
     torch.save(state, old)
     clean = os.path.join(held_out, "grandmodel.mrc")
     out = tmp_path / "out"
-    with pytest.raises(InputError, match="no fitted noise model.*'learned'"):
+    with pytest.raises(InputError, match="no fitted noise model.*'learned'.*--resume"):
         simulate(old, clean, str(out))
     assert not out.exists() or not os.listdir(out)
     assert os.path.exists(simulate(old, clean, str(out), noise_model="learned")["outputs"][0])
