@@ -141,6 +141,7 @@ class ProtDualPhantom(ProtDualBase):
             self._phantomSettings(),
             outdir=os.path.abspath(self._phantomDir(index)),
             seed=self.seed.get() + index,
+            halves=True,  # the tomograms' even/odd halves (ProtDualTrain's noise model)
         )
         self.runEngineJob('phantom', job, 'phantom_%s' % self.getTsId(index))
 
@@ -184,7 +185,15 @@ class ProtDualPhantom(ProtDualBase):
                 (tomograms, 'reconstruction.mrc'),
                 (grandModels, 'grandmodel.mrc'),
             ):
-                outSet.append(self._phantomFile(index, name))
+                item = self._phantomFile(index, name)
+                if outSet is tomograms:  # Scipion's order of half maps: odd, even
+                    item.setHalfMaps(
+                        [
+                            os.path.join(self._phantomDir(index), 'reconstruction_%s.mrc' % half)
+                            for half in ('odd', 'even')
+                        ]
+                    )
+                outSet.append(item)
             mask = TomoMask()
             mask.copyInfo(self._phantomFile(index, 'reconstruction.mrc'))
             mask.setFileName(os.path.join(self._phantomDir(index), 'class_mask.mrc'))

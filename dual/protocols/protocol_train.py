@@ -4,6 +4,7 @@ from enum import Enum
 
 import pyworkflow.protocol.params as params
 from pyworkflow import BETA
+from pwem.objects import Volume
 from pyworkflow.utils import Message
 
 from dual.constants import TRAINING_DIR
@@ -294,6 +295,13 @@ def trainingErrors(protocol, fresh, command='train'):
     return [sentence(error)] if error else []
 
 
+# the training summary's 'noise_share', in words
+NOISE_SHARE_SOURCES = {
+    'even/odd halves': "measured on the noisy tomograms' even/odd halves",
+    'learned simulator': "the learned simulator's (the tomograms carry no even/odd halves)",
+}
+
+
 def trainingJob(protocol, outdir, gpus, fresh, iterations=None):
     """The part of a training job that "dual - train" and "dual - missing wedge" share:
     output folder, settings, resume and compute resources."""
@@ -339,7 +347,11 @@ class ProtDualTrain(ProtDualBase):
             pointerClass='SetOfTomograms',
             important=True,
             label='Noisy tomograms',
-            help='Experimental (or simulated) tomograms: the noisy domain.',
+            help='Experimental (or simulated) tomograms: the noisy domain. Where every '
+            'one carries its even/odd half tomograms (reconstructed from the even and '
+            'the odd frames, as for cryoCARE), the noise model of simulation measures '
+            'on them how much of each frequency is structure: simulations that are '
+            'much harder to tell from the real tomograms (see the README).',
         )
         form.addParam(
             'cleanVolumes',
@@ -388,10 +400,26 @@ class ProtDualTrain(ProtDualBase):
     def _domainInputName(self, prefix, item):
         return '%s_%s' % (prefix, itemKey(item))
 
+    def _noisyHalves(self):
+        """[(item key, its two half files)] of the noisy tomograms, in the set's order,
+        when every one has two half maps; else None."""
+        halves = [
+            (itemKey(item), list(item.getHalfMaps(asList=True)))
+            for item in self.inputTomograms.get().iterItems()
+        ]
+        return halves if halves and all(len(files) == 2 for _, files in halves) else None
+
+    @staticmethod
+    def _halfInputName(key, number):
+        return 'noisy_%s_half%d' % (key, number)
+
     def convertInputStep(self):
         for prefix, inputSet in self._domains():
             for item in inputSet.iterItems():
                 self._engineInputFile(item, self._domainInputName(prefix, item))
+        for key, files in self._noisyHalves() or []:
+            for number, path in enumerate(files, 1):
+                self._engineInputFile(Volume(location=path), self._halfInputName(key, number))
 
     def _targetIterations(self):
         start = self.inputModel.get().getIterations() if self.continueTraining else 0
@@ -415,6 +443,13 @@ class ProtDualTrain(ProtDualBase):
                 for item in inputSet.iterItems()
             ]
             job['%s_voxel_size' % prefix] = inputSet.getSamplingRate()
+        halves = self._noisyHalves()
+        if halves:
+            job['noisy_halves'] = [
+                self._engineInputPath(self._halfInputName(key, number))
+                for key, _ in halves
+                for number in (1, 2)
+            ]
         if self.continueTraining:
             job['init_model'] = os.path.abspath(self.inputModel.get().getPath())
         self.runEngineJob('train', job, 'train', useGpu=bool(gpus))
@@ -473,6 +508,14 @@ class ProtDualTrain(ProtDualBase):
                     'The %s (%.2f A/px) are resampled %.1fx to the working voxel '
                     'size of %.2f A.' % (label, inputSet.getSamplingRate(), ratio, geometry[0])
                 )
+        tomograms = self.inputTomograms.get()
+        if tomograms is not None and self._noisyHalves() is None:
+            withHalves = sum(1 for t in tomograms.iterItems() if t.hasHalfMaps())
+            if withHalves:
+                warnings.append(
+                    'Only %d of the %d noisy tomograms carry even/odd halves: the noise '
+                    'model of simulation uses none of them.' % (withHalves, tomograms.getSize())
+                )
         if not self.usesGpu():
             warnings.append('Training on the CPU is very slow: use it for small tests only.')
         if self.continueTraining:
@@ -490,11 +533,15 @@ class ProtDualTrain(ProtDualBase):
                 'DUAL model trained for %d iterations at %.2f A/voxel on %d^3 subvolumes.'
                 % (model.getIterations(), model.getVoxelSize(), model.getSubvolumeSize())
             ]
-            losses = model.getTrainingInfo().get('final_losses') or {}
+            info = model.getTrainingInfo()
+            losses = info.get('final_losses') or {}
             if losses:
                 lines.append(
                     'Final losses: ' + ', '.join('%s %.3f' % (k, v) for k, v in losses.items())
                 )
+            source = NOISE_SHARE_SOURCES.get(info.get('noise_share'))
+            if source:
+                lines.append('Noise model of simulation: share of structure %s.' % source)
             return lines
         records = readTrainingLog(self.getTrainingLogFile())
         if not records:

@@ -64,10 +64,27 @@ class TestDualPhantom(TestBaseCentralizedLayer):
         self.launchProtocol(prot)
         for name in (OUT_TOMOGRAMS, OUT_GRAND_MODELS):
             outSet = getattr(prot, name)
+            withHalves = name == OUT_TOMOGRAMS  # each tomogram's even/odd halves
             self.checkTomograms(
-                outSet, expectedSetSize=2, expectedSRate=12.0, expectedDimensions=[x, y, z]
+                outSet,
+                expectedSetSize=2,
+                expectedSRate=12.0,
+                expectedDimensions=[x, y, z],
+                hasOddEven=withHalves,
+                hasHalves=withHalves,
             )
             self.assertEqual(sorted(t.getTsId() for t in outSet), ['TS_03', 'TS_04'])
+        # The halves (checked to exist above) lie on their tomogram's grid.
+        for tomo in getattr(prot, OUT_TOMOGRAMS):
+            halves = list(tomo.getHalfMaps(asList=True))
+            self.assertEqual(
+                [os.path.basename(h) for h in halves],
+                ['reconstruction_odd.mrc', 'reconstruction_even.mrc'],
+            )
+            for half in halves:
+                with mrcfile.open(half, header_only=True) as h:
+                    self.assertEqual((int(h.header.nx), int(h.header.nz)), (x, z))
+                    self.assertAlmostEqual(float(h.voxel_size.x), 12.0, places=3)
         tomo = getattr(prot, OUT_TOMOGRAMS).getFirstItem()
         acq = tomo.getAcquisition()
         self.assertEqual((acq.getAngleMin(), acq.getAngleMax(), acq.getStep()), (-50, 70, 4))

@@ -55,7 +55,27 @@ class TestDualTrain(DualWorkflowTest):
         self.assertEqual((job['device'], job['processes'], job['resume']), ('cpu', 1, True))
         self.assertEqual((job['subvolume_size'], job['unet_width']), (16, 4))
         self.assertIn('DUAL model trained for 4 iterations', ' '.join(self.train.summary()))
+        # The phantoms carry even/odd halves: the noise model measured its share on them,
+        # each tomogram's two halves linked in the tomograms' order.
+        self.assertEqual(info['noise_share'], 'even/odd halves')
+        self.assertEqual(len(job['noisy_halves']), 4)
+        for tomogram, pair in zip(job['noisy'], (job['noisy_halves'][:2], job['noisy_halves'][2:])):
+            tsId = os.path.basename(os.path.dirname(os.path.realpath(tomogram)))
+            self.assertEqual(
+                {os.path.basename(os.path.dirname(os.path.realpath(h))) for h in pair}, {tsId}
+            )
+        self.assertIn(
+            "measured on the noisy tomograms' even/odd halves", ' '.join(self.train.summary())
+        )
         self.assertIn('We trained DUAL', ' '.join(self.train.methods()))
+
+    def test_without_halves_the_learned_simulator_gives_the_share(self):
+        prot = self.newTraining(iterations=1)
+        prot.inputTomograms.set(self.grandModels)  # a set without half maps
+        self.launchProtocol(prot)
+        info = getattr(prot, 'model').getTrainingInfo()
+        self.assertEqual(info['noise_share'], 'learned simulator')
+        self.assertNotIn('noisy_halves', readJob(prot, 'train'))
 
     def test_continue_from_model_counts_on(self):
         prot, model = self.runTraining(
@@ -143,3 +163,17 @@ class TestDualTrain(DualWorkflowTest):
         warnings = ' '.join(self.newTraining(voxelSize=25.0).warnings())
         self.assertIn('CPU', warnings)
         self.assertIn('resampled 2.5x', warnings)
+        self.assertNotIn('even/odd', warnings)
+        # halves on some tomograms only: none are used, and the form says so
+        mixed = unsavedTomogramSet(self.getOutputPath('mixed.sqlite'))
+        for number, item in enumerate(self.tomograms):
+            tomo = item.clone()
+            tomo.cleanObjId()
+            if number:
+                tomo.setHalfMaps([])
+            mixed.append(tomo)
+        prot = self.newTraining()
+        prot.inputTomograms.set(mixed)
+        self.assertIn(
+            'Only 1 of the 2 noisy tomograms carry even/odd halves', ' '.join(prot.warnings())
+        )

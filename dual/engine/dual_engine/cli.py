@@ -39,6 +39,7 @@ def _phantom(job):
         n_fiducials=job.fiducials,
         defocus_jitter_um=job.defocus_jitter,
         contrast_volts=job.contrast_volts,
+        write_halves=job.halves,
     )
     print(json.dumps(summary, indent=1))
 
@@ -105,6 +106,7 @@ def _train(job):
         clean_voxel_size=job.clean_voxel_size,
         overwrite=job.overwrite,
         given=job.given,
+        noisy_halves=job.noisy_halves,
     )
     print(json.dumps(summary, indent=1))
 

@@ -750,6 +750,12 @@ class TrainOptions(Options):
     clean_voxel_size: Optional[float] = option(
         None, 'voxel size of the clean volumes in A, if their headers are wrong', gt=0
     )
+    noisy_halves: Optional[Tuple[str, ...]] = option(
+        None,
+        'the two half tomograms (even and odd, either first) of each noisy volume, in '
+        'their order (EVEN1 ODD1 EVEN2 ...): the noise model of simulation measures its '
+        'share of structure on them',
+    )
 
 
 @dataclass
@@ -968,6 +974,11 @@ class PhantomOptions(Options):
     particles: Optional[int] = option(None, 'number of macromolecules to try to place', ge=0)
     noise_free: bool = option(
         False, 'also write reconstruction_noisefree.mrc: same optics and wedge, no noise'
+    )
+    halves: bool = option(
+        False,
+        'also write reconstruction_even.mrc and reconstruction_odd.mrc: half tomograms of '
+        'half the dose each (each tilt\'s counts split in two, as frames are)',
     )
     vesicles: Optional[int] = option(
         None, 'number of vesicles to try to place (default: one per (120 nm)^2 of area)', ge=0

@@ -411,10 +411,11 @@ def _simulate(
 UNIT_STATS = {'mean': 0.0, 'std': 1.0}  # of volumes standardised already
 
 
-def fit_noise_model(generators, real_volumes, maps, cfg, device, seed):
+def fit_noise_model(generators, real_volumes, maps, cfg, device, seed, halves=None):
     """The spectra of the fitted noise model (spectral.py) of trained generators, from
     standardised real tomograms and clean maps (in memory, at the working voxel size):
-    the learned simulator is run over the maps the fit uses (spectral.fit_maps)."""
+    the learned simulator is run over the maps the fit uses (spectral.fit_maps).
+    halves: the real tomograms' even/odd halves (pairs), if any (spectral.fit)."""
     network = generators.structural_generator
     maps = spectral.fit_maps(maps)
     simulated = []
@@ -427,7 +428,7 @@ def fit_noise_model(generators, real_volumes, maps, cfg, device, seed):
             v, out, network, DEFAULT_TILE, network.receptive_radius, network.multiple, device, noisy
         )
         simulated.append(out)
-    return spectral.fit(real_volumes, maps, simulated, cfg.tilt_axis)
+    return spectral.fit(real_volumes, maps, simulated, cfg.tilt_axis, halves)
 
 
 def _noise_adder(generators, key, shape, stats, device):

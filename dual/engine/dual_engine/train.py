@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -42,9 +43,9 @@ from dual_engine.contract import (
     torch_seed,
 )
 from dual_engine.cpus import default_threads
-from dual_engine.data import Domain, estimate_contrast, wedge_swap_axes
+from dual_engine.data import Domain, estimate_contrast, load_for_model, wedge_swap_axes
 from dual_engine.infer import fit_noise_model
-from dual_engine.io import atomic_output
+from dual_engine.io import atomic_output, read_mrc
 from dual_engine.losses import (
     discriminator_loss,
     generator_adversarial_loss,
@@ -324,6 +325,7 @@ def _worker(
     noisy_voxel_size,
     clean_voxel_size,
     given,
+    noisy_halves,
 ):
     if threads:
         torch.set_num_threads(threads)
@@ -348,6 +350,7 @@ def _worker(
             noisy_voxel_size,
             clean_voxel_size,
             given,
+            noisy_halves,
         )
     finally:
         if world_size > 1:
@@ -367,6 +370,7 @@ def _train_process(
     noisy_voxel_size,
     clean_voxel_size,
     given,
+    noisy_halves,
 ):
     cfg, state, same_run = _prepare_config(outdir, cfg, resume, init_model, given)
     noisy = Domain(
@@ -470,9 +474,24 @@ def _train_process(
         extra = {'training': summary}
         if cfg.task == 'denoise':
             print('Fitting the noise model of simulation', flush=True)
+            halves = None
+            if noisy_halves:  # at the working voxel size, as the noisy volumes
+                halves = [
+                    tuple(load_for_model(p, cfg.voxel_size, noisy_voxel_size)[0] for p in pair)
+                    for pair in noisy_halves
+                ]
             extra['spectra'] = fit_noise_model(
-                trainer.model_generators(), noisy.volumes, clean.volumes, cfg, device, cfg.seed
+                trainer.model_generators(),
+                noisy.volumes,
+                clean.volumes,
+                cfg,
+                device,
+                cfg.seed,
+                halves,
             )
+            # where the noise model's share of structure per frequency comes from
+            summary['noise_share'] = 'even/odd halves' if halves else 'learned simulator'
+            summary['noisy_halves'] = [list(pair) for pair in noisy_halves or []]
             summary['noise_models'] = list(NOISE_MODELS)  # what `simulate` can use
         save(trainer.state(extra), os.path.join(outdir, MODEL_FILE))
     if world_size > 1:
@@ -527,6 +546,7 @@ def train(
     clean_voxel_size=None,
     overwrite=False,
     given=None,
+    noisy_halves=None,
 ):
     """Train DUAL on unpaired noisy and clean volumes; returns the training summary.
 
@@ -534,9 +554,13 @@ def train(
     processes with the gloo backend. resume continues from outdir/checkpoint.pt if there
     is one; init_model starts from the weights and iteration count of a model file.
     An earlier run in outdir is never replaced unless overwrite is set; given: the
-    settings the caller set (default: all of cfg), see _prepare_config.
+    settings the caller set (default: all of cfg), see _prepare_config. noisy_halves:
+    the even and odd half tomograms of each noisy volume, in order (two paths per
+    volume), on which the fitted noise model of simulation measures its share of
+    structure (spectral.measured_share; without them the learned simulator's share).
     """
     cfg = cfg or DualConfig()
+    noisy_halves = _checked_halves(noisy_halves, noisy_paths, noisy_voxel_size, cfg)
     given = frozenset(f.name for f in _all_fields()) if given is None else frozenset(given)
     device = resolve_device(device)
     if device.startswith('cuda') and processes > torch.cuda.device_count():
@@ -563,6 +587,7 @@ def train(
         noisy_voxel_size,
         clean_voxel_size,
         given,
+        noisy_halves,
     )
     with training_lock(outdir):
         if overwrite:
@@ -577,6 +602,43 @@ def train(
                 _worker, args=(processes, init_file) + args, nprocs=processes, join=True
             )
     return load_model(os.path.join(outdir, MODEL_FILE))[1]['training']
+
+
+def _checked_halves(halves, noisy_paths, voxel_size, cfg):
+    """The noisy volumes' even/odd halves as (even, odd) pairs, or None; InputError
+    unless there are two per volume, each of its volume's shape and voxel size."""
+    if not halves:
+        return None
+    if cfg.task != 'denoise':
+        raise InputError(
+            'even/odd halves serve the noise model of simulation, which only '
+            'denoise training fits (this is %s training)' % cfg.task
+        )
+    if len(halves) != 2 * len(noisy_paths):
+        raise InputError(
+            'give two halves (even, odd) per noisy volume: %d volumes, %d halves'
+            % (len(noisy_paths), len(halves))
+        )
+    pairs = [tuple(halves[2 * i : 2 * i + 2]) for i in range(len(noisy_paths))]
+    for path, pair in zip(noisy_paths, pairs):
+        if len({os.path.realpath(p) for p in (path,) + pair}) < 3:
+            raise InputError(
+                '%s: its halves must be two other files (given: %s)' % (path, ', '.join(pair))
+            )
+        data, size = read_mrc(path)
+        for half in pair:
+            half_data, half_size = read_mrc(half)
+            if half_data.shape != data.shape:
+                raise InputError(
+                    '%s: shape %s, but its tomogram %s is %s'
+                    % (half, half_data.shape, path, data.shape)
+                )
+            if not voxel_size and not np.isclose(half_size, size, rtol=1e-3):
+                raise InputError(
+                    '%s: voxel size %g A in its header, but its tomogram %s says %g A'
+                    % (half, half_size, path, size)
+                )
+    return pairs
 
 
 def _check_outdir(outdir, resume, overwrite):

@@ -222,6 +222,33 @@ def test_same_seed_reproduces_other_seed_differs(phantom, tmp_path):
     assert not np.array_equal(other["reconstruction"], volumes["reconstruction"])
 
 
+def test_even_odd_halves_split_the_noise_and_leave_the_rest_as_it_is(phantom, tmp_path):
+    """Halves of half the dose: their mean is the tomogram, their difference noise alone;
+    the phantom's other volumes are byte for byte those made without halves."""
+    _, _, volumes = phantom
+    folder = tmp_path / "halves"
+    summary = make_phantom(
+        folder, shape=SHAPE, voxel_size=VOXEL, seed=7, write_noise_free=True, write_halves=True
+    )
+    again = _load(folder)
+    for name in MRC_NAMES:
+        assert again[name].tobytes() == volumes[name].tobytes(), name
+    halves = []
+    for name in ("even", "odd"):
+        path = summary["files"]["reconstruction_%s.mrc" % name]
+        data, voxel_size = read_mrc(path)
+        assert data.shape == SHAPE and voxel_size == pytest.approx(VOXEL)
+        halves.append(np.array(data, dtype=np.float64))
+    even, odd = halves
+    full, clean = volumes["reconstruction"], volumes["reconstruction_noisefree"]
+    assert pearson((even + odd) / 2, full) > 0.99
+    assert abs(pearson(even - odd, clean)) < 0.05
+    # each half sees the structure, with more noise than the full tomogram
+    assert 0.4 * pearson(full, clean) < pearson(even, clean) < 0.95 * pearson(full, clean)
+    record = json.load(open(folder / "phantom.json"))
+    assert record["parameters"]["write_halves"] is True
+
+
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "cli"
     result = run_cli(

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from dual_engine import spectral
+from dual_engine.data import load_for_model
 from dual_engine.io import InputError, write_mrc
 from dual_engine.model import DualConfig, load_generators, load_model
 from dual_engine.synth.phantom import make_phantom
@@ -46,7 +48,7 @@ def phantom_domains(root, phantoms=4):
     """Phantoms 0..phantoms-1 in root/<seed>; noisy domain: reconstructions of 0-1,
     clean domain: grand models of 2-3 (other specimens: the domains are unpaired)."""
     for seed in range(phantoms):
-        make_phantom(str(root / str(seed)), shape=SHAPE, seed=seed)
+        make_phantom(str(root / str(seed)), shape=SHAPE, seed=seed, write_halves=True)
     noisy = [str(root / str(s) / "reconstruction.mrc") for s in (0, 1)]
     clean = [str(root / str(s) / "grandmodel.mrc") for s in (2, 3)]
     return noisy, clean
@@ -179,6 +181,61 @@ def test_bad_inputs(domains, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             train(noisy, clean, str(tmp_path), tiny_config(), device="cuda")
+
+
+def halves_of(noisy):
+    """The even and odd halves of the noisy phantoms' reconstructions, in order."""
+    return [
+        path.replace("reconstruction.mrc", "reconstruction_%s.mrc" % half)
+        for path in noisy
+        for half in ("even", "odd")
+    ]
+
+
+def test_even_odd_halves_give_the_noise_model_its_share_of_structure(domains, tmp_path):
+    """After a few iterations the learned simulator knows little; with the noisy
+    tomograms' halves the noise model measures its share of structure on them and has
+    the noise of the paired reference (the tomograms with their own grand models)."""
+    noisy, clean = domains
+    cfg = tiny_config(iterations=2)
+    summaries, spectra = {}, {}
+    for name, halves in (("learned", None), ("halves", halves_of(noisy))):
+        out = str(tmp_path / name)
+        summaries[name] = train(noisy, clean, out, cfg, threads=1, noisy_halves=halves)
+        spectra[name] = load_model(os.path.join(out, MODEL))[1]["spectra"]
+    assert summaries["learned"]["noise_share"] == "learned simulator"
+    assert summaries["halves"]["noise_share"] == "even/odd halves"
+    assert summaries["halves"]["noisy_halves"] == [halves_of(noisy)[:2], halves_of(noisy)[2:]]
+    real = [load_for_model(p, cfg.voxel_size)[0] for p in noisy]
+    maps = [
+        load_for_model(p.replace("reconstruction", "grandmodel"), cfg.voxel_size)[0] for p in noisy
+    ]
+    reference = spectral.fit_paired(real, maps, cfg.tilt_axis)["noise_power"].sum()
+    assert float(spectra["halves"]["noise_power"].sum()) == pytest.approx(float(reference), rel=0.1)
+    assert abs(float(spectra["learned"]["noise_power"].sum()) / float(reference) - 1) > 0.1
+
+
+def test_bad_halves_are_refused_before_any_work(domains, tmp_path):
+    noisy, clean = domains
+    halves = halves_of(noisy)
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="two halves .* 2 volumes, 3 halves"):
+        train(noisy, clean, str(out), tiny_config(), noisy_halves=halves[:3])
+    small = tmp_path / "small.mrc"
+    write_mrc(small, np.zeros((32, 96, 96), np.float32), 10.0)
+    with pytest.raises(InputError, match="small.mrc: shape"):
+        train(noisy, clean, str(out), tiny_config(), noisy_halves=[str(small)] + halves[1:])
+    other = tmp_path / "other.mrc"
+    write_mrc(other, np.zeros(SHAPE, np.float32), 8.0)
+    with pytest.raises(InputError, match="other.mrc: voxel size 8 A"):
+        train(noisy, clean, str(out), tiny_config(), noisy_halves=halves[:3] + [str(other)])
+    with pytest.raises(InputError, match="must be two other files"):
+        train(noisy, clean, str(out), tiny_config(), noisy_halves=[halves[0]] * 2 + halves[2:])
+    with pytest.raises(InputError, match="only denoise training"):
+        train(noisy, clean, str(out), tiny_config(task="wedge"), noisy_halves=halves)
+    with pytest.raises(InputError, match="not found"):
+        train(noisy, clean, str(out), tiny_config(), noisy_halves=halves[:3] + ["gone.mrc"])
+    assert not out.exists()
 
 
 def test_batched_denoiser_pass_equals_two_passes():

@@ -113,6 +113,9 @@ class Acquisition:
     reconstruction_noisefree: np.ndarray  # same optics and wedge, expected counts
     tilt_angles: np.ndarray  # degrees
     defocus_um: np.ndarray  # per tilt
+    # even/odd half tomograms (each tilt's counts split in two, as frames are): None
+    # unless asked for
+    reconstruction_halves: tuple = None
 
 
 def electron_wavelength(voltage_kv):
@@ -275,12 +278,17 @@ def weighted_back_projection(images, angles, nz, radial_cutoff=0.35, radial_fall
     return back_project(ramp_filter(images, radial_cutoff, radial_falloff), angles, nz)
 
 
-def acquire(grand_model, voxel_size, params=None, rng=None):
+def acquire(grand_model, voxel_size, params=None, rng=None, halves_rng=None):
     """Simulate the tilt series of `grand_model` (Z, Y, X) and reconstruct it by WBP.
 
     Returns an Acquisition with the noisy and the noise-free reconstruction (same
     geometry, optics and per-tilt defoci; the latter uses expected counts). `rng` is a
-    numpy Generator; it draws the per-tilt defoci, then the Poisson counts.
+    numpy Generator; it draws the per-tilt defoci, then the Poisson counts. With
+    `halves_rng` (another Generator) each tilt's counts are also split at random into
+    two halves (binomial thinning: each half is exactly a Poisson image of half the
+    dose, as even and odd frames are) and each half reconstructed alike: the even/odd
+    half tomograms, whose noise is independent and whose signal is the same. The full
+    reconstruction does not depend on whether halves are made.
     """
     params = params or AcquisitionParams()
     params.validate()
@@ -316,8 +324,10 @@ def acquire(grand_model, voxel_size, params=None, rng=None):
     padded_shape = (ny + 2 * margin, n_detector)
     mtf = detector_mtf(padded_shape) if params.detector_mtf else 1.0
     scale = 1.0 / (2.0 * phase_per_voxel)  # back to "density x voxels" units
-    # Noisy and noise-free images side by side along Y: one back-projection does both.
-    images = np.empty((len(angles), 2 * ny, nx), dtype=np.float32)
+    # Noisy and noise-free images (and the halves) side by side along Y: one
+    # back-projection does them all.
+    blocks = 4 if halves_rng is not None else 2
+    images = np.empty((len(angles), blocks * ny, nx), dtype=np.float32)
     for i in range(len(angles)):
         phase = np.pad(projections[i] * phase_per_voxel, [(margin, margin), (0, 0)], mode="reflect")
         transfer = ctf(padded_shape, voxel_size, defoci[i], params) * mtf
@@ -327,14 +337,22 @@ def acquire(grand_model, voxel_size, params=None, rng=None):
         counts = rng.poisson(expected)
         # Inverted contrast, normalised by the image's own mean as a real pipeline would.
         images[i, :ny] = (1.0 - counts / max(counts.mean(), 1e-12)) * scale
-        images[i, ny:] = (1.0 - expected / max(expected.mean(), 1e-12)) * scale
+        images[i, ny : 2 * ny] = (1.0 - expected / max(expected.mean(), 1e-12)) * scale
+        if halves_rng is not None:
+            even = halves_rng.binomial(counts, 0.5)
+            for j, half in enumerate((even, counts - even)):
+                block = slice((2 + j) * ny, (3 + j) * ny)
+                images[i, block] = (1.0 - half / max(half.mean(), 1e-12)) * scale
 
     volumes = weighted_back_projection(
         images, angles, nz, params.radial_cutoff, params.radial_falloff
     )
     return Acquisition(
         reconstruction=np.ascontiguousarray(volumes[:, :ny]),
-        reconstruction_noisefree=np.ascontiguousarray(volumes[:, ny:]),
+        reconstruction_noisefree=np.ascontiguousarray(volumes[:, ny : 2 * ny]),
         tilt_angles=angles,
         defocus_um=defoci,
+        reconstruction_halves=None
+        if halves_rng is None
+        else tuple(np.ascontiguousarray(volumes[:, j * ny : (j + 1) * ny]) for j in (2, 3)),
     )

@@ -3,6 +3,8 @@
 Files written to `outdir` (every MRC carries the voxel size in its header):
   reconstruction.mrc            WBP tomogram, float32, dense = bright (see acquisition)
   reconstruction_noisefree.mrc  same optics, CTF and wedge without noise (write_noise_free)
+  reconstruction_even.mrc,      even/odd half tomograms: each tilt's counts split in two
+  reconstruction_odd.mrc        at random, as frames are (write_halves)
   grandmodel.mrc                noise-free density, float32
   class_mask.mrc                int16 class id per voxel (class_conversion_table.txt)
   occupancy_mask.mrc            int16 instance id = 1-based line in particle_locations.txt
@@ -74,6 +76,7 @@ def make_phantom(
     n_fiducials=None,
     defocus_jitter_um=0.1,
     contrast_volts=1.0,
+    write_halves=False,
 ):
     """Pack a grand model, acquire its tomogram and write both; return a JSON-able summary.
 
@@ -98,8 +101,10 @@ def make_phantom(
     )
     params.validate()
 
-    pack_rng, acquire_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2)
+    # the halves' split draws from a third stream: the other volumes are the same with
+    # or without halves
+    pack_rng, acquire_rng, halves_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3)
     )
     model = pack(
         shape,
@@ -110,7 +115,9 @@ def make_phantom(
         n_vesicles=n_vesicles,
         n_fiducials=n_fiducials,
     )
-    tomogram = acquire(model.density, voxel_size, params, acquire_rng)
+    tomogram = acquire(
+        model.density, voxel_size, params, acquire_rng, halves_rng if write_halves else None
+    )
     noisy, clean = tomogram.reconstruction, tomogram.reconstruction_noisefree
     correlation = _correlation(noisy, model.density)
     correlation_clean = _correlation(clean, model.density)
@@ -139,6 +146,12 @@ def make_phantom(
     if write_noise_free:
         paths["reconstruction_noisefree.mrc"] = os.path.join(outdir, "reconstruction_noisefree.mrc")
         write_mrc(paths["reconstruction_noisefree.mrc"], clean, voxel_size)
+    if write_halves:
+        for name, half in zip(("even", "odd"), tomogram.reconstruction_halves):
+            paths["reconstruction_%s.mrc" % name] = os.path.join(
+                outdir, "reconstruction_%s.mrc" % name
+            )
+            write_mrc(paths["reconstruction_%s.mrc" % name], half, voxel_size)
     write_particle_locations(paths["particle_locations.txt"], model.particles)
     with atomic_output(paths["class_conversion_table.txt"]) as tmp, open(tmp, "w") as f:
         f.write("background 0\n")
@@ -173,6 +186,7 @@ def make_phantom(
             "n_vesicles": n_vesicles,
             "n_fiducials": n_fiducials,
             "write_noise_free": bool(write_noise_free),
+            "write_halves": bool(write_halves),
             **params.as_dict(),
         },
         "slab_z": list(model.slab),
