@@ -9,7 +9,9 @@ Data: the denoising set of run_benchmark.py, as run_sim2real.py uses it. "Real"
 tomograms: the reconstructions of seeds REAL_SEEDS, which the DUAL model never saw
 (it trained on reconstructions 0-3 and grand models 4-7). Each simulator turns the
 grand models of those same seeds into tomograms:
-  dual       `simulate` with the engine-default model of run_sim2real.py (or --model)
+  dual       `simulate` with the engine-default model of run_sim2real.py (or --model),
+             its noise model's share of structure measured on the training
+             tomograms' even/odd halves (every bench phantom has them)
   physics    the physics simulator with another acquisition than the real set's
              (run_sim2real.OTHER_ACQUISITION), as a user who does not know the microscope
   white      the grand model plus white Gaussian noise at the real set's SNR

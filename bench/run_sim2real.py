@@ -9,7 +9,8 @@ The labelled maps are the grand models of its clean seeds 4-7 with their class m
 each training set below turns the same maps into tomograms, with the same labels:
   dual     DUAL simulations: `simulate` (SIM_VARIANTS per map) with a denoising model of
            the engine's defaults trained on the set's own split (reconstructions of seeds
-           0-3, grand models of 4-7: study.PhantomStudy.default_denoiser)
+           0-3, grand models of 4-7, the reconstructions' even/odd halves for the
+           noise model's share of structure: study.PhantomStudy.default_denoiser)
   physics  the physics simulator on the same maps with another acquisition than the real
            set's (OTHER_ACQUISITION: defocus, dose and tilt step changed), as a user
            simulating without knowing the microscope would
