@@ -22,10 +22,10 @@ much power each frequency has. Where the real tomograms come with their even/odd
 (reconstructions of the even and the odd frames: the same structure, independent
 noise), share(k) is measured on them instead (measured_share): the learned simulator's
 share is wrong where the data's CTF makes the structure's share rise and fall
-(bench/run_realism.py: classifier AUC 0.83 with the learned share, 0.56 with the
-measured one, as low as with the share measured on pairs of tomograms and their maps).
-The transfer's sign (the contrast and the CTF's phase flips) is the learned
-simulator's either way. Both spectra are binned on a coarse grid of frequencies
+(bench/run_realism.py: classifier AUC 0.83 with the learned share, 0.57 with the
+measured one, about as low as with the share measured on pairs of tomograms and their
+maps, 0.56). The transfer's sign (the contrast and the CTF's phase flips) is the
+learned simulator's either way. Both spectra are binned on a coarse grid of frequencies
 (cycles/voxel), so a model simulates maps of any size, with the coefficients binned
 apart by their direction's angle to the border of the missing cone (the tilt range
 measured in the real tomograms): the cone's sharp border survives the binning.
