@@ -243,9 +243,10 @@ def fit(real_volumes, maps, simulated_maps, tilt_axis, halves=None):
     # where the maps have next to no power, the regression is noise: no structure there
     weak = map_spectrum < MIN_MAP_POWER * map_spectrum.mean()
     transfer = np.where(weak, 0.0, cross.mean() / np.maximum(map_spectrum, 1e-30))
-    share = np.clip(transfer**2 * map_spectrum / np.maximum(sim_spectrum, 1e-30), 0.0, 1.0)
     if halves:
         share = np.where(weak, 0.0, measured_share(halves, tilt_range, tilt_axis))
+    else:
+        share = np.clip(transfer**2 * map_spectrum / np.maximum(sim_spectrum, 1e-30), 0.0, 1.0)
     transfer = np.sign(transfer) * np.sqrt(share * real_spectrum / np.maximum(map_spectrum, 1e-30))
     noise_power = (1.0 - share) * real_spectrum
     return _spectra(transfer, noise_power, tilt_range)
