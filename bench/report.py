@@ -448,7 +448,10 @@ def _sim2real_table(results_dir):
         "for every row) trained only on the row's tomograms of the grand models of seeds "
         "%s with their class masks, once for each network seed %s; scored on the real "
         "tomograms of seeds %s (SNR of the real set %.3f): the mean over the networks and "
-        "test tomograms ± the sample std of the networks' means. Physics simulator with "
+        "test tomograms ± the sample std of the networks' means. Networks of one seed start "
+        "from the same weights and see the same maps, crops and flips in the same order "
+        "in every row, so rows also compare network by network: the row minus the "
+        "physics row per seed, mean ± sample std over the seeds. Physics simulator with "
         "other acquisition: %s. Picking: centroids of predicted macromolecule components "
         "(>= %d voxels) within %g voxels of a true centre."
         % (
@@ -475,8 +478,17 @@ def _sim2real_table(results_dir):
     header = (
         ["Training set", "Mean Dice (macromolecules)"]
         + [c[len("dice_") :] for c in classes]
-        + ["Picking F1", "Precision", "Recall", "Training s per network"]
+        + ["Picking F1", "Precision", "Recall"]
+        + ["Dice - physics, paired", "F1 - physics, paired", "Training s per network"]
     )
+
+    def paired(key, e, score):
+        if key == "physics":
+            return "reference"
+        if not e.get("minus_physics"):
+            return "-"
+        return "%+.3f ± %.3f" % tuple(e["minus_physics"][score])
+
     rows = [
         [e["label"], _fmt(e, "mean_dice", 3)]
         + ["%.3f" % e["mean"][c] if c in e["mean"] else "-" for c in classes]
@@ -484,9 +496,11 @@ def _sim2real_table(results_dir):
             _fmt(e, "f1", 3),
             "%.3f" % e["mean"]["precision"],
             "%.3f" % e["mean"]["recall"],
+            paired(key, e, "mean_dice"),
+            paired(key, e, "f1"),
             "%.0f" % e["seconds_per_network"],
         ]
-        for e in data["methods"].values()
+        for key, e in data["methods"].items()
     ]
     return lines + _grid_table(header, rows) + [""]
 

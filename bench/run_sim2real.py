@@ -28,7 +28,11 @@ vesicle membrane, gold), cross-entropy plus soft Dice, the same budget for every
 every volume standardised. One such training is a poor measure of a training set: the
 same set and recipe with another network seed moved mean Dice by up to 0.09 and F1 by
 up to 0.3 (seeds 0-2, this benchmark), more than the sets differ. So each set trains a network
-for each of NETWORK_SEEDS (the same seeds for every set) and a row is their mean.
+for each of NETWORK_SEEDS and a row is their mean. The sets are paired: a network seed
+gives the same initial weights and draws the same maps, crops and flips in the same
+order for every set (a map's variant from a stream of its own), so that much of what one
+seed does to a network it does to every set's, and each row also has its difference to
+the physics row network by network (minus_physics: mean and sample std over the seeds).
 Scores on the real tomograms of test seeds 8, 10 and 11 (never seen by any network or
 model), the mean over the networks and test tomograms, and the sample std of the
 networks' means (how much one training moves the score):
@@ -115,21 +119,20 @@ class Sim2Real(study.PhantomStudy):
         return np.array(read_mrc(self.path(seed, "class_mask"))[0], dtype=np.int64)
 
     def training_set(self, method):
-        """[(standardised tomogram, class labels)] of one training set."""
+        """[[(standardised tomogram, class labels) of each variant] of each map]: one
+        training set, by map (the real, white and physics sets have one variant)."""
         if method == "real":
             return [
-                (self.bench.volume(SET, k, "reconstruction"), self.labels(k)) for k in self.maps
+                [(self.bench.volume(SET, k, "reconstruction"), self.labels(k))] for k in self.maps
             ]
         if method == "white":
-            return [(self.white_noise(k), self.labels(k)) for k in self.maps]
+            return [[(self.white_noise(k), self.labels(k))] for k in self.maps]
         if method == "physics":
-            return [(self.other_acquisition(k), self.labels(k)) for k in self.maps]
+            return [[(self.other_acquisition(k), self.labels(k))] for k in self.maps]
         if method == "oracle":
             model = self.oracle_model(self.args.threads)
             return [
-                pair
-                for k in self.maps
-                for pair in self.dual_simulation(k, SIM_VARIANTS, model, "oracle", "fitted")
+                self.dual_simulation(k, SIM_VARIANTS, model, "oracle", "fitted") for k in self.maps
             ]
         return self.dual_simulations()
 
@@ -178,9 +181,7 @@ class Sim2Real(study.PhantomStudy):
         """SIM_VARIANTS DUAL simulations of each map, with the labels that `simulate`
         writes beside them (the map's own, checked here against the phantom's)."""
         model, folder = self.dual_model(), self.args.dual_key
-        return [
-            pair for k in self.maps for pair in self.dual_simulation(k, SIM_VARIANTS, model, folder)
-        ]
+        return [self.dual_simulation(k, SIM_VARIANTS, model, folder) for k in self.maps]
 
     def dual_simulation(self, seed, variants, model, folder="dual", noise_model=None):
         """[(standardised simulation, class labels)] of map `seed`: `variants` draws of
@@ -215,20 +216,25 @@ class Sim2Real(study.PhantomStudy):
         return pairs
 
     # ------------------------------------------------------------ network
-    def train_network(self, method, pairs, seed):
+    def train_network(self, method, maps, seed):
         import torch
         import torch.nn.functional as F
         from dual_engine.nets import UNet3D
 
         torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
+        # paired sets: one seed draws the same maps, crops and flips in the same order for
+        # every set (its initial weights are the same too), so that two sets' networks
+        # differ by what the tomograms look like; the variant of a map comes from a
+        # stream of its own
+        rng, variant_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
         net = UNet3D(width=NET_WIDTH, depth=2, out_channels=self.n_classes)
         optimiser = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
         curve, t0 = [], time.perf_counter()
         for step in range(1, self.args.iterations + 1):
             volumes, targets = [], []
             for _ in range(BATCH):
-                volume, labels = pairs[rng.integers(len(pairs))]
+                variants = maps[rng.integers(len(maps))]
+                volume, labels = variants[variant_rng.integers(len(variants))]
                 corner = [rng.integers(0, n - CROP + 1) for n in volume.shape]
                 box = tuple(slice(c, c + CROP) for c in corner)
                 v, t = volume[box], labels[box]
@@ -256,6 +262,19 @@ class Sim2Real(study.PhantomStudy):
                 round(float(np.mean(curve[i - 50 : i])), 4)
                 for i in range(250, self.args.iterations + 1, 250)
             ],
+        }
+
+    def network_settings(self):
+        """How every row's networks are trained (rows compare only when it is the same)."""
+        return {
+            "width": NET_WIDTH,
+            "depth": 2,
+            "iterations": self.args.iterations,
+            "seeds": self.args.network_seeds,
+            "batch": BATCH,
+            "crop": CROP,
+            "learning_rate": LEARNING_RATE,
+            "sampling": "paired by map",
         }
 
     @staticmethod
@@ -290,18 +309,21 @@ class Sim2Real(study.PhantomStudy):
             self.bench.phantom(SET, k)
         path = os.path.join(self.bench.results, "sim2real.json")
         data = study.load_json(path, {}) or {}
-        # rows of one network each (measured before NETWORK_SEEDS) compare with nothing
-        methods = {k: v for k, v in data.get("methods", {}).items() if "networks" in v}
+        network = self.network_settings()
+        # a row from other networks (budget, schedule, seeds) compares with nothing here
+        methods = {k: v for k, v in data.get("methods", {}).items() if v.get("network") == network}
+        for key in sorted(set(data.get("methods", {})) - set(methods)):
+            study.log("row %s dropped: its networks were trained otherwise" % key)
         command = "python bench/run_sim2real.py " + " ".join(self.args.argv)
         for method in self.args.methods:
             key, label = method, LABELS[method]
             if method == "dual" and self.args.dual_label:
                 key, label = self.args.dual_key, self.args.dual_label
             study.log("training set: %s" % label)
-            pairs = self.training_set(method)
+            maps = self.training_set(method)
             networks = {}
             for seed in self.args.network_seeds:
-                net, training = self.train_network(method, pairs, seed)
+                net, training = self.train_network(method, maps, seed)
                 per_test = {}
                 for k in self.test:
                     per_test[k] = self.scores(
@@ -316,10 +338,15 @@ class Sim2Real(study.PhantomStudy):
                 "label": label,
                 "command": command,
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "training_volumes": len(pairs),
+                "training_volumes": sum(len(variants) for variants in maps),
+                "network": network,
                 "networks": networks,
                 **summary(networks),
             }
+            if "physics" in methods:
+                for name, row in methods.items():
+                    if name != "physics":
+                        row["minus_physics"] = paired_difference(row, methods["physics"])
             data.update(
                 {
                     "benchmark": "sim-to-real segmentation (paper Figs. 4-5) on phantoms",
@@ -330,15 +357,7 @@ class Sim2Real(study.PhantomStudy):
                     "test_seeds": self.test,
                     "real_snr": self.real_snr(),
                     "other_acquisition": OTHER_ACQUISITION,
-                    "network": {
-                        "width": NET_WIDTH,
-                        "depth": 2,
-                        "iterations": self.args.iterations,
-                        "seeds": self.args.network_seeds,
-                        "batch": BATCH,
-                        "crop": CROP,
-                        "learning_rate": LEARNING_RATE,
-                    },
+                    "network": network,
                     "picking": {
                         "min_component_voxels": MIN_COMPONENT,
                         "match_voxels": MATCH_VOXELS,
@@ -359,10 +378,7 @@ def summary(networks):
     tomogram has no Dice there)."""
     tests = [t for n in networks.values() for t in n["per_test_seed"].values()]
     keys = sorted(set.intersection(*(set(t) for t in tests)))
-    per_network = [
-        {key: np.mean([t[key] for t in n["per_test_seed"].values()]) for key in keys}
-        for n in networks.values()
-    ]
+    per_network = list(network_means(networks, keys).values())
     spread = len(per_network) > 1
     return {
         "mean": {key: float(np.mean([m[key] for m in per_network])) for key in keys},
@@ -374,6 +390,33 @@ def summary(networks):
             float(np.mean([n["training"]["seconds"] for n in networks.values()])), 1
         ),
     }
+
+
+def network_means(networks, keys):
+    """{network seed: {score: its mean over the test tomograms}}."""
+    return {
+        seed: {key: float(np.mean([t[key] for t in n["per_test_seed"].values()])) for key in keys}
+        for seed, n in networks.items()
+    }
+
+
+def paired_difference(row, reference, keys=("mean_dice", "f1")):
+    """Row minus reference, network by network (the seeds both trained: same initial
+    weights, same crops), as {score: [mean, sample std]} over those seeds; None when
+    they share fewer than two."""
+    # seeds are ints in a fresh row, strings in one read back from JSON
+    mine, theirs = (
+        {str(seed): means for seed, means in network_means(r["networks"], keys).items()}
+        for r in (row, reference)
+    )
+    seeds = sorted(set(mine) & set(theirs))
+    if len(seeds) < 2:
+        return None
+    out = {}
+    for key in keys:
+        differences = [mine[seed][key] - theirs[seed][key] for seed in seeds]
+        out[key] = [float(np.mean(differences)), float(np.std(differences, ddof=1))]
+    return out
 
 
 def segmentation_scores(predicted, truth, centres, class_ids):

@@ -380,6 +380,27 @@ def test_sim2real_row_is_the_mean_over_networks_with_their_spread():
     assert run_sim2real.summary({0: network(0.3, 0.5)})["std"]["f1"] == 0.0
 
 
+def test_sim2real_rows_compare_network_by_network():
+    import run_sim2real
+
+    def row(dices, seeds_as=int):
+        return {
+            "networks": {
+                seeds_as(seed): {"per_test_seed": {8: {"mean_dice": d, "f1": 2 * d}}}
+                for seed, d in enumerate(dices)
+            }
+        }
+
+    # a row read back from JSON (string seeds) against a fresh one (int seeds)
+    difference = run_sim2real.paired_difference(row([0.3, 0.5, 0.4], str), row([0.2, 0.5, 0.3]))
+    assert difference["mean_dice"] == pytest.approx(
+        [np.mean([0.1, 0, 0.1]), np.std([0.1, 0, 0.1], ddof=1)]
+    )
+    assert difference["f1"][0] == pytest.approx(2 * difference["mean_dice"][0])
+    # one shared seed has no spread to give
+    assert run_sim2real.paired_difference(row([0.3]), row([0.2, 0.5])) is None
+
+
 def test_sim2real_table_renders_the_recorded_results(tmp_path):
     """The sim-to-real section of tables.rst: one row per training set with its mean
     Dice and F1 over the networks."""
