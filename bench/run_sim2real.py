@@ -47,7 +47,7 @@ A DUAL model other than the engine default's has a row of its own: --model FILE
 --label TEXT, or --dual-seed N and/or --dual-set KEY=VALUE ... (the engine defaults
 with training seed N and those settings, trained and cached like the default).
 Outputs: bench/results/sim2real.json and its section of bench/results/tables.rst;
-intermediates (training volumes, networks) in bench/work/sim2real/.
+intermediates (training volumes, the networks' weights) in bench/work/sim2real/.
 """
 
 import argparse
@@ -324,6 +324,10 @@ class Sim2Real(study.PhantomStudy):
             networks = {}
             for seed in self.args.network_seeds:
                 net, training = self.train_network(method, maps, seed)
+                # kept, so that a scoring rule can be studied without training again
+                folder = os.path.join(self.work, "networks")
+                os.makedirs(folder, exist_ok=True)
+                torch.save(net.state_dict(), os.path.join(folder, "%s_seed%d.pt" % (key, seed)))
                 per_test = {}
                 for k in self.test:
                     per_test[k] = self.scores(
