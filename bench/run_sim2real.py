@@ -310,7 +310,7 @@ class Sim2Real(study.PhantomStudy):
         path = os.path.join(self.bench.results, "sim2real.json")
         data = study.load_json(path, {}) or {}
         network = self.network_settings()
-        # a row from other networks (budget, schedule, seeds) compares with nothing here
+        # a row from other networks (budget, sampling, seeds) compares with nothing here
         methods = {k: v for k, v in data.get("methods", {}).items() if v.get("network") == network}
         for key in sorted(set(data.get("methods", {})) - set(methods)):
             study.log("row %s dropped: its networks were trained otherwise" % key)
@@ -347,10 +347,10 @@ class Sim2Real(study.PhantomStudy):
                 "networks": networks,
                 **summary(networks),
             }
-            if "physics" in methods:
-                for name, row in methods.items():
-                    if name != "physics":
-                        row["minus_physics"] = paired_difference(row, methods["physics"])
+            for name, row in methods.items():
+                if name != "physics":  # none without a physics row of the same networks
+                    physics = methods.get("physics")
+                    row["minus_physics"] = physics and paired_difference(row, physics)
             data.update(
                 {
                     "benchmark": "sim-to-real segmentation (paper Figs. 4-5) on phantoms",
