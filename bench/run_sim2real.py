@@ -315,6 +315,9 @@ class Sim2Real(study.PhantomStudy):
         for key in sorted(set(data.get("methods", {})) - set(methods)):
             study.log("row %s dropped: its networks were trained otherwise" % key)
         command = "python bench/run_sim2real.py " + " ".join(self.args.argv)
+        # the networks' weights, so that a scoring rule can be studied without training again
+        kept = os.path.join(self.work, "networks")
+        os.makedirs(kept, exist_ok=True)
         for method in self.args.methods:
             key, label = method, LABELS[method]
             if method == "dual" and self.args.dual_label:
@@ -324,10 +327,7 @@ class Sim2Real(study.PhantomStudy):
             networks = {}
             for seed in self.args.network_seeds:
                 net, training = self.train_network(method, maps, seed)
-                # kept, so that a scoring rule can be studied without training again
-                folder = os.path.join(self.work, "networks")
-                os.makedirs(folder, exist_ok=True)
-                torch.save(net.state_dict(), os.path.join(folder, "%s_seed%d.pt" % (key, seed)))
+                torch.save(net.state_dict(), os.path.join(kept, "%s_seed%d.pt" % (key, seed)))
                 per_test = {}
                 for k in self.test:
                     per_test[k] = self.scores(
