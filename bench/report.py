@@ -453,7 +453,8 @@ def _sim2real_table(results_dir):
         "in every row, so rows also compare network by network: the row minus the "
         "physics row per seed, mean ± sample std over the seeds. Physics simulator with "
         "other acquisition: %s. Picking: centroids of predicted macromolecule components "
-        "(>= %d voxels) within %g voxels of a true centre."
+        "of >= %d voxels (%s of the smallest macromolecule's %g) within %g voxels of a "
+        "true centre."
         % (
             data["last_command"],
             data["updated"],
@@ -468,6 +469,8 @@ def _sim2real_table(results_dir):
             data["real_snr"],
             ", ".join("%s %s" % kv for kv in data["other_acquisition"].items()),
             data["picking"]["min_component_voxels"],
+            data["picking"]["min_particle_share"],
+            data["picking"]["smallest_particle_voxels"],
             data["picking"]["match_voxels"],
         ),
         "",

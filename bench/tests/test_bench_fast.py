@@ -313,6 +313,8 @@ def test_train_with_snapshots_trains_once_and_scores_each_snapshot(tmp_path):
 
 def test_sim2real_scores_a_perfect_and_a_shifted_segmentation(tmp_path):
     import run_sim2real
+    from scipy import ndimage
+
     from dual_engine.io import read_mrc, read_particle_locations
     from dual_engine.synth.packing import CLASS_IDS
     from dual_engine.synth.phantom import make_phantom
@@ -326,15 +328,28 @@ def test_sim2real_scores_a_perfect_and_a_shifted_segmentation(tmp_path):
             if p.name not in ("vesicle", "fiducial")
         ]
     )
-    perfect = run_sim2real.segmentation_scores(truth, truth, centres, CLASS_IDS)
+
+    def scores(predicted, min_component=8):
+        return run_sim2real.segmentation_scores(predicted, truth, centres, CLASS_IDS, min_component)
+
+    perfect = scores(truth)
     assert perfect["mean_dice"] == 1.0 and perfect["dice_ribosome"] == 1.0
     # Every particle is found; a few split into parts (ring subunits, dimer globules
     # apart at the label threshold), which count as false picks.
     assert perfect["recall"] == 1.0 and perfect["precision"] > 0.7 and perfect["f1"] > 0.8
-    shifted = run_sim2real.segmentation_scores(np.roll(truth, 6, axis=2), truth, centres, CLASS_IDS)
+    shifted = scores(np.roll(truth, 6, axis=2))
     assert shifted["mean_dice"] < 0.5 and shifted["f1"] < perfect["f1"]
-    empty = run_sim2real.segmentation_scores(np.zeros_like(truth), truth, centres, CLASS_IDS)
+    empty = scores(np.zeros_like(truth))
     assert empty["mean_dice"] == 0.0 and empty["f1"] == 0.0 and empty["n_picks"] == 0
+    # Small blobs in the background are false picks unless below the size rule.
+    blobs = truth.copy()
+    background = np.argwhere(ndimage.binary_erosion(truth == 0, iterations=3))
+    for z, y, x in background[:: max(1, len(background) // 5)][:5]:
+        blobs[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = CLASS_IDS["dimer"]
+    assert scores(blobs)["n_picks"] == perfect["n_picks"] + 5
+    assert scores(blobs)["precision"] < perfect["precision"]
+    picking = ("precision", "recall", "f1", "n_picks")
+    assert [scores(blobs, 28)[k] for k in picking] == [scores(truth, 28)[k] for k in picking]
 
 
 def _rendered(tmp_path, results_file):
