@@ -313,9 +313,10 @@ class Sim2Real(study.PhantomStudy):
         sizes = {}
         for k in self.maps:
             occupancy = np.array(read_mrc(self.path(k, "occupancy_mask"))[0], dtype=np.int64)
-            voxels = np.bincount(occupancy.ravel())
-            for instance, p in enumerate(self.particles(k), start=1):
-                if p.name not in PHANTOM_CONTEXT_CLASSES and instance < voxels.size:
+            particles = self.particles(k)
+            voxels = np.bincount(occupancy.ravel(), minlength=len(particles) + 1)
+            for instance, p in enumerate(particles, start=1):
+                if p.name not in PHANTOM_CONTEXT_CLASSES:
                     sizes.setdefault(p.name, []).append(voxels[instance])
         return float(min(np.median([v for v in s if v > 0]) for s in sizes.values()))
 

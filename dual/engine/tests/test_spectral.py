@@ -147,6 +147,51 @@ def test_halves_measure_the_share_of_structure_a_simulator_gets_wrong():
     assert abs(corr['measured'] - real_corr) < 0.1 < abs(corr['noiseless'] - real_corr)
 
 
+def _band(volume, low, high):
+    radius = wedge.radial_frequency(volume.shape)
+    return _filtered(volume, (radius >= low) & (radius < high))
+
+
+def test_frequencies_the_simulator_does_not_image_are_drawn_as_noise(monkeypatch):
+    """Where the learned simulator's output does not follow the map (here a band of
+    frequencies it fills with noise of its own), the sign of its transfer there is a
+    guess: even with the halves saying the band holds structure, the fit draws the band
+    as noise, with the real tomograms' power, not as an image of the map of random sign."""
+    band = (0.05, 0.15)
+    maps = [_map(SHAPE, 20 + i) for i in range(3)]
+    tomograms = [_tomogram(v, 30 + i, halves=True) for i, v in enumerate(maps)]
+    real, halves = [t[0] for t in tomograms], [t[1:] for t in tomograms]
+    others = [_map(SHAPE, 10 + i) for i in range(3)]
+    rng = np.random.default_rng(5)
+    unimaged = []
+    for i, v in enumerate(others):
+        faithful = _tomogram(v, 40 + i)
+        noise = _band(rng.standard_normal(SHAPE), *band)
+        noise *= _band(faithful, *band).std() / noise.std()
+        unimaged.append(faithful - _band(faithful, *band) + noise)
+    v = _map(SHAPE, 99)
+    reference = _tomogram(v, 98)
+
+    def band_corr(x, y, low, high):
+        return np.corrcoef(_band(x, low, high).ravel(), _band(y, low, high).ravel())[0, 1]
+
+    # two simulations of one map share its image (of whatever sign) and not their noise
+    # (the last ones: with the rule)
+    shared = {}
+    for rule, min_share in (('off', 0.0), ('on', spectral.MIN_SIGNED_SHARE)):
+        monkeypatch.setattr(spectral, 'MIN_SIGNED_SHARE', min_share)
+        spectra = spectral.fit(real, others, unimaged, 'y', halves)
+        one, two = (spectral.synthesize(v, spectra, key=k, tilt_axis='y') for k in (1, 2))
+        shared[rule] = band_corr(one, two, *band)
+    # (0.31 and 0.69 here: on grids this small a bin's share of chance, and the taper's
+    # leakage from outside the band, still pass some of the band as structure)
+    assert shared['on'] < 0.5 * shared['off']
+    assert _band(one, *band).std() == pytest.approx(_band(reference, *band).std(), rel=0.2)
+    # below the band the map shows through as in the real tomogram
+    low = [band_corr(x, v, 0.0, 0.04) for x in (one, reference)]
+    assert low[0] == pytest.approx(low[1], abs=0.1)
+
+
 def test_either_tilt_axis_gives_the_same_spectra(monkeypatch):
     """The spectra are binned in the tilt axis's frame: the same tomograms turned so
     that their tilt axis is X fit the same spectra (but where the two rfftn grids hold
